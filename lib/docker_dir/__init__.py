@@ -1,0 +1,4 @@
+"""docker-dir: Docker images as plain directories that build systems can track."""
+from .format.layout import image_id
+
+__all__ = ["image_id"]

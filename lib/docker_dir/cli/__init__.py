@@ -1,0 +1,1 @@
+"""CLI layer: argument parsing and messages for the three commands."""

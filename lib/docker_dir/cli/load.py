@@ -1,0 +1,65 @@
+"""The cold path of docker-dir-exec: load an image once, whoever else is trying."""
+import fcntl
+import os
+import sys
+
+from ..engine.base import runtime_dir
+from ..errors import DockerDirError, EngineFailed, Interrupted
+from ..format.tarstream import write_load_stream
+from .common import Progress, trap_signals
+
+
+def _lock(config_hex, quiet):
+    """An exclusive lock per image, node-local: parallel execs wait for one load."""
+    directory = runtime_dir()
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(directory, f"load-{config_hex}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not quiet:
+            print("docker-dir-exec: waiting for another process loading this image", file=sys.stderr)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def ensure_loaded(engine, entry, ref, quiet=False):
+    """Give the engine the image of `entry` under the private tag `ref`."""
+    entry.require_content()
+    config_hex = entry.config_digest()
+    trap_signals()
+    lock_fd = _lock(config_hex, quiet)
+    try:
+        if engine.has_image(ref):
+            return  # another process loaded it while we waited
+        image_id = "sha256:" + config_hex
+        # Classic store and podman name images by config digest: an image saved
+        # from this engine is still there, and only needs the private tag.
+        if engine.inspect_id(image_id) == image_id:
+            engine.tag(image_id, ref)
+        else:
+            _load(engine, entry, ref, quiet)
+        if not engine.has_image(ref):
+            raise EngineFailed(f"{engine.name} loaded {entry.image_dir.path} but does not list {ref} afterwards; "
+                               "the engine may have rejected the image")
+    finally:
+        os.close(lock_fd)
+
+
+def _load(engine, entry, ref, quiet):
+    where = entry.image_dir.path
+    progress = Progress(f"loading {where}", enabled=not quiet)
+    stream = engine.load(where)
+    try:
+        write_load_stream(entry, stream.stdin, [ref], on_bytes=progress)
+    except BrokenPipeError:
+        pass  # the engine stopped reading: its own error follows from finish()
+    except BaseException as err:
+        stream.abort()
+        if isinstance(err, (KeyboardInterrupt, Interrupted, DockerDirError)):
+            raise
+        raise EngineFailed(f"loading {where} failed: {err}") from None
+    try:
+        stream.finish()
+    finally:
+        progress.close()

@@ -1,0 +1,200 @@
+"""docker-dir-save: stream `docker save` into a directory, atomically and safely."""
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+
+from ..engine import get_engine
+from ..errors import CantWrite, DockerDirError, EngineFailed, Interrupted
+from ..format.layout import ImageDir
+from ..format.tarstream import counting_reader, extract_stream
+from .common import Parser, Progress, add_engine_option, human, run, trap_signals
+
+PROG = "docker-dir-save"
+TEMP_MARK = ".docker-dir-save-"
+_ID_REF = re.compile(r"(sha256:)?[0-9a-f]{64}|[0-9a-f]{12,63}")
+
+
+def parse(argv):
+    parser = Parser(PROG, "Save one or more images from the engine into DIR, as the files 'docker save' "
+                          "writes: streamed, extracted safely, moved into place only when complete. "
+                          "Prints the config digest of each saved image.")
+    add_engine_option(parser)
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="replace a non-empty DIR (its old content stays until the new is complete)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no messages on stderr but errors")
+    parser.add_argument("--gitattributes", action="store_true",
+                        help="write DIR/.gitattributes: layers to the git-annex annex, JSON files to git")
+    parser.add_argument("images", metavar="IMAGE", nargs="+", help="name[:tag], name@digest, or image ID")
+    parser.add_argument("dir", metavar="DIR")
+    return parser.parse_args(argv)
+
+
+def normalize_ref(ref):
+    """`name` means `name:latest` (else old engines save every tag of `name`);
+    IDs, digests and tagged names (registry ports included) pass unchanged."""
+    if _ID_REF.fullmatch(ref) or "@" in ref or ":" in ref.rsplit("/", 1)[-1]:
+        return ref
+    return ref + ":latest"
+
+
+def check_target(path, force):
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CantWrite(f"{path}: parent directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CantWrite(f"{path}: parent directory {parent} is not writable")
+    if os.path.lexists(path):
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise CantWrite(f"{path}: exists and is not a directory; remove it or choose another DIR")
+        if os.listdir(path) and not force:
+            raise CantWrite(f"{path}: exists and is not empty; use --force to replace it")
+    return parent
+
+
+def remove_stale_temps(parent, name):
+    """Remove hidden temp dirs of earlier saves to the same DIR that were killed.
+    A running save holds a lock on its temp dir, so it is left alone."""
+    prefix = f".{name}{TEMP_MARK}"
+    for entry in os.listdir(parent):
+        if not entry.startswith(prefix):
+            continue
+        path = os.path.join(parent, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a, b):
+    """Atomically swap two paths (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def move_into_place(tmp, path):
+    """Make `tmp` appear at `path`; an existing non-empty `path` is swapped out whole."""
+    try:
+        os.rename(tmp, path)  # works when path is absent or an empty directory
+        return
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    if not exchange(tmp, path):
+        # No atomic swap here: move the old one aside first, so it is never half-deleted.
+        aside = tmp + "-old"
+        os.rename(path, aside)
+        os.rename(tmp, path)
+        tmp = aside
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gitattributes(image_dir):
+    """Layers go to the annex; the small JSON files (manifest, config, index) stay in git."""
+    lines = ["* annex.largefiles=nothing"]
+    for entry in image_dir.entries():
+        for layer in entry.layers:
+            lines.append(f"/{layer} annex.largefiles=anything")
+    return "\n".join(dict.fromkeys(lines)) + "\n"
+
+
+def save(engine, refs, path, force=False, quiet=False, write_gitattributes=False):
+    """Save `refs` into `path`; return the saved images' config digests."""
+    parent = check_target(path, force)
+    name = os.path.basename(os.path.abspath(path))
+    for ref in refs:
+        if engine.inspect_id(ref) is None:
+            raise EngineFailed(f"image {ref} not found in {engine.name}; list images with '{engine.name} images'")
+    remove_stale_temps(parent, name)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{name}{TEMP_MARK}", dir=parent)
+    except OSError as err:
+        raise CantWrite(f"{path}: cannot create a temporary directory in {parent} ({err.strerror})") from None
+    lock_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    progress = Progress(f"saving {' '.join(refs)}", enabled=not quiet)
+    started = time.monotonic()
+    try:
+        stream = engine.save(refs)
+        try:
+            extract_stream(counting_reader(stream.stdout, progress), tmp)
+        except BaseException as err:
+            stream.abort()
+            raise _stream_error(err, stream, path) from None
+        stream.finish()
+        progress.close()
+        os.chmod(tmp, 0o755)
+        saved = ImageDir(tmp)
+        ids = list(dict.fromkeys(entry.image_id() for entry in saved.entries()))
+        if write_gitattributes:
+            with open(os.path.join(tmp, ".gitattributes"), "w", encoding="utf-8") as out:
+                out.write(gitattributes(saved))
+        move_into_place(tmp, path)
+    except BaseException:
+        progress.enabled = False
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        os.close(lock_fd)
+    os.utime(path)  # extracted entries carry old times; Make needs DIR to look new
+    if not quiet:
+        print(f"{PROG}: saved {' '.join(refs)} to {path} ({human(progress.done)} in "
+              f"{time.monotonic() - started:.1f} s)", file=sys.stderr)
+    return ids
+
+
+def _stream_error(err, stream, path):
+    """The error to report when extraction stopped early."""
+    if isinstance(err, (KeyboardInterrupt, Interrupted)):
+        return err
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CantWrite(f"{path}: no space left on the device; nothing was written, free space and save again")
+    engine_error = stream.failure()
+    if engine_error is not None:
+        return engine_error
+    if isinstance(err, DockerDirError):
+        return err
+    if isinstance(err, (tarfile.TarError, EOFError)):
+        return EngineFailed(f"{stream.engine.name} sent a malformed archive ({err}); nothing was written")
+    if isinstance(err, OSError):
+        return CantWrite(f"{path}: {err.strerror or err}; nothing was written")
+    return err
+
+
+def main(argv):
+    args = parse(argv)
+    trap_signals()
+    engine = get_engine(args.engine)
+    refs = [normalize_ref(ref) for ref in args.images]
+    for image_id in save(engine, refs, args.dir, args.force, args.quiet, args.gitattributes):
+        print(image_id)
+
+
+def entry_point():
+    return run(PROG, main)

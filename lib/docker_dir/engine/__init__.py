@@ -1,0 +1,23 @@
+"""Engine layer: one class per container engine, chosen by name.
+
+Adding an engine is one module here plus one line in ENGINES.
+"""
+import os
+import shutil
+
+from ..errors import UsageError
+
+ENGINES = {"docker": ("docker", "DockerEngine"), "podman": ("podman", "PodmanEngine")}
+
+
+def get_engine(name=None):
+    """The engine named, else $DOCKER_DIR_ENGINE, else docker when installed, else podman."""
+    name = name or os.environ.get("DOCKER_DIR_ENGINE")
+    if not name:
+        name = "docker" if shutil.which("docker") or not shutil.which("podman") else "podman"
+    if name not in ENGINES:
+        raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
+    module, cls = ENGINES[name]
+    from importlib import import_module
+
+    return getattr(import_module(f"{__name__}.{module}"), cls)()

@@ -1,0 +1,82 @@
+"""Exceptions that carry their exit code; the cli layer prints them as one line.
+
+The codes are shared by all three commands and documented in each --help and
+in the README, so scripts can tell "fix your input" from "start the daemon".
+"""
+
+EXIT_VERIFY = 1
+EXIT_USAGE = 2
+EXIT_BAD_DIR = 65
+EXIT_CONTENT_MISSING = 66
+EXIT_SELECTION = 67
+EXIT_ENGINE_UNAVAILABLE = 69
+EXIT_ENGINE_FAILED = 70
+EXIT_NOT_LOADED = 71
+EXIT_CANT_WRITE = 73
+
+EXIT_CODES_HELP = """\
+exit status:
+  0    success
+  1    --verify found a file whose content does not match its digest
+  2    usage error (unknown option, missing argument)
+  65   not an image directory: missing, empty, no or malformed manifest,
+       or a path that leaves the directory
+  66   image content not present (e.g. git-annex dropped it): run
+       'datalad get DIR' or 'git annex get DIR'
+  67   no image matches --repo-tag/--config, or several do and none was chosen
+  69   container engine not installed, or its daemon is not reachable
+  70   the engine refused an operation (image not found, save or load failed)
+  71   image not loaded in the engine and --no-load was given
+  73   cannot write the output (directory not empty, parent missing or not
+       writable, disk full)
+  128+N  interrupted by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)"""
+
+
+class DockerDirError(Exception):
+    """Base class: str(err) is the one line the user sees."""
+
+    exit_code = 1
+
+
+class VerifyError(DockerDirError):
+    exit_code = EXIT_VERIFY
+
+
+class UsageError(DockerDirError):
+    exit_code = EXIT_USAGE
+
+
+class BadImageDir(DockerDirError):
+    exit_code = EXIT_BAD_DIR
+
+
+class ContentMissing(DockerDirError):
+    exit_code = EXIT_CONTENT_MISSING
+
+
+class SelectionError(DockerDirError):
+    exit_code = EXIT_SELECTION
+
+
+class EngineUnavailable(DockerDirError):
+    exit_code = EXIT_ENGINE_UNAVAILABLE
+
+
+class EngineFailed(DockerDirError):
+    exit_code = EXIT_ENGINE_FAILED
+
+
+class NotLoaded(DockerDirError):
+    exit_code = EXIT_NOT_LOADED
+
+
+class CantWrite(DockerDirError):
+    exit_code = EXIT_CANT_WRITE
+
+
+class Interrupted(DockerDirError):
+    """A signal stopped the command; exits 128 + the signal number, as shells do."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum

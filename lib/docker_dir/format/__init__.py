@@ -1,0 +1,1 @@
+"""Format layer: reading docker-archive / OCI image directories. No subprocess here."""

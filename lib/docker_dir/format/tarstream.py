@@ -1,0 +1,210 @@
+"""Stream tar archives in and out of an image directory, without temporary files.
+
+Extraction is our own, member by member, because tarfile's `data` filter on
+the Python shipped here predates the CVE-2025-4330 fix. The rules:
+- names are relative, without `..`, and never written through a symlink;
+- symlink targets are relative and may only climb (`../`) as far as the
+  link's own depth, then descend by plain names: legacy duplicate layers
+  (`../<id>/layer.tar`) and podman's `layer.tar -> ../<sha>.tar` pass, while
+  nothing built from such links can resolve outside the tree;
+- hardlinks point at a regular file already extracted;
+- no devices, fifos or other special members.
+"""
+import io
+import json
+import os
+import stat
+import tarfile
+
+from ..errors import BadImageDir
+
+_CHUNK = 1 << 20
+
+
+class UnsafeArchive(BadImageDir):
+    """The engine's stream holds a member that could write outside the directory."""
+
+
+def _member_parts(name, what="member"):
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/"):
+        raise UnsafeArchive(f"archive {what} {name!r} is an absolute path; refusing the archive")
+    if ".." in parts:
+        raise UnsafeArchive(f"archive {what} {name!r} contains '..'; refusing the archive")
+    if any("\0" in p for p in parts):
+        raise UnsafeArchive(f"archive {what} {name!r} contains a NUL byte; refusing the archive")
+    return parts
+
+
+def _check_symlink_target(parts, target):
+    """Allow only leading `..` (no deeper than the link) followed by plain names."""
+    if not target or target.startswith("/"):
+        raise UnsafeArchive(f"archive symlink {'/'.join(parts)!r} -> {target!r} is absolute; refusing the archive")
+    climbing = True
+    ups = 0
+    for comp in target.split("/"):
+        if comp == "..":
+            if not climbing:
+                raise UnsafeArchive(f"archive symlink {'/'.join(parts)!r} -> {target!r} climbs after descending; "
+                                    "refusing the archive")
+            ups += 1
+        elif comp in ("", "."):
+            continue
+        else:
+            climbing = False
+    if climbing or ups > len(parts) - 1:
+        raise UnsafeArchive(f"archive symlink {'/'.join(parts)!r} -> {target!r} leaves the directory; "
+                            "refusing the archive")
+
+
+class _Extractor:
+    def __init__(self, dest_fd, dest_path):
+        self.dest_fd = dest_fd
+        self.dest_path = dest_path
+
+    def _parent_fd(self, parts, create):
+        """An fd of the member's parent directory, walking real directories only."""
+        fd = os.dup(self.dest_fd)
+        try:
+            for i, comp in enumerate(parts[:-1]):
+                try:
+                    st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    if not create:
+                        raise UnsafeArchive(f"archive member {'/'.join(parts)!r} refers to a missing directory; "
+                                            "refusing the archive") from None
+                    os.mkdir(comp, 0o755, dir_fd=fd)
+                    st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise UnsafeArchive(f"archive member {'/'.join(parts)!r} passes through "
+                                        f"{'/'.join(parts[:i + 1])!r}, which is not a directory; "
+                                        "refusing the archive")
+                child = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _clear(name, parent_fd):
+        """Make room for a repeated member name (never following a link)."""
+        try:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeArchive(f"archive member {name!r} replaces a directory; refusing the archive")
+        os.unlink(name, dir_fd=parent_fd)
+
+    def add(self, tar, member):
+        parts = _member_parts(member.name)
+        if not parts:
+            return 0
+        if member.isdir():
+            parent = self._parent_fd(parts + ["_"], create=True)
+            os.close(parent)
+            return 0
+        if not (member.isreg() or member.issym() or member.islnk()):
+            raise UnsafeArchive(f"archive member {member.name!r} is a device, fifo or other special file; "
+                                "refusing the archive")
+        parent = self._parent_fd(parts, create=True)
+        try:
+            name = parts[-1]
+            self._clear(name, parent)
+            if member.issym():
+                _check_symlink_target(parts, member.linkname)
+                os.symlink(member.linkname, name, dir_fd=parent)
+                return 0
+            if member.islnk():
+                target = _member_parts(member.linkname, "hardlink target")
+                if not target:
+                    raise UnsafeArchive(f"archive hardlink {member.name!r} has no target; refusing the archive")
+                target_parent = self._parent_fd(target, create=False)
+                try:
+                    st = os.stat(target[-1], dir_fd=target_parent, follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise UnsafeArchive(f"archive hardlink {member.name!r} -> {member.linkname!r} "
+                                            "does not point at a regular file; refusing the archive")
+                    os.link(target[-1], name, src_dir_fd=target_parent, dst_dir_fd=parent,
+                            follow_symlinks=False)
+                except FileNotFoundError:
+                    raise UnsafeArchive(f"archive hardlink {member.name!r} -> {member.linkname!r} points at "
+                                        "no earlier member; refusing the archive") from None
+                finally:
+                    os.close(target_parent)
+                return 0
+            mode = 0o755 if member.mode & 0o111 else 0o644
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=parent)
+            with os.fdopen(fd, "wb") as out, tar.extractfile(member) as src:
+                written = 0
+                while True:
+                    chunk = src.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    written += len(chunk)
+            if written != member.size:
+                raise tarfile.ReadError(f"{member.name}: truncated")
+            return written
+        finally:
+            os.close(parent)
+
+
+def extract_stream(stream, dest):
+    """Extract a tar stream into the existing empty directory `dest`; return bytes written."""
+    dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    total = 0
+    try:
+        extractor = _Extractor(dest_fd, dest)
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                total += extractor.add(tar, member)
+                tar.members.clear()  # stream mode keeps every header otherwise
+    finally:
+        os.close(dest_fd)
+    return total
+
+
+def write_load_stream(entry, out, repo_tags, on_bytes=None):
+    """Write the tar `docker load` needs for one manifest entry: a rewritten
+    manifest.json (RepoTags replaced) and the files it names, dereferenced."""
+    image_dir = entry.image_dir
+    raw = dict(entry.raw)
+    raw["RepoTags"] = list(repo_tags) or None
+    manifest = json.dumps([raw]).encode()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(manifest))
+        for relpath in entry.referenced_files():
+            path = image_dir.resolve(relpath)
+            with open(path, "rb") as src:
+                info = tarfile.TarInfo(relpath)
+                info.size = os.fstat(src.fileno()).st_size
+                info.mode = 0o644
+                tar.addfile(info, _Counting(src, on_bytes) if on_bytes else src)
+
+
+class _Counting:
+    """A file wrapper that reports how many bytes were read."""
+
+    def __init__(self, raw, on_bytes):
+        self.raw = raw
+        self.on_bytes = on_bytes
+
+    def read(self, size=-1):
+        data = self.raw.read(size)
+        self.on_bytes(len(data))
+        return data
+
+    def readinto(self, buf):
+        n = self.raw.readinto(buf)
+        self.on_bytes(n or 0)
+        return n
+
+
+def counting_reader(raw, on_bytes):
+    return _Counting(raw, on_bytes)
