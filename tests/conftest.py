@@ -1,0 +1,209 @@
+"""Shared test fixtures: a real Docker engine, fixture images built offline, CLI runners.
+
+Images are built from busybox (Debian busybox-static) with no registry, once
+per session, and removed at the end with every private tag docker-dir added.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = REPO / "bin"
+sys.path.insert(0, str(REPO / "lib"))
+
+PRIVATE_REPO = "localhost/docker-dir"
+
+
+def cli(name, *args, env=None, cwd=None, input=None, timeout=300):
+    """Run one of bin/ from the checkout with this interpreter; never raises on exit status."""
+    return subprocess.run([sys.executable, str(BIN / name), *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, input=input, timeout=timeout)
+
+
+def sh(*args, check=True, **kwargs):
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    proc = subprocess.run([str(a) for a in args], **kwargs)
+    if check and proc.returncode:
+        raise AssertionError(f"{args} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def docker(*args, check=True, **kwargs):
+    return sh("docker", *args, check=check, **kwargs)
+
+
+def image_id_of(ref):
+    proc = docker("image", "inspect", "--format", "{{.Id}}", ref, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def private_ref(config_id):
+    return f"{PRIVATE_REPO}:{config_id.split(':')[-1]}"
+
+
+def raw_save(refs, directory):
+    """`docker save | tar -x`, independent of docker-dir-save."""
+    os.makedirs(directory, exist_ok=True)
+    refs = [refs] if isinstance(refs, str) else list(refs)
+    save = subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(directory)], stdin=save.stdout, check=True)
+    save.stdout.close()
+    assert save.wait() == 0
+    return Path(directory)
+
+
+def count_events(action, since, image=None, until=None):
+    """How many image events of `action` (e.g. load) the daemon reported in [since, until],
+    for one image (ID or name) when given, so suites running side by side don't interfere."""
+    until = until or time.time() + 1
+    filters = ["--filter", "type=image", "--filter", f"event={action}"]
+    if image:
+        filters += ["--filter", f"image={image}"]
+    proc = docker("events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", *filters,
+                  "--format", "{{.Action}}")
+    return len([line for line in proc.stdout.splitlines() if line.strip()])
+
+
+def tree_digest(directory):
+    """Name -> sha256 of every file (links as their target), for determinism checks."""
+    import hashlib
+
+    result = {}
+    for path in sorted(Path(directory).rglob("*")):
+        rel = str(path.relative_to(directory))
+        if path.is_symlink():
+            result[rel] = "link:" + os.readlink(path)
+        elif path.is_file():
+            result[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            result[rel] = "dir"
+    return result
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
+        pytest.exit("no Docker engine answers 'docker info': run the suite through tests/run-all.sh", returncode=1)
+    return "docker"
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory):
+    """A busybox root filesystem with every applet linked, so sh, sleep, true... exist."""
+    busybox = shutil.which("busybox")
+    if not busybox:
+        pytest.exit("busybox is needed to build fixture images (Debian busybox-static)", returncode=1)
+    root = tmp_path_factory.mktemp("rootfs")
+    (root / "bin").mkdir()
+    shutil.copy(busybox, root / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            os.symlink("busybox", root / "bin" / applet)
+    (root / "tmp").mkdir(mode=0o1777)
+    return root
+
+
+def import_image(rootfs, ref=None, label=None):
+    """`docker import` of the rootfs: one layer; untagged when ref is None. Returns the ID."""
+    changes = ["-c", "ENV PATH=/bin", "-c", 'CMD ["sh"]']
+    if label:
+        changes += ["-c", f"LABEL docker-dir-test={label}"]
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    proc = subprocess.run(["docker", "import", *changes, "-", *([ref] if ref else [])], stdin=tar.stdout,
+                          capture_output=True, text=True)
+    tar.stdout.close()
+    tar.wait()
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def images(docker_engine, rootfs, tmp_path_factory):
+    """Fixture images: one layer, multi-layer FROM scratch (several MB), two tags, untagged."""
+    session = uuid.uuid4().hex[:8]
+    built = []
+
+    # Tags are per session, so suites running side by side never move each other's tags.
+    one_ref, multi_ref, two_refs = f"fixture/bb-{session}:1", f"fixture/multi-{session}:1", (
+        f"fixture/two-{session}:a", f"fixture/two-{session}:b")
+    one = import_image(rootfs, one_ref, label=f"one-{session}")
+    built.append(one)
+
+    context = tmp_path_factory.mktemp("multi")
+    shutil.copytree(rootfs, context / "rootfs", symlinks=True)
+    for name in ("a", "b"):
+        (context / f"data-{name}.bin").write_bytes(os.urandom(4 << 20))
+    (context / "Dockerfile").write_text(
+        "FROM scratch\nCOPY rootfs/ /\nCOPY data-a.bin /data/a.bin\nCOPY data-b.bin /data/b.bin\n"
+        f'LABEL docker-dir-test=multi-{session}\nENV PATH=/bin\nCMD ["sh"]\n')
+    docker("build", "-q", "-t", multi_ref, str(context))
+    multi = image_id_of(multi_ref)
+    built.append(multi)
+
+    two = import_image(rootfs, two_refs[0], label=f"two-{session}")
+    docker("tag", *two_refs)
+    built.append(two)
+
+    untagged = import_image(rootfs, None, label=f"untagged-{session}")
+    built.append(untagged)
+
+    yield SimpleNamespace(one=one_ref, one_id=one, multi=multi_ref, multi_id=multi,
+                          two=two_refs, two_id=two, untagged_id=untagged)
+    for image in built:
+        docker("rmi", "-f", private_ref(image), check=False)
+        docker("rmi", "-f", image, check=False)
+
+
+@pytest.fixture(scope="session")
+def saved(images, tmp_path_factory):
+    """The fixture images saved with plain `docker save | tar -x` (read-only use)."""
+    base = tmp_path_factory.mktemp("saved")
+    return SimpleNamespace(
+        one=raw_save(images.one, base / "one"),
+        multi=raw_save(images.multi, base / "multi"),
+        two=raw_save(images.two, base / "two"),
+        untagged=raw_save(images.untagged_id, base / "untagged"),
+    )
+
+
+@pytest.fixture
+def fresh_image(rootfs):
+    """Factory: a new image with a unique ID (tagged `ref`), removed after the test."""
+    made = []
+
+    def make(ref=None):
+        image = import_image(rootfs, ref, label=uuid.uuid4().hex)
+        made.append(image)
+        return image
+
+    yield make
+    for image in made:
+        docker("rmi", "-f", private_ref(image), check=False)
+        docker("rmi", "-f", image, check=False)
+
+
+@pytest.fixture
+def cold_dir(fresh_image, tmp_path):
+    """Factory: a directory holding an image the engine does not have at all."""
+
+    def make(name="cold"):
+        image = fresh_image(f"fixture/cold:{uuid.uuid4().hex[:8]}")
+        directory = raw_save(image, tmp_path / name)
+        docker("rmi", "-f", image)
+        return directory, image
+
+    return make
+
+
+def manifest(directory):
+    return json.loads((Path(directory) / "manifest.json").read_text())
