@@ -1,0 +1,47 @@
+# Provision what docker-dir needs to run for real, for the test suite and the demo.
+# Sourced, not run: on Debian as root with no Docker engine reachable it installs
+# and starts one; where an engine already answers it installs nothing system-wide.
+# Then the package goes into the project's own virtual environment, .venv.
+# Expects: the repository as the current directory, and say/die functions.
+
+SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo make iproute2 util-linux"
+
+install_system_packages() {
+  [ "$(id -u)" = 0 ] || die "no Docker engine reachable; start Docker, or run this as root on Debian to install it"
+  command -v apt-get >/dev/null || die "no Docker engine reachable and no apt-get to install one; start Docker"
+  say "installing $SYSTEM_PACKAGES"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  # shellcheck disable=SC2086
+  apt-get install -y -q --no-install-recommends $SYSTEM_PACKAGES >/dev/null
+}
+
+start_dockerd() {
+  say "starting dockerd (log: /var/log/dockerd-docker-dir.log)"
+  nohup dockerd >/var/log/dockerd-docker-dir.log 2>&1 &
+  for _ in $(seq 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  tail -5 /var/log/dockerd-docker-dir.log >&2 || true
+  die "dockerd did not answer 'docker info' within 60 s (see /var/log/dockerd-docker-dir.log)"
+}
+
+if ! docker info >/dev/null 2>&1; then
+  install_system_packages
+  start_dockerd
+fi
+command -v busybox >/dev/null || die "busybox is needed to build fixture images offline: install busybox-static"
+
+# The package and its test tools, in the project's own virtual environment.
+# DOCKER_DIR_EXTRAS picks the pip extras: "test" (default) or "" for the bare package.
+extras=${DOCKER_DIR_EXTRAS-test}
+stamp=".venv/.installed-${extras:-base}"
+if [ ! -x .venv/bin/python ] || [ ! -e "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  say "installing the package${extras:+ with its $extras extras} into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e ".${extras:+[$extras]}"
+  touch "$stamp"
+fi
+
