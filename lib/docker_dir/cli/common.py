@@ -89,7 +89,7 @@ class Progress:
         sys.stderr.flush()
 
     def close(self):
-        if self.enabled and self._shown:
+        if self.enabled:
             self._draw(time.monotonic())
             sys.stderr.write("\n")
             sys.stderr.flush()
