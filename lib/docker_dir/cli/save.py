@@ -175,11 +175,11 @@ def _stream_error(err, stream, path):
         return err
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return CantWrite(f"{path}: no space left on the device; nothing was written, free space and save again")
+    if isinstance(err, DockerDirError):
+        return err  # an unsafe archive stays unsafe whatever the engine printed on stderr
     engine_error = stream.failure()
     if engine_error is not None:
         return engine_error
-    if isinstance(err, DockerDirError):
-        return err
     if isinstance(err, (tarfile.TarError, EOFError)):
         return EngineFailed(f"{stream.engine.name} sent a malformed archive ({err}); nothing was written")
     if isinstance(err, OSError):
