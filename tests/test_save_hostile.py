@@ -1,0 +1,286 @@
+"""docker-dir-save refuses archives that would write outside DIR.
+
+No real engine produces these archives, so they are fed through a FAKE `docker`
+on PATH (the only fake in this file): it answers `docker image inspect --format
+{{.Id}} REF` with an ID (save checks the image exists first) and streams the
+crafted tar for `docker save -- REF`. The positive cases at the end go through
+the same fake, so a refusal above is never an artefact of the fake itself.
+
+Layout of every case: tmp_path/work is DIR's parent (DIR = work/img), and
+tmp_path/outside holds a canary. The temp dir save extracts into is
+work/.img.docker-dir-save-XXXX, so `../` from the archive's top is work/ and
+`../../outside` is the canary's directory.
+"""
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+
+import pytest
+
+from conftest import cli
+
+from docker_dir.errors import EXIT_BAD_DIR
+
+FAKE_ID = "sha256:" + "ab" * 32
+CANARY = b"canary: must stay as it is\n"
+
+
+def fake_docker(bindir, archive, stderr_line=None):
+    bindir.mkdir()
+    script = bindir / "docker"
+    warn = f"echo '{stderr_line}' >&2\n" if stderr_line else ""
+    script.write_text(
+        "#!/bin/sh\n"
+        "# FAKE docker: serves one crafted archive; a real engine never writes one like it.\n"
+        f"{warn}"
+        'case "$1 $2" in\n'
+        f'  "image inspect") echo {FAKE_ID} ;;\n'
+        f'  "save --") exec cat {archive} ;;\n'
+        '  *) echo "fake docker: unexpected call: $*" >&2; exit 99 ;;\n'
+        "esac\n")
+    script.chmod(0o755)
+    return dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+
+
+def member(name, kind="file", data=b"", target=None):
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644
+    if kind == "file":
+        info.size = len(data)
+    elif kind == "dir":
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+    elif kind == "symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, target
+    elif kind == "hardlink":
+        info.type, info.linkname = tarfile.LNKTYPE, target
+    elif kind == "chr":
+        info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+    elif kind == "blk":
+        info.type, info.devmajor, info.devminor = tarfile.BLKTYPE, 7, 0
+    elif kind == "fifo":
+        info.type = tarfile.FIFOTYPE
+    return info, data
+
+
+def write_tar(path, members):
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+def image_members(extra_before=(), layer_links=None):
+    """A minimal valid legacy archive (config, one layer, manifest), with `extra_before` first."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    layer = layer.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    config_hex = hashlib.sha256(config).hexdigest()
+    members = list(extra_before) + [
+        member(f"{config_hex}.json", data=config),
+        member("aaaa", "dir"),
+        member("aaaa/layer.tar", data=layer),
+        member("manifest.json", data=json.dumps(
+            [{"Config": f"{config_hex}.json", "RepoTags": ["evil/img:1"], "Layers": ["aaaa/layer.tar"]}]).encode()),
+    ]
+    return members
+
+
+@pytest.fixture
+def arena(tmp_path):
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (outside / "canary").write_bytes(CANARY)
+    return tmp_path
+
+
+def assert_refused(arena, members, stderr_line=None):
+    """Run save on the crafted archive; it must refuse it and leave no trace anywhere."""
+    archive = write_tar(arena / "evil.tar", image_members(members))
+    env = fake_docker(arena / "fakebin", archive, stderr_line)
+    before_root = sorted(os.listdir(arena))
+    proc = cli("docker-dir-save", "--engine", "docker", "evil/img:1", arena / "work" / "img", env=env)
+    assert proc.returncode == EXIT_BAD_DIR, (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "refusing the archive" in lines[0], lines[0]
+    assert proc.stdout == ""
+    # nothing in DIR's parent (no DIR, no sibling, no hidden temp dir) and nothing outside
+    assert os.listdir(arena / "work") == []
+    assert sorted(os.listdir(arena)) == before_root
+    assert os.listdir(arena / "outside") == ["canary"]
+    assert (arena / "outside" / "canary").read_bytes() == CANARY
+    assert not os.path.lexists("/pwned-by-docker-dir-test")
+    return lines[0]
+
+
+def test_absolute_path(arena):
+    assert_refused(arena, [member(str(arena / "outside" / "pwned"), data=b"x")])
+
+
+def test_absolute_path_at_filesystem_root(arena):
+    assert_refused(arena, [member("/pwned-by-docker-dir-test", data=b"x")])
+
+
+def test_dotdot_escape(arena):
+    assert_refused(arena, [member("../../outside/pwned", data=b"x")])
+
+
+def test_dotdot_escape_after_descending(arena):
+    assert_refused(arena, [member("a/b/../../../../outside/pwned", data=b"x")])
+
+
+def test_symlink_outside_then_write_through_it(arena):
+    assert_refused(arena, [member("esc", "symlink", target="../../outside"),
+                           member("esc/pwned", data=b"x")])
+
+
+def test_absolute_symlink_then_write_through_it(arena):
+    assert_refused(arena, [member("esc", "symlink", target=str(arena / "outside")),
+                           member("esc/pwned", data=b"x")])
+
+
+def test_symlink_to_outside_file_then_overwrite_it(arena):
+    assert_refused(arena, [member("c", "symlink", target="../../outside/canary"),
+                           member("c", data=b"overwritten")])
+
+
+def test_hardlink_to_outside_file(arena):
+    # A naive extractor links the canary into the tree, then the second member writes into it.
+    assert_refused(arena, [member("h", "hardlink", target="../../outside/canary"),
+                           member("h", data=b"overwritten")])
+
+
+def test_hardlink_absolute_target(arena):
+    assert_refused(arena, [member("h", "hardlink", target=str(arena / "outside" / "canary")),
+                           member("h", data=b"overwritten")])
+
+
+def test_hardlink_through_in_tree_symlink(arena):
+    # `up -> ../x` is itself in-tree (x/up is a link to the top); the hardlink walks through it
+    assert_refused(arena, [member("x", "dir"), member("x/up", "symlink", target="../x"),
+                           member("h", "hardlink", target="x/up/../../outside/canary")])
+
+
+@pytest.mark.parametrize("kind", ["chr", "blk", "fifo"])
+def test_special_files(arena, kind):
+    line = assert_refused(arena, [member("dev/thing", kind)])
+    assert "special file" in line
+
+
+def test_sibling_sharing_dir_prefix_by_name(arena):
+    """work/img vs work/img-evil: a check by string prefix would let this through."""
+    assert_refused(arena, [member("../img-evil/x", data=b"x")])
+    assert not os.path.lexists(arena / "work" / "img-evil")
+
+
+def test_sibling_sharing_dir_prefix_by_top_level_symlink(arena):
+    assert_refused(arena, [member("img-evil", "symlink", target="../img-evil"),
+                           member("img-evil/x", data=b"x")])
+
+
+def test_sibling_via_temp_dir_name_prefix(arena):
+    """The hidden temp dir's own name is a prefix of many paths: `../.img.docker-dir-save-x`."""
+    assert_refused(arena, [member("s", "symlink", target="../.img.docker-dir-save-evil"),
+                           member("s/x", data=b"x")])
+
+
+def test_symlink_chain_climbing_after_descending(arena):
+    assert_refused(arena, [member("deep/x", "dir"), member("deep/x/s", "symlink", target="../.."),
+                           member("l", "symlink", target="deep/x/s/../.."),
+                           member("l/outside/pwned", data=b"x")])
+
+
+def test_symlink_chain_each_link_in_tree(arena):
+    """Each link alone stays inside (s -> deep, the top's child), yet l = s/../.. would be work/."""
+    assert_refused(arena, [member("deep/x", "dir"), member("deep/x/s", "symlink", target="../../deep"),
+                           member("l", "symlink", target="deep/x/s/../.."),
+                           member("l/img-evil/x", data=b"x")])
+
+
+def test_link_to_own_parent_then_climb_from_apparent_depth(arena):
+    """d/l -> ../d makes d/l/l/l... all name d; a link placed at d/l/l/s must not count that depth."""
+    assert_refused(arena, [member("d", "dir"), member("d/l", "symlink", target="../d"),
+                           member("d/l/l/s", "symlink", target="../../../outside"),
+                           member("d/l/l/s/pwned", data=b"x")])
+
+
+def test_directory_member_through_symlink(arena):
+    assert_refused(arena, [member("esc", "symlink", target="../../outside"), member("esc/newdir", "dir")])
+
+
+def test_refusal_wins_over_engine_chatter_on_stderr(arena):
+    """The docker CLI prints warnings on stderr (e.g. an unreadable config.json) while
+    the save succeeds: an unsafe archive must still be reported as unsafe (65)."""
+    assert_refused(arena, [member("../../outside/pwned", data=b"x")],
+                   stderr_line="WARNING: Error loading config file: /root/.docker/config.json: permission denied")
+
+
+# -- legitimate in-tree relative links survive (same fake, so the refusals above are real)
+
+def save_crafted(arena, members):
+    archive = write_tar(arena / "ok.tar", members)
+    env = fake_docker(arena / "fakebin", archive)
+    d = arena / "work" / "img"
+    proc = cli("docker-dir-save", "--engine", "docker", "evil/img:1", d, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(arena / "work")) == ["img"]
+    return d, proc
+
+
+def layer_bytes(text):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("f.txt")
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text))
+    return buf.getvalue()
+
+
+def config_for(layers):
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    config = json.dumps({"os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    return config, hashlib.sha256(config).hexdigest()
+
+
+def test_legacy_duplicate_layer_symlink_survives(arena):
+    layer = layer_bytes(b"same\n")
+    config, config_hex = config_for([layer, layer])
+    v1, v2 = "1" * 64, "2" * 64
+    d, proc = save_crafted(arena, [
+        member(f"{config_hex}.json", data=config),
+        member(v2, "dir"), member(f"{v2}/layer.tar", data=layer),
+        member(v1, "dir"), member(f"{v1}/layer.tar", "symlink", target=f"../{v2}/layer.tar"),
+        member("manifest.json", data=json.dumps([{"Config": f"{config_hex}.json", "RepoTags": None,
+                                                  "Layers": [f"{v2}/layer.tar", f"{v1}/layer.tar"]}]).encode()),
+    ])
+    assert proc.stdout == f"sha256:{config_hex}\n"
+    assert os.readlink(d / v1 / "layer.tar") == f"../{v2}/layer.tar"
+    check = cli("docker-dir-id", "--verify", d)
+    assert check.returncode == 0 and check.stdout == f"sha256:{config_hex}\n", check.stderr
+
+
+def test_podman_layer_symlink_survives(arena):
+    layer = layer_bytes(b"podman\n")
+    config, config_hex = config_for([layer])
+    sha = hashlib.sha256(layer).hexdigest()
+    d, proc = save_crafted(arena, [
+        member(f"{sha}.tar", data=layer),
+        member(sha, "dir"), member(f"{sha}/layer.tar", "symlink", target=f"../{sha}.tar"),
+        member(f"{config_hex}.json", data=config),
+        member("manifest.json", data=json.dumps([{"Config": f"{config_hex}.json", "RepoTags": ["evil/img:1"],
+                                                  "Layers": [f"{sha}/layer.tar"]}]).encode()),
+    ])
+    assert os.readlink(d / sha / "layer.tar") == f"../{sha}.tar"
+    assert stat.S_ISREG(os.lstat(d / f"{sha}.tar").st_mode)
+    check = cli("docker-dir-id", "--verify", d)
+    assert check.returncode == 0 and check.stdout == f"sha256:{config_hex}\n", check.stderr
