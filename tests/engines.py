@@ -1,0 +1,388 @@
+"""Side engines for tests: extra dockerd daemons (Debian 20.10, Docker 26 classic and
+containerd image store) and an isolated podman configuration.
+
+Import from a test module (tests/ is on sys.path under pytest):
+
+    from engines import SideDockerd, Unavailable, docker26_bin_dir, podman_env
+
+SideDockerd(label, dockerd="dockerd", path_dirs=(), containerd_store=False)
+    One dockerd in its own network and mount namespaces (`unshare --net --mount
+    --fork`), so it can never touch the host's docker0 or iptables, with its
+    data-root, exec-root, pidfile and socket in a short temp dir under /tmp (a unix
+    socket path must stay under 108 bytes).
+    - start(timeout=90) -> self: starts it, waits until `docker info` answers;
+      raises RuntimeError with the end of its log if it does not.
+    - host: "unix:///tmp/dd-XXXX/s", for DOCKER_HOST.
+    - env(**extra) -> os.environ copy with DOCKER_HOST set (plus extra).
+    - docker(*args, check=True, input=None, timeout=120) -> CompletedProcess (text)
+      of the docker client on PATH against this daemon.
+    - pid: dockerd's PID, read from its pidfile.
+    - kill(signum=SIGKILL): signal dockerd only (e.g. to kill it mid-load); its
+      containerd and shims stay until stop().
+    - stop(): SIGTERM dockerd (by pidfile PID), wait, then SIGKILL whatever of
+      this daemon is left (processes whose command line names its temp dir,
+      processes in its cgroup), unmount lazily anything under the temp dir, remove
+      it. Safe to call twice and after kill(). Also a context manager.
+    Containers there have no network: run them with `--network none`
+    (docker-dir-exec --network none).
+
+side_dockerd(kind, label) -> started SideDockerd, where kind is "20.10" (Debian's
+    /usr/sbin/dockerd), "26" (classic store) or "26-containerd"; raises Unavailable
+    with the reason when the engine cannot be had (tests turn it into a skip).
+
+docker26_bin_dir() -> Path of a directory with Docker 26's dockerd, docker-proxy,
+    docker-init and containerd 1.7 (+ shim) from Debian trixie, fetched once with
+    apt through a private source list into ~/.cache/docker-dir-tests/docker26 and
+    reused. runc comes from the system (trixie's needs a newer glibc than bookworm).
+
+podman_env(directory, **extra) -> env dict for podman: CONTAINERS_CONF with the
+    ulimits root podman needs here and a private events log (podman_events_path).
+podman_load_count(env) -> how many loads podman logged in that private log.
+"""
+import fcntl
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "docker-dir-tests"
+DOCKER26_DIR = CACHE / "docker26"
+TRIXIE_PACKAGES = ("docker.io", "containerd", "tini")
+# name in bin/ -> path inside the extracted packages
+DOCKER26_BINARIES = {
+    "dockerd": "usr/sbin/dockerd",
+    "docker-proxy": "usr/sbin/docker-proxy",
+    "docker-init": "usr/bin/tini-static",
+    "containerd": "usr/bin/containerd",
+    "containerd-shim-runc-v2": "usr/bin/containerd-shim-runc-v2",
+}
+
+
+class Unavailable(Exception):
+    """A side engine cannot be had here; the message says why (shown as the skip reason)."""
+
+
+# -- Docker 26 from Debian trixie ---------------------------------------------
+
+def _debian_mirror():
+    """The Debian mirror the machine's apt already uses (deb822 or one-line sources)."""
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("URIs:") and "security" not in line:
+                return line.split()[1]
+    for path in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]:
+        if os.path.exists(path):
+            for line in Path(path).read_text().splitlines():
+                words = line.split()
+                if words[:1] == ["deb"] and "security" not in line:
+                    return next(w for w in words[1:] if not w.startswith("["))
+    return "http://deb.debian.org/debian"
+
+
+def _fetch_docker26(target):
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        raise Unavailable("Docker 26: needs apt-get and dpkg-deb to fetch Debian trixie's docker.io")
+    work = Path(tempfile.mkdtemp(prefix="docker26-", dir=target.parent))
+    try:
+        (work / "lists" / "partial").mkdir(parents=True)
+        (work / "debs").mkdir()
+        (work / "sources.list").write_text(f"deb {_debian_mirror()} trixie main\n")
+        options = [f"-oDir::Etc::SourceList={work}/sources.list", "-oDir::Etc::SourceParts=/dev/null",
+                   f"-oDir::State::Lists={work}/lists", f"-oDir::Cache={work}/cache",
+                   "-oAPT::Sandbox::User=root", "-q"]
+        for step, cwd in ((["update"], work), (["download", *TRIXIE_PACKAGES], work / "debs")):
+            proc = subprocess.run(["apt-get", *options, *step], cwd=cwd, capture_output=True, text=True,
+                                  timeout=300)
+            if proc.returncode:
+                raise Unavailable(f"Docker 26: 'apt-get {step[0]}' from Debian trixie failed: "
+                                  f"{proc.stderr.strip()[-300:]}")
+        root = work / "root"
+        for deb in (work / "debs").glob("*.deb"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        bin_dir = work / "bin"
+        bin_dir.mkdir()
+        for name, inside in DOCKER26_BINARIES.items():
+            if not (root / inside).exists():
+                raise Unavailable(f"Docker 26: {inside} missing from the trixie packages")
+            os.symlink(os.path.join("..", "root", inside), bin_dir / name)
+        shutil.rmtree(work / "lists")
+        shutil.rmtree(work / "cache", ignore_errors=True)
+        os.rename(work, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def docker26_bin_dir():
+    """bin/ of Docker 26 (see the module docstring); fetched once, under a lock."""
+    if not shutil.which("runc"):
+        raise Unavailable("Docker 26: no runc on PATH (Debian package runc)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "docker26.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (DOCKER26_DIR / "bin" / "dockerd").exists():
+            shutil.rmtree(DOCKER26_DIR, ignore_errors=True)
+            _fetch_docker26(DOCKER26_DIR)
+    return DOCKER26_DIR / "bin"
+
+
+# -- side dockerd ---------------------------------------------------------------
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            return stream.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child is dead for our purposes
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [pid for pid in pids if _alive(pid)]
+        if not pids:
+            return []
+        time.sleep(0.1)
+    return [pid for pid in pids if _alive(pid)]
+
+
+class SideDockerd:
+    """A dockerd beside the main one; see the module docstring for the API."""
+
+    def __init__(self, label, dockerd="dockerd", path_dirs=(), containerd_store=False):
+        self.label = label
+        self.dockerd = dockerd
+        self.path_dirs = [str(p) for p in path_dirs]
+        self.containerd_store = containerd_store
+        self.dir = None
+        self.process = None
+        self.pid = None
+
+    # paths, short on purpose (unix socket paths are limited to 108 bytes)
+    @property
+    def socket(self):
+        return f"{self.dir}/s"
+
+    @property
+    def host(self):
+        return f"unix://{self.socket}"
+
+    @property
+    def log_path(self):
+        return f"{self.dir}/log"
+
+    @property
+    def cgroup_parent(self):
+        return os.path.basename(self.dir)
+
+    def env(self, **extra):
+        env = dict(os.environ, DOCKER_HOST=self.host, **extra)
+        env.pop("DOCKER_CONTEXT", None)
+        return env
+
+    def docker(self, *args, check=True, input=None, timeout=120):
+        proc = subprocess.run(["docker", *map(str, args)], env=self.env(), capture_output=True, text=True,
+                              input=input, timeout=timeout)
+        if check and proc.returncode:
+            raise AssertionError(f"docker {' '.join(map(str, args))} on {self.label} failed: {proc.stderr}")
+        return proc
+
+    def start(self, timeout=90):
+        if os.geteuid() != 0:
+            raise Unavailable(f"{self.label}: a side dockerd needs root")
+        for tool in ("unshare", "docker"):
+            if not shutil.which(tool):
+                raise Unavailable(f"{self.label}: {tool} not installed")
+        self.dir = tempfile.mkdtemp(prefix="dd-", dir="/tmp")
+        config = {"features": {"containerd-snapshotter": True}} if self.containerd_store else {}
+        Path(self.dir, "daemon.json").write_text(json.dumps(config))
+        argv = [self.dockerd, "--config-file", f"{self.dir}/daemon.json", "--data-root", f"{self.dir}/data",
+                "--exec-root", f"{self.dir}/x", "--pidfile", f"{self.dir}/pid", "-H", self.host,
+                "--bridge=none", "--iptables=false", "--ip-masq=false", "--shutdown-timeout=3",
+                "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", f"/{self.cgroup_parent}",
+                "--containerd-namespace", self.cgroup_parent,
+                "--containerd-plugins-namespace", f"{self.cgroup_parent}-p"]
+        # Own network namespace: a second dockerd on the host network once deleted
+        # docker0. Own mount namespace: a system containerd's socket is hidden, so
+        # this daemon starts its own containerd instead of sharing the host's.
+        script = ('command -v ip >/dev/null && ip link set lo up; '
+                  '[ -S /run/containerd/containerd.sock ] && mount -t tmpfs tmpfs /run/containerd; '
+                  'exec "$@"')
+        path = os.pathsep.join([*self.path_dirs, os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                ["unshare", "--net", "--mount", "--fork", "sh", "-c", script, "sh", *argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=dict(os.environ, PATH=path))
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.label}: dockerd exited ({self.process.returncode}):\n{self._log_tail()}")
+            info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], env=self.env(),
+                                  capture_output=True, text=True, timeout=30)
+            if info.returncode == 0:
+                self.server_version = info.stdout.strip()
+                self.pid = int(Path(self.dir, "pid").read_text())
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.label}: no answer to 'docker info' within {timeout} s:\n"
+                                   f"{self._log_tail()}")
+            time.sleep(0.2)
+
+    def _log_tail(self, lines=15):
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self, signum=signal.SIGKILL):
+        os.kill(self.pid, signum)
+
+    def _own_pids(self):
+        """Processes of this daemon: their command line names its temp dir (dockerd,
+        containerd, shims), or they sit in its cgroup (containers)."""
+        mine = {int(p) for p in os.listdir("/proc") if p.isdigit() and self.dir in _cmdline(p)}
+        for procs in self._cgroup_files("cgroup.procs"):
+            try:
+                mine.update(int(line) for line in Path(procs).read_text().split())
+            except OSError:
+                pass
+        mine.discard(os.getpid())
+        return sorted(mine)
+
+    def _cgroup_dirs(self):
+        # cgroup v2: /sys/fs/cgroup/<parent>; v1: /sys/fs/cgroup/<controller>/<parent>
+        found = glob.glob(f"/sys/fs/cgroup/{self.cgroup_parent}") + glob.glob(
+            f"/sys/fs/cgroup/*/{self.cgroup_parent}")
+        return [d for d in found if os.path.isdir(d)]
+
+    def _cgroup_files(self, name):
+        for top in self._cgroup_dirs():
+            for root, _dirs, files in os.walk(top):
+                if name in files:
+                    yield os.path.join(root, name)
+
+    def stop(self):
+        if self.dir is None:
+            return
+        if self.pid and _alive(self.pid) and self.dir in _cmdline(self.pid):
+            os.kill(self.pid, signal.SIGTERM)
+            _wait_gone([self.pid], 20)
+        left = self._own_pids()
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_gone(left, 10)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._unmount_all()
+        for top in self._cgroup_dirs():
+            for root, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(root)
+                except OSError:
+                    pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+    def _unmount_all(self):
+        """Mounts live in the daemon's own mount namespace and go with it; anything
+        under its dir in ours (there should be none) is unmounted lazily."""
+        with open("/proc/self/mountinfo") as info:
+            points = [line.split()[4] for line in info]
+        for point in sorted((p for p in points if p == self.dir or p.startswith(self.dir + "/")),
+                            key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+    def __enter__(self):
+        return self.start() if self.dir is None else self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+SIDE_KINDS = ("20.10", "26", "26-containerd")
+
+
+def side_dockerd(kind, label=None):
+    """A started side daemon of `kind` (see SIDE_KINDS); Unavailable when it cannot be had."""
+    label = label or f"dockerd {kind}"
+    if kind == "20.10":
+        if not os.path.exists("/usr/sbin/dockerd"):
+            raise Unavailable("dockerd 20.10: /usr/sbin/dockerd missing (Debian package docker.io)")
+        return SideDockerd(label, dockerd="/usr/sbin/dockerd").start()
+    if kind not in SIDE_KINDS:
+        raise ValueError(f"unknown side dockerd kind {kind!r}")
+    bin_dir = docker26_bin_dir()
+    return SideDockerd(label, dockerd=str(bin_dir / "dockerd"), path_dirs=[bin_dir],
+                       containerd_store=kind == "26-containerd").start()
+
+
+# -- podman ---------------------------------------------------------------------
+
+PODMAN_CONF = """\
+[containers]
+# root podman cannot raise rlimits on these machines ("error setting rlimit type 7")
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+
+[engine]
+# a private events log, so tests count their own loads only
+events_logger = "file"
+events_logfile_path = "{events}"
+"""
+
+
+def podman_events_path(env):
+    return Path(env["CONTAINERS_CONF"]).parent / "events.log"
+
+
+def podman_env(directory, **extra):
+    """Environment for podman (and docker-dir with --engine podman) in tests."""
+    if not shutil.which("podman"):
+        raise Unavailable("podman not installed (Debian package podman)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "containers.conf"
+    conf.write_text(PODMAN_CONF.format(events=directory / "events.log"))
+    return dict(os.environ, CONTAINERS_CONF=str(conf), **extra)
+
+
+def podman_load_count(env):
+    """Loads podman logged in the private events log of `env`."""
+    path = podman_events_path(env)
+    if not path.exists():
+        return 0
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sum(1 for event in events if event.get("Status") == "loadfromarchive")
