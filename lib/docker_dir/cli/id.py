@@ -13,6 +13,9 @@ def parse(argv):
     parser = Parser(PROG, "Print the config digest (sha256:<hex>) of the image saved in DIR. Needs no "
                           "daemon and no layer content, so it works on git-annex trees with content dropped.")
     add_selectors(parser)
+    # Accepted so one set of options works for all three commands; the ID needs no engine.
+    parser.add_argument("--engine", choices=("docker", "podman"),
+                        help="accepted like in save and exec, and ignored: reading the ID needs no engine")
     parser.add_argument("--verify", action="store_true",
                         help="re-hash the config and every layer, and fail on a mismatch or missing content")
     parser.add_argument("--json", action="store_true",
