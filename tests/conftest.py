@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -116,13 +117,20 @@ def rootfs(tmp_path_factory):
 def import_image(rootfs, ref=None, label=None):
     """`docker import` of the rootfs: one layer; untagged when ref is None. Returns the ID."""
     changes = ["-c", "ENV PATH=/bin", "-c", 'CMD ["sh"]']
+    extra = []
     if label:
         changes += ["-c", f"LABEL docker-dir-test={label}"]
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        # A layer of its own: an engine skips layers it already has, and never reads their bytes.
+        marker = Path(tempfile.mkdtemp())
+        (marker / "docker-dir-test").write_text(label)
+        extra = ["-C", str(marker), "docker-dir-test"]
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", ".", *extra], stdout=subprocess.PIPE)
     proc = subprocess.run(["docker", "import", *changes, "-", *([ref] if ref else [])], stdin=tar.stdout,
                           capture_output=True, text=True)
     tar.stdout.close()
     tar.wait()
+    if extra:
+        shutil.rmtree(extra[1])
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 

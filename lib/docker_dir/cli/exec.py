@@ -55,6 +55,22 @@ def parse(argv):
     return args
 
 
+def shebang_script(command):
+    """The script that invoked us through its #! line, if any: the kernel passes its
+    path as an argument, and it lies outside the mounted directory more often than not."""
+    for arg in command[1:]:
+        if not os.path.isfile(arg):
+            continue
+        try:
+            with open(arg, "rb") as stream:
+                first_line = stream.readline(512)
+        except OSError:
+            continue
+        if first_line.startswith(b"#!") and b"docker-dir-exec" in first_line:
+            return os.path.abspath(arg)
+    return None
+
+
 def run_options(args):
     """Options for `<engine> run`: like a local command, the caller's directory and user."""
     cwd = os.getcwd()
@@ -65,6 +81,9 @@ def run_options(args):
     if user:
         options += ["--user", user]
     options += ["--volume", f"{cwd}:{cwd}", "--workdir", args.workdir or cwd]
+    script = shebang_script(args.command)
+    if script and not script.startswith(cwd.rstrip("/") + "/"):
+        options += ["--volume", f"{script}:{script}:ro"]
     for volume in args.volume:
         options += ["--volume", volume]
     for env in args.env:
