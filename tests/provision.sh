@@ -44,4 +44,7 @@ if [ ! -x .venv/bin/python ] || [ ! -e "$stamp" ] || [ setup.py -nt "$stamp" ]; 
   .venv/bin/pip install -q -e ".${extras:+[$extras]}"
   touch "$stamp"
 fi
+# An editable install leaves no bytecode, and PYTHONDONTWRITEBYTECODE may forbid
+# writing it at run time: compile once, so the commands start as they would installed.
+.venv/bin/python -m compileall -q lib
 
