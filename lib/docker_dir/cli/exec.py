@@ -74,7 +74,10 @@ def shebang_script(command):
 def run_options(args):
     """Options for `<engine> run`: like a local command, the caller's directory and user."""
     cwd = os.getcwd()
-    options = ["--rm", "--interactive", "--init"]
+    # Never pull: if the image went away since the check (another process removed it),
+    # the engine would ask a registry at localhost for our private name and might run
+    # whatever it serves there; "No such image" is the truthful answer.
+    options = ["--rm", "--interactive", "--init", "--pull", "never"]
     if sys.stdin.isatty() and sys.stdout.isatty():
         options.append("--tty")
     user = args.user or (f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None)
