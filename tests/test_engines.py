@@ -1,0 +1,405 @@
+"""Engines: choosing one (--engine, DOCKER_DIR_ENGINE, default, DOCKER_HOST, contexts),
+real podman, real Docker 26 with the classic and the containerd image store, and a
+cross-engine matrix (a directory saved by each engine runs under each other one).
+
+Side engines are started here (tests/engines.py) and stopped by PID; one is skipped,
+with the reason, only when its package cannot be had on this machine.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import cli, docker, import_image, manifest, private_ref, raw_save
+from engines import Unavailable, podman_env, podman_load_count, side_dockerd
+
+from docker_dir.errors import EXIT_NOT_LOADED, EXIT_USAGE
+
+PARALLEL = 4
+
+
+# -- engines under test -----------------------------------------------------------
+
+class Target:
+    """One engine as docker-dir sees it: the environment to run in, the engine's own CLI."""
+
+    def __init__(self, name, engine, env, daemon=None):
+        self.name, self.engine, self.env, self.daemon = name, engine, env, daemon
+        self.created = []  # images a test gave this engine, removed with the fixture
+
+    def cli(self, *args, check=True, input=None):
+        proc = subprocess.run([self.engine, *map(str, args)], env=self.env, capture_output=True, text=True,
+                              input=input, timeout=120)
+        if check and proc.returncode:
+            raise AssertionError(f"{self.engine} {' '.join(map(str, args))} on {self.name}: {proc.stderr}")
+        return proc
+
+    def exec(self, *args, cwd=None):
+        """docker-dir-exec on this engine; containers get no network (side daemons have none)."""
+        return cli("docker-dir-exec", "--engine", self.engine, "--network", "none", *args, env=self.env, cwd=cwd)
+
+    def save(self, ref, directory):
+        return cli("docker-dir-save", "--engine", self.engine, "-q", ref, directory, env=self.env)
+
+    def image_id(self, ref):
+        proc = self.cli("image", "inspect", "--format", "{{.Id}}", ref, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def has(self, ref):
+        return self.image_id(ref) is not None
+
+    def load_dir(self, directory):
+        """The engine's own `load` of a saved directory (tags as saved)."""
+        tar = subprocess.run(["tar", "-C", str(directory), "-c", "."], capture_output=True, check=True).stdout
+        proc = subprocess.run([self.engine, "load"], env=self.env, input=tar, capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+
+    def remove(self, *refs):
+        for ref in refs:
+            self.cli("rmi", "-f", ref, check=False)
+
+    def loads_since(self, since):
+        """How many image loads the engine recorded since `since` (this engine only:
+        a side daemon's own event log, or podman's private events log)."""
+        if self.engine == "podman":
+            return podman_load_count(self.env) - since
+        proc = self.cli("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
+                        "--filter", "type=image", "--filter", "event=load", "--format", "{{.Action}}")
+        return len(proc.stdout.split())
+
+    def mark(self):
+        """A starting point for loads_since."""
+        return podman_load_count(self.env) if self.engine == "podman" else time.time() - 0.5
+
+
+def _started(kind):
+    try:
+        return side_dockerd(kind)
+    except Unavailable as why:
+        pytest.skip(str(why))
+
+
+@pytest.fixture(scope="module")
+def side20():
+    daemon = _started("20.10")
+    yield Target("dockerd 20.10 (side)", "docker", daemon.env(), daemon)
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def docker26():
+    daemon = _started("26")
+    yield Target("Docker 26 classic store", "docker", daemon.env(), daemon)
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def docker26c():
+    daemon = _started("26-containerd")
+    yield Target("Docker 26 containerd store", "docker", daemon.env(), daemon)
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory):
+    try:
+        env = podman_env(tmp_path_factory.mktemp("podman"))
+    except Unavailable as why:
+        pytest.skip(str(why))
+    target = Target("podman", "podman", env)
+    yield target
+    target.remove(*target.created)
+
+
+@pytest.fixture(scope="module")
+def main_docker(docker_engine):
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
+    return Target("dockerd 20.10 (main)", "docker", env)
+
+
+@pytest.fixture
+def cold_tagged(fresh_image, tmp_path):
+    """Factory: (dir, image ID, tag) of a tagged image no engine has."""
+
+    def make():
+        tag = f"docker-dir-test/cold-{uuid.uuid4().hex[:8]}:1"
+        image = fresh_image(tag)
+        directory = raw_save(tag, tmp_path / tag.split("/")[1])
+        docker("rmi", "-f", image)
+        return directory, image, tag
+
+    return make
+
+
+def parallel(function, count):
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: function(), range(count)))
+
+
+# -- choosing the engine ------------------------------------------------------------
+
+def test_id_takes_engine_option_and_needs_no_engine(images, saved):
+    for engine in ("docker", "podman"):
+        proc = cli("docker-dir-id", "--engine", engine, saved.one, env=dict(os.environ, PATH="/nonexistent"))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == images.one_id
+    proc = cli("docker-dir-id", "--engine", "rkt", saved.one)
+    assert proc.returncode == EXIT_USAGE
+    assert "invalid choice" in proc.stderr
+
+
+def test_environment_picks_engine_and_option_wins(cold_dir, podman, main_docker, tmp_path):
+    directory, image = cold_dir()
+    ref = private_ref(image)
+    podman.created.append(ref)
+    env = dict(podman.env, DOCKER_DIR_ENGINE="podman")
+
+    proc = cli("docker-dir-exec", "--load-only", directory, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert podman.has(ref) and not main_docker.has(ref)
+
+    proc = cli("docker-dir-exec", "--engine", "docker", "--load-only", directory, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert main_docker.has(ref)
+
+    proc = cli("docker-dir-exec", "--load-only", directory, env=dict(env, DOCKER_DIR_ENGINE="rkt"))
+    assert proc.returncode == EXIT_USAGE
+    assert "unknown engine 'rkt'" in proc.stderr
+
+
+def test_default_is_podman_when_docker_is_not_installed(cold_dir, podman, main_docker, tmp_path):
+    directory, image = cold_dir()
+    ref = private_ref(image)
+    podman.created.append(ref)
+    only_podman = tmp_path / "bin"
+    only_podman.mkdir()
+    os.symlink(shutil.which("podman"), only_podman / "podman")
+    env = dict(podman.env, PATH=str(only_podman))
+    env.pop("DOCKER_DIR_ENGINE", None)
+
+    proc = cli("docker-dir-exec", "--network", "none", directory, "echo", "on-podman", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "on-podman\n"
+    assert podman.has(ref) and not main_docker.has(ref)
+
+
+def test_docker_host_reaches_a_second_daemon(cold_dir, side20, main_docker, tmp_path):
+    directory, image = cold_dir()
+    ref = private_ref(image)
+
+    proc = side20.exec(directory, "sh", "-c", "echo side", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "side\n"
+    assert side20.image_id(ref) == image
+    assert not main_docker.has(ref)
+
+    # the presence check (the daemon's API over DOCKER_HOST's socket) asks the side daemon
+    assert side20.exec("--no-load", directory, "true", cwd=tmp_path).returncode == 0
+    on_main = cli("docker-dir-exec", "--no-load", directory, "true", env=main_docker.env, cwd=tmp_path)
+    assert on_main.returncode == EXIT_NOT_LOADED
+
+
+@pytest.mark.parametrize("how", ["DOCKER_CONTEXT", "docker context use"])
+def test_docker_context_reaches_a_second_daemon(how, cold_dir, side20, main_docker, tmp_path):
+    directory, image = cold_dir()
+    ref = private_ref(image)
+    env = dict(main_docker.env, DOCKER_CONFIG=str(tmp_path / "config"))
+    name = f"side-{uuid.uuid4().hex[:8]}"
+    sh_env = dict(env)
+    subprocess.run(["docker", "context", "create", name, "--docker", f"host={side20.daemon.host}"], env=sh_env,
+                   check=True, capture_output=True)
+    if how == "DOCKER_CONTEXT":
+        env["DOCKER_CONTEXT"] = name
+    else:
+        subprocess.run(["docker", "context", "use", name], env=sh_env, check=True, capture_output=True)
+
+    proc = cli("docker-dir-exec", "--network", "none", directory, "echo", "ctx", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "ctx\n"
+    assert side20.has(ref) and not main_docker.has(ref)
+    no_load = cli("docker-dir-exec", "--no-load", "--network", "none", directory, "true", env=env, cwd=tmp_path)
+    assert no_load.returncode == 0, no_load.stderr
+
+
+# -- podman -------------------------------------------------------------------------
+
+def podman_import(podman, rootfs, ref):
+    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+    proc = subprocess.run(["podman", "import", "--change", "ENV PATH=/bin", "--change",
+                           f"LABEL docker-dir-test={uuid.uuid4().hex}", "-", ref], env=podman.env, input=tar,
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    image = "sha256:" + podman.image_id(ref)
+    podman.created.append(image)
+    return image
+
+
+def test_podman_round_trip_keeps_user_tags(podman, rootfs, tmp_path):
+    tag = f"localhost/docker-dir-test/pod-{uuid.uuid4().hex[:8]}:1"
+    image = podman_import(podman, rootfs, tag)
+    podman.created.append(private_ref(image))
+
+    proc = podman.save(tag, tmp_path / "saved")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == image
+    assert manifest(tmp_path / "saved")[0]["RepoTags"] == [tag]
+    proc = cli("docker-dir-id", tmp_path / "saved")
+    assert proc.stdout.strip() == image
+
+    # The tag now names another image: exec must load the saved one without moving the tag.
+    podman.remove(image)
+    other = podman_import(podman, rootfs, tag)
+    mark = podman.mark()
+    proc = podman.exec(tmp_path / "saved", "sh", "-c", "echo podman-ran", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "podman-ran\n"
+    assert podman.loads_since(mark) == 1
+    assert "sha256:" + podman.image_id(private_ref(image)) == image
+    assert "sha256:" + podman.image_id(tag) == other
+
+    # present now: found through `podman image exists`, nothing loaded again
+    proc = podman.exec("--no-load", tmp_path / "saved", "true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert podman.loads_since(mark) == 1
+
+
+def test_podman_missing_image_with_no_load(cold_dir, podman, tmp_path):
+    directory, _ = cold_dir()
+    proc = podman.exec("--no-load", directory, "true", cwd=tmp_path)
+    assert proc.returncode == EXIT_NOT_LOADED, proc.stderr
+
+
+def test_podman_parallel_cold_execs_load_once(cold_dir, podman, tmp_path):
+    directory, image = cold_dir()
+    podman.created.append(private_ref(image))
+    mark = podman.mark()
+    results = parallel(lambda: podman.exec(directory, "echo", "ok", cwd=tmp_path), PARALLEL)
+    assert [(r.returncode, r.stdout) for r in results] == [(0, "ok\n")] * PARALLEL, [r.stderr for r in results]
+    assert podman.loads_since(mark) == 1
+
+
+# -- Docker 26 ----------------------------------------------------------------------
+
+@pytest.fixture(params=["docker26", "docker26c"])
+def docker26_any(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_docker26_save_is_oci_layout_and_runs(docker26_any, cold_tagged, tmp_path):
+    engine = docker26_any
+    directory, image, tag = cold_tagged()
+    engine.load_dir(directory)
+    engine_id = engine.image_id(tag)
+
+    saved = tmp_path / "saved26"
+    proc = engine.save(tag, saved)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == image
+    for name in ("oci-layout", "index.json", "manifest.json", f"blobs/sha256/{image.split(':')[1]}"):
+        assert (saved / name).exists(), name
+    assert manifest(saved)[0]["Config"].startswith("blobs/sha256/")
+
+    summary = json.loads(cli("docker-dir-id", "--json", saved).stdout)
+    assert summary["id"] == image
+    assert summary["repo_tags"] == [tag]
+    index_digests = [m["digest"] for m in json.loads((saved / "index.json").read_text())["manifests"]]
+    assert summary["manifest_digest"] in index_digests
+    if "containerd" in engine.name:
+        assert engine_id == summary["manifest_digest"]  # the containerd store names images by manifest
+    else:
+        assert engine_id == image
+
+    engine.remove(tag)
+    mark = engine.mark()
+    proc = engine.exec(saved, "sh", "-c", "echo from-26", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "from-26\n"
+    assert engine.loads_since(mark) == 1
+
+
+def test_docker26_parallel_cold_execs_load_once(docker26_any, cold_tagged, tmp_path):
+    engine = docker26_any
+    directory, image, user_tag = cold_tagged()
+    ref = private_ref(image)
+    mark = engine.mark()
+
+    results = parallel(lambda: engine.exec(directory, "echo", "ok", cwd=tmp_path), PARALLEL)
+    assert [(r.returncode, r.stdout) for r in results] == [(0, "ok\n")] * PARALLEL, [r.stderr for r in results]
+    assert engine.loads_since(mark) == 1
+    assert not engine.has(user_tag)  # loaded under the private tag only
+
+    loaded_id = engine.image_id(ref)
+    if "containerd" in engine.name:
+        # The containerd store names the image by its manifest digest, and does not
+        # know it by the config digest at all; exec still finds it by its private tag.
+        assert loaded_id != image
+        assert not engine.has(image)
+    else:
+        assert loaded_id == image
+
+    proc = engine.exec(directory, "echo", "warm", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, "warm\n"), proc.stderr
+    assert engine.loads_since(mark) == 1
+
+
+# -- cross-engine matrix ------------------------------------------------------------
+
+ENGINES = ("main", "podman", "docker26", "docker26c")
+
+
+@pytest.fixture(scope="module")
+def matrix(main_docker, rootfs, tmp_path_factory, request):
+    """One image, saved by each engine: by dockerd 20.10 (plain docker save), then
+    loaded into each other engine with its own `load` and saved back with
+    docker-dir-save. The engines' copies are removed, so every exec loads."""
+    targets = {"main": main_docker}
+    skipped = {}
+    for name in ENGINES[1:]:
+        try:
+            targets[name] = request.getfixturevalue(name)
+        except pytest.skip.Exception as why:
+            skipped[name] = str(why)
+    base = tmp_path_factory.mktemp("matrix")
+    tag = f"docker-dir-test/matrix-{uuid.uuid4().hex[:8]}:1"
+    image = import_image(rootfs, tag, label=uuid.uuid4().hex)
+    dirs = {"main": raw_save(tag, base / "main")}
+    docker("rmi", "-f", tag)
+    for name, target in targets.items():
+        if name == "main":
+            continue
+        target.load_dir(dirs["main"])
+        saved_tag = tag if target.engine == "docker" else "localhost/" + tag
+        proc = target.save(saved_tag, base / name)
+        assert proc.returncode == 0, f"{name}: {proc.stderr}"
+        dirs[name] = base / name
+        target.remove(saved_tag)
+    yield dict(targets=targets, dirs=dirs, image=image, skipped=skipped)
+    for target in targets.values():
+        target.remove(private_ref(image))
+    docker("rmi", "-f", image, check=False)
+
+
+def test_matrix_ids_agree(matrix):
+    for name, directory in matrix["dirs"].items():
+        proc = cli("docker-dir-id", directory)
+        assert proc.stdout.strip() == matrix["image"], (name, proc.stderr)
+        assert cli("docker-dir-id", "--verify", directory).returncode == 0, name
+
+
+@pytest.mark.parametrize("source,target", [(s, t) for s in ENGINES for t in ENGINES if s != t])
+def test_matrix_runs_everywhere(matrix, source, target, tmp_path):
+    for name in (source, target):
+        if name in matrix["skipped"]:
+            pytest.skip(matrix["skipped"][name])
+    engine = matrix["targets"][target]
+    ref = private_ref(matrix["image"])
+    engine.remove(ref)
+    proc = engine.exec(matrix["dirs"][source], "sh", "-c", "echo $((6 * 7))", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "42\n"
+    assert engine.has(ref)
