@@ -1,53 +1,24 @@
-"""What the three commands share: parser set-up, one-line errors, signals, progress."""
-import argparse
+"""What the three commands share: one-line errors, signals, progress.
+
+No argparse here: docker-dir-id parses its common command lines without it.
+"""
 import os
-import signal
 import sys
 import time
 
-from ..errors import EXIT_CODES_HELP, DockerDirError, Interrupted, UsageError
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog):
-        # With no width, argparse imports shutil (and bz2, lzma) on every run: ~2 ms
-        # of docker-dir-id's budget, spent only to size a help text rarely shown.
-        try:
-            width = os.get_terminal_size(sys.stderr.fileno()).columns
-        except OSError:
-            width = 80
-        super().__init__(prog, width=max(width, 40) - 2)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (exit 2) and the exit-code table in --help."""
-
-    def __init__(self, prog, description, **kwargs):
-        super().__init__(prog=prog, description=description, epilog=EXIT_CODES_HELP,
-                         formatter_class=_Formatter, **kwargs)
-        self.add_argument("--debug", action="store_true", help="show a traceback on errors")
-
-    def error(self, message):
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def add_selectors(parser):
-    parser.add_argument("--repo-tag", metavar="NAME:TAG", help="pick the image saved with this tag")
-    parser.add_argument("--config", metavar="PREFIX",
-                        help="pick the image whose config digest starts with PREFIX (sha256: optional)")
-
-
-def add_engine_option(parser):
-    parser.add_argument("--engine", choices=("docker", "podman"),
-                        help="container engine (default: $DOCKER_DIR_ENGINE, else docker if installed, else podman)")
+from ..errors import DockerDirError, Interrupted
 
 
 def _raise_interrupted(signum, frame):
+    import signal
+
     raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum)
 
 
 def trap_signals():
     """SIGTERM and SIGHUP unwind like SIGINT, so temp files and child engines are cleaned up."""
+    import signal  # here, not at the top: it imports enum, 4 ms of docker-dir-id's budget
+
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
 
@@ -67,7 +38,7 @@ def run(prog, main, argv=None):
         if debug:
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return 130  # 128 + SIGINT, as shells report it
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head): not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

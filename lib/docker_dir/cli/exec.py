@@ -11,7 +11,8 @@ import sys
 from ..engine import get_engine
 from ..errors import EngineUnavailable, NotLoaded, UsageError
 from ..format.layout import ImageDir
-from .common import Parser, add_engine_option, add_selectors, run
+from .common import run
+from .parser import Parser, add_engine_option, add_selectors
 
 PROG = "docker-dir-exec"
 IMAGE_ENV = "DOCKER_DIR_IMAGE"

@@ -1,20 +1,65 @@
 """docker-dir-id: print the image ID stored in a directory; no daemon, no layer content needed."""
-import json
 import os
 
 from ..errors import CantWrite
 from ..format.layout import ImageDir
-from .common import Parser, add_selectors, run
+from .common import run
 
 PROG = "docker-dir-id"
+_FLAGS = {"--verify": "verify", "--json": "json", "--debug": "debug"}
+_VALUED = {"--repo-tag": "repo_tag", "--config": "config", "-o": "output", "--output": "output",
+           "--engine": "engine"}
+_ENGINES = ("docker", "podman")
+
+
+class _Args:
+    def __init__(self):
+        self.repo_tag = self.config = self.output = self.engine = None
+        self.verify = self.json = self.debug = False
+
+
+def quick_parse(argv):
+    """Parse the usual well-formed command lines without argparse, whose import (with
+    re and enum) would double docker-dir-id's run time. Anything else (help, errors,
+    abbreviations, bundled short options) returns None and goes to argparse."""
+    args = _Args()
+    positional = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            positional.extend(words)
+            break
+        if not word.startswith("-") or word == "-":
+            positional.append(word)
+            continue
+        name, has_value, value = word.partition("=")
+        if name in _FLAGS and not has_value:
+            setattr(args, _FLAGS[name], True)
+        elif name in _VALUED and (has_value and name.startswith("--") or not has_value):
+            if not has_value:
+                value = next(words, None)
+                if value is None or value.startswith("-"):
+                    return None
+            setattr(args, _VALUED[name], value)
+        else:
+            return None
+    if len(positional) != 1 or args.engine not in (None, *_ENGINES):
+        return None
+    args.dir = positional[0]
+    return args
 
 
 def parse(argv):
+    args = quick_parse(argv)
+    if args is not None:
+        return args
+    from .parser import Parser, add_selectors
+
     parser = Parser(PROG, "Print the config digest (sha256:<hex>) of the image saved in DIR. Needs no "
                           "daemon and no layer content, so it works on git-annex trees with content dropped.")
     add_selectors(parser)
     # Accepted so one set of options works for all three commands; the ID needs no engine.
-    parser.add_argument("--engine", choices=("docker", "podman"),
+    parser.add_argument("--engine", choices=_ENGINES,
                         help="accepted like in save and exec, and ignored: reading the ID needs no engine")
     parser.add_argument("--verify", action="store_true",
                         help="re-hash the config and every layer, and fail on a mismatch or missing content")
@@ -67,6 +112,8 @@ def main(argv):
     if args.verify:
         entry.verify()
     if args.json:
+        import json
+
         text = json.dumps(entry.summary(), indent=2) + "\n"
     else:
         text = entry.image_id() + "\n"

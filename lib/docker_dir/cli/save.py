@@ -14,7 +14,8 @@ from ..engine import get_engine
 from ..errors import CantWrite, DockerDirError, EngineFailed, Interrupted
 from ..format.layout import ImageDir
 from ..format.tarstream import counting_reader, extract_stream
-from .common import Parser, Progress, add_engine_option, human, run, trap_signals
+from .common import Progress, human, run, trap_signals
+from .parser import Parser, add_engine_option
 
 PROG = "docker-dir-save"
 TEMP_MARK = ".docker-dir-save-"

@@ -1,0 +1,40 @@
+"""The argparse parser the three commands share (help text, exit-code table, one-line errors)."""
+import argparse
+import os
+import sys
+
+from ..errors import EXIT_CODES_HELP, UsageError
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        # With no width, argparse imports shutil (and bz2, lzma) on every run: ~2 ms
+        # of docker-dir-id's budget, spent only to size a help text rarely shown.
+        try:
+            width = os.get_terminal_size(sys.stderr.fileno()).columns
+        except OSError:
+            width = 80
+        super().__init__(prog, width=max(width, 40) - 2)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2) and the exit-code table in --help."""
+
+    def __init__(self, prog, description, **kwargs):
+        super().__init__(prog=prog, description=description, epilog=EXIT_CODES_HELP,
+                         formatter_class=_Formatter, **kwargs)
+        self.add_argument("--debug", action="store_true", help="show a traceback on errors")
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def add_selectors(parser):
+    parser.add_argument("--repo-tag", metavar="NAME:TAG", help="pick the image saved with this tag")
+    parser.add_argument("--config", metavar="PREFIX",
+                        help="pick the image whose config digest starts with PREFIX (sha256: optional)")
+
+
+def add_engine_option(parser):
+    parser.add_argument("--engine", choices=("docker", "podman"),
+                        help="container engine (default: $DOCKER_DIR_ENGINE, else docker if installed, else podman)")
