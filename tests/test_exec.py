@@ -354,3 +354,26 @@ def test_not_an_image_dir(tmp_path):
     (tmp_path / "plain" / "x").write_text("x")
     line = one_line_error(cli("docker-dir-exec", tmp_path / "plain", "true", cwd=tmp_path), EXIT_BAD_DIR)
     assert "manifest.json" in line
+
+
+def test_load_stream_holds_only_the_selected_image(images, tmp_path):
+    """What exec sends to `load`: a manifest naming only the private tag, and only the
+    files of the selected image, however much else DIR holds."""
+    import io
+    import json
+    import tarfile
+
+    from docker_dir.format.layout import ImageDir
+    from docker_dir.format.tarstream import write_load_stream
+
+    d = raw_save([images.one, images.multi], tmp_path / "both")
+    (d / "unrelated.bin").write_bytes(b"x" * 1000)
+    entry = ImageDir(str(d)).select(repo_tag=images.one)
+    out = io.BytesIO()
+    write_load_stream(entry, out, ["localhost/docker-dir:abc"])
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        names = tar.getnames()
+        sent = json.load(tar.extractfile("manifest.json"))
+    assert sent == [dict(entry.raw, RepoTags=["localhost/docker-dir:abc"])]
+    assert sorted(names) == sorted(["manifest.json", entry.config, *entry.layers])
