@@ -6,6 +6,7 @@ target stays inside the enclosing git repository (git-annex keeps content in
 .git/annex/objects) or, outside git, inside the image directory.
 """
 import os
+import stat
 
 from ..errors import BadImageDir, ContentMissing, SelectionError, VerifyError
 
@@ -32,13 +33,27 @@ def digest_from_name(relpath):
     return name if is_hex64(name) else None
 
 
+def open_regular(path):
+    """open(path, "rb") for a regular file only: a FIFO would block forever and a
+    device never end. Other kinds raise BadImageDir; OS errors pass through."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadImageDir(f"{path}: not a regular file; the image directory is damaged")
+    return os.fdopen(fd, "rb")
+
+
 def sha256_file(path):
     import hashlib  # only --verify hashes: the ID itself comes from file names
 
     digest = hashlib.sha256()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
-    with open(path, "rb") as stream:
+    try:
+        stream = open_regular(path)
+    except OSError as err:
+        raise BadImageDir(f"{path}: cannot read ({err.strerror})") from None
+    with stream:
         while True:
             n = stream.readinto(buf)
             if not n:
@@ -122,12 +137,12 @@ class Entry:
         """The config's content, or None when it is not present (dangling annex link)."""
         path = self.image_dir.resolve(self.config)
         try:
-            with open(path, "rb") as stream:
+            with open_regular(path) as stream:
                 return stream.read()
         except FileNotFoundError:
             return None
-        except IsADirectoryError:
-            raise BadImageDir(f"{path}: config is a directory; the image directory is damaged")
+        except OSError as err:
+            raise BadImageDir(f"{path}: cannot read the config ({err.strerror})") from None
 
     def config_json(self):
         data = self.config_bytes()
@@ -205,7 +220,7 @@ class Entry:
         for layer in dict.fromkeys(self.layers):
             try:
                 total += os.stat(self.image_dir.resolve(layer)).st_size
-            except FileNotFoundError:
+            except OSError:  # absent, a link loop, a file where a directory belongs: nothing present
                 pass
         return total
 
@@ -251,9 +266,9 @@ class Entry:
             return False
         rel = "blobs/sha256/" + blob_hex
         try:
-            with open(self.image_dir.resolve(rel), "rb") as stream:
+            with open_regular(self.image_dir.resolve(rel)) as stream:
                 blob = self.image_dir.parse_json(stream.read(), rel)
-        except (FileNotFoundError, BadImageDir):
+        except (OSError, BadImageDir):
             return False
         if not isinstance(blob, dict):
             return False
@@ -317,14 +332,12 @@ class ImageDir:
     def read_json(self, relpath, missing_message):
         path = self.resolve(relpath)
         try:
-            with open(path, "rb") as stream:
+            with open_regular(path) as stream:
                 data = stream.read()
         except FileNotFoundError:
             if os.path.lexists(path):
                 raise ContentMissing(f"{path} is not present; " + GET_CONTENT_HINT.format(d=self.path)) from None
             raise BadImageDir(missing_message) from None
-        except IsADirectoryError:
-            raise BadImageDir(f"{path} is a directory; the image directory is damaged") from None
         except OSError as err:
             raise BadImageDir(f"{path}: cannot read ({err.strerror})") from None
         return self.parse_json(data, relpath)
