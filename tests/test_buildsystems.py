@@ -197,3 +197,10 @@ def test_shebang_line_naming_the_image_directory(saved, tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "2 notes.txt\n"
+
+
+@pytest.mark.parametrize("example", ["Snakefile.example", "examples/Makefile", "examples/word-count",
+                                     "examples/datalad-run.sh"])
+def test_readme_shows_the_tested_example_verbatim(example):
+    readme = (REPO / "README.md").read_text()
+    assert (REPO / example).read_text() in readme, f"README.md must show {example} as it is (a fenced block)"
