@@ -97,6 +97,12 @@ def _enclosing_roots(real_dir):
         probe = parent
 
 
+def _descriptors(index):
+    """The descriptor objects of an OCI index; none when "manifests" is not a list."""
+    manifests = index.get("manifests")
+    return [d for d in manifests if isinstance(d, dict)] if isinstance(manifests, list) else []
+
+
 def _inside(path, root):
     return path == root or path.startswith(root.rstrip("/") + "/")
 
@@ -252,8 +258,8 @@ class Entry:
         if not index:
             return None
         want = self.config_digest()
-        for desc in index.get("manifests") or []:
-            if isinstance(desc, dict) and self._describes(desc, want, depth=0):
+        for desc in _descriptors(index):
+            if self._describes(desc, want, depth=0):
                 return desc.get("digest")
         return None
 
@@ -275,8 +281,7 @@ class Entry:
         config = blob.get("config")
         if isinstance(config, dict) and config.get("digest") == "sha256:" + config_hex:
             return True
-        return any(isinstance(child, dict) and self._describes(child, config_hex, depth + 1)
-                   for child in blob.get("manifests") or [])
+        return any(self._describes(child, config_hex, depth + 1) for child in _descriptors(blob))
 
     def summary(self):
         return {
