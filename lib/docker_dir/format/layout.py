@@ -258,18 +258,22 @@ class Entry:
         if not index:
             return None
         want = self.config_digest()
+        # Each blob is read once: descriptors naming each other, fanned out, would
+        # otherwise cost width**depth reads.
+        seen = set()
         for desc in _descriptors(index):
-            if self._describes(desc, want, depth=0):
+            if self._describes(desc, want, 0, seen):
                 return desc.get("digest")
         return None
 
-    def _describes(self, desc, config_hex, depth):
+    def _describes(self, desc, config_hex, depth, seen):
         digest = desc.get("digest")
         if depth > 3 or not isinstance(digest, str) or not digest.startswith("sha256:"):
             return False
         blob_hex = digest[7:]
-        if not is_hex64(blob_hex):
+        if not is_hex64(blob_hex) or blob_hex in seen:
             return False
+        seen.add(blob_hex)
         rel = "blobs/sha256/" + blob_hex
         try:
             with open_regular(self.image_dir.resolve(rel)) as stream:
@@ -281,7 +285,7 @@ class Entry:
         config = blob.get("config")
         if isinstance(config, dict) and config.get("digest") == "sha256:" + config_hex:
             return True
-        return any(self._describes(child, config_hex, depth + 1) for child in _descriptors(blob))
+        return any(self._describes(child, config_hex, depth + 1, seen) for child in _descriptors(blob))
 
     def summary(self):
         return {
