@@ -137,7 +137,7 @@ class Entry:
 
     def label(self):
         name = ", ".join(self.repo_tags) or "<untagged>"
-        return f"{name} ({short(self.named_digest or self.config)})"
+        return _shown(f"{name} ({short(self.named_digest or self.config)})")
 
     def config_bytes(self):
         """The config's content, or None when it is not present (dangling annex link)."""
@@ -320,7 +320,8 @@ class ImageDir:
 
     def resolve(self, relpath):
         """Absolute path of a manifest path, refusing anything that leaves the directory."""
-        if not isinstance(relpath, str) or not relpath or "\0" in relpath:
+        # No engine writes control characters or lone surrogates (which cannot even be encoded) in a name.
+        if not isinstance(relpath, str) or not relpath or not relpath.isprintable():
             raise BadImageDir(f"{self.manifest_path}: invalid path {relpath!r}; the manifest is damaged")
         if relpath.startswith("/") or ".." in relpath.split("/"):
             raise BadImageDir(f"{self.manifest_path}: path {relpath!r} leaves the image directory; refusing it")
@@ -328,7 +329,7 @@ class ImageDir:
         target = os.path.realpath(path)
         if not _inside(target, self.real) and not any(_inside(target, r) for r in self.roots):
             raise BadImageDir(f"{os.path.join(self.path, relpath)}: symlink leads outside the image directory "
-                              f"(to {target}); refusing to follow it")
+                              f"(to {_shown(target)}); refusing to follow it")
         return path
 
     def parse_json(self, data, relpath):
@@ -394,8 +395,8 @@ class ImageDir:
             return chosen[0]
         candidates = "; ".join(e.label() for e in entries)
         if not chosen:
-            wanted = " and ".join(s for s in (repo_tag and f"--repo-tag {repo_tag}",
-                                              config and f"--config {config}") if s)
+            wanted = " and ".join(_shown(s) for s in (repo_tag and f"--repo-tag {repo_tag}",
+                                                      config and f"--config {config}") if s)
             raise SelectionError(f"{self.path}: no image matches {wanted}; it holds: {candidates}")
         raise SelectionError(f"{self.path}: holds {len(chosen)} images, choose one with --repo-tag or "
                              f"--config: {'; '.join(e.label() for e in chosen)}")
@@ -444,6 +445,11 @@ def loads_json(data):
     if text[end:].strip(_JSON_SPACE):
         raise ValueError(f"extra data at character {end}")
     return value
+
+
+def _shown(text):
+    """Text from a manifest, a link or the command line, escaped where needed so an error stays one line."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _one_line(err):
