@@ -85,9 +85,9 @@ def _enclosing_roots(real_dir):
             try:
                 with open(dotgit, encoding="utf-8") as stream:
                     line = stream.readline().strip()
-            except OSError:
+            except (OSError, ValueError):  # ValueError: not UTF-8
                 line = ""
-            if line.startswith("gitdir:"):
+            if line.startswith("gitdir:") and "\0" not in line:
                 gitdir = os.path.realpath(os.path.join(probe, line[7:].strip()))
                 return (probe, gitdir)
             return (probe,)
