@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Issue 4: `docker-dir-exec DIR sh -c true` against raw docker and the adapter's `run`.
+
+- hot: the engine has the image; vs `docker run --rm ID sh -c true`, and (to split
+  Python start-up from the cost of docker-dir's run flags) vs `docker run` with the
+  same flags docker-dir passes;
+- cold: the image is removed from the engine (by ID: every tag, docker-dir's private
+  `localhost/docker-dir:<hex>` too) before each run; vs `tar -c -C DIR . | docker
+  load && docker run --rm ID sh -c true`;
+- parallel: 8 cold execs started at once; wall time until the last one exits, and
+  how many `docker load`s the engine saw.
+"""
+import os
+import subprocess
+import time
+
+from benchlib import (adapter, bench_image, docker_dir, has_image, interleaved, median, quick_mode, raw_save,
+                      remove_image, row, run_timed, workdir, write_results)
+
+PARALLEL = 8
+COMMAND = ["sh", "-c", "true"]
+
+
+def count_loads(image_id, since, until):
+    """`docker load`s of this image that the engine reported between two time.time() values."""
+    out = subprocess.run(["docker", "events", "--since", str(int(since) - 1), "--until", str(int(until) + 1),
+                          "--filter", "type=image", "--filter", "event=load", "--format", "{{.TimeNano}} {{.ID}}"],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    hex_id = image_id.split(":")[-1]
+    return sum(1 for line in out.splitlines()
+               if hex_id in line and since * 1e9 <= int(line.split()[0]) <= until * 1e9)
+
+
+def run_parallel(argv, cwd, n=PARALLEL):
+    start = time.perf_counter()
+    procs = [subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for _ in range(n)]
+    errors = [p.communicate()[1] for p in procs]
+    elapsed = time.perf_counter() - start
+    failed = [(p.returncode, e.decode(errors="replace")[-300:]) for p, e in zip(procs, errors) if p.returncode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {n} parallel runs of {argv} failed: {failed[0]}")
+    return elapsed
+
+
+def main():
+    quick = quick_mode()
+    layers = [8] * 4 if quick else [130] * 4
+    hot_runs, cold_runs, parallel_trials = (5, 2, 1) if quick else (30, 5, 2)
+    with bench_image(layers) as (ref, image_id, image_size), workdir("exec") as work:
+        image_dir = os.path.join(work, "img")
+        raw_save(ref, image_dir)
+        cwd = os.path.join(work, "cwd")
+        os.mkdir(cwd)
+        same_flags = ["--rm", "--interactive", "--init", "--user", f"{os.getuid()}:{os.getgid()}",
+                      "--volume", f"{cwd}:{cwd}", "--workdir", cwd]
+        commands = {
+            "docker-dir": docker_dir("exec", "-q", image_dir, *COMMAND),
+            "raw docker": ["docker", "run", "--rm", image_id, *COMMAND],
+            "adapter": adapter("run", image_dir, *COMMAND),
+        }
+        cold_raw = ["sh", "-c", 'tar -c -C "$1" . | docker load -q >/dev/null && docker run --rm "$2" sh -c true',
+                    "sh", image_dir, image_id]
+        size = f"{image_size / 1e6:.0f} MB image, {len(layers) + 1} layers"
+        print(f"bench_exec: {size}; hot {hot_runs} runs, cold {cold_runs} runs, {parallel_trials} trial(s) of "
+              f"{PARALLEL} parallel cold execs", flush=True)
+
+        def timed(argv):
+            return lambda: run_timed(argv, cwd=cwd)
+
+        hot = interleaved({**{n: timed(a) for n, a in commands.items()},
+                           "docker run, docker-dir's flags": timed(["docker", "run", *same_flags, image_id,
+                                                                    *COMMAND])}, hot_runs)
+        med_hot = {n: median(v) for n, v in hot.items()}
+
+        def make_cold(name):
+            remove_image(image_id)
+            if has_image(image_id):
+                raise RuntimeError(f"{image_id} still in the engine; the cold run would be warm")
+
+        cold = interleaved({"docker-dir": timed(commands["docker-dir"]), "raw docker": timed(cold_raw),
+                            "adapter": timed(commands["adapter"])}, cold_runs, before_each=make_cold)
+        med_cold = {n: median(v) for n, v in cold.items()}
+        print(f"  cold medians: " + ", ".join(f"{n} {v:.2f} s" for n, v in med_cold.items()), flush=True)
+
+        parallel, loads = {}, {}
+        for _ in range(parallel_trials):
+            for name, argv in (("docker-dir", commands["docker-dir"]), ("raw docker", cold_raw),
+                               ("adapter", commands["adapter"])):
+                make_cold(name)
+                since = time.time()
+                parallel.setdefault(name, []).append(run_parallel(argv, cwd))
+                until = time.time()
+                time.sleep(1.1)  # --until is second-grained: let the second end
+                loads.setdefault(name, []).append(count_loads(image_id, since, until))
+                print(f"  {PARALLEL} parallel cold, {name}: {parallel[name][-1]:.2f} s, {loads[name][-1]} load(s)",
+                      flush=True)
+        med_par = {n: median(v) for n, v in parallel.items()}
+        remove_image(image_id)
+
+    cold_limit = 1.3 * med_cold["docker-dir"]
+    rows = [
+        row("exec hot: sh -c true, image present", "s", med_hot["docker-dir"], med_hot["raw docker"],
+            med_hot["adapter"], goal=1.10, note=f"{hot_runs} runs, median; docker run --rm ID"),
+        row("exec hot vs docker run with docker-dir's flags", "s", med_hot["docker-dir"],
+            med_hot["docker run, docker-dir's flags"], None, baseline="docker run + same flags",
+            note="--interactive --init --user --volume --workdir: shows docker-dir's own cost"),
+        row(f"exec cold: load + run ({size})", "s", med_cold["docker-dir"], med_cold["raw docker"],
+            med_cold["adapter"], goal=1.05, note=f"{cold_runs} runs, median; raw: tar -c DIR | docker load && "
+                                                   "docker run"),
+        row(f"{PARALLEL} parallel cold execs (wall)", "s", med_par["docker-dir"], med_par["raw docker"],
+            med_par["adapter"], limit=cold_limit,
+            goal_text=f"<= 1.3x one docker-dir cold exec ({cold_limit:.1f} s), 1 load",
+            note=f"{parallel_trials} trial(s), median; loads per trial: " +
+                 ", ".join(f"{n} {max(v)}" for n, v in loads.items())),
+    ]
+    if max(loads["docker-dir"]) > 1:
+        rows[-1]["met"] = False
+    write_results("exec", rows, {"image_size": image_size, "layers_mib": layers, "hot": hot, "cold": cold,
+                                 "parallel": parallel, "loads": loads})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Shared bits of the bench scripts: the three contenders' command lines, offline
+test images, timing loops, disk sampling and the results files.
+
+Every bench script runs under one interpreter (bench/.venv-peer, made by
+bench/run-all): that interpreter starts docker-dir's bin/ scripts, the
+datalad-container adapter and the `python -c pass` baseline, so interpreter
+start-up is the same for all of them.
+"""
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+CHECKOUT = os.path.dirname(BENCH)
+RESULTS = os.path.join(BENCH, "results")  # per-script JSON, gitignored; report.py merges them
+PY = os.path.abspath(sys.executable)
+MiB = 1024 * 1024
+
+
+def docker_dir(tool, *args):
+    """argv for a docker-dir script from this checkout, started by this interpreter (not a shim)."""
+    return [PY, os.path.join(CHECKOUT, "bin", f"docker-dir-{tool}"), *args]
+
+
+def adapter(*args):
+    return [PY, "-m", "datalad_container.adapters.docker", *args]
+
+
+def quick_mode():
+    return os.environ.get("BENCH_QUICK") == "1"
+
+
+# -- images ------------------------------------------------------------------
+
+def sh(*argv, **kwargs):
+    return subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True, **kwargs).stdout.strip()
+
+
+def _busybox_rootfs(path):
+    os.makedirs(os.path.join(path, "bin"))
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    shutil.copy(busybox, os.path.join(path, "bin", "busybox"))
+    for applet in sh(busybox, "--list").split():
+        if applet != "busybox":
+            os.symlink("busybox", os.path.join(path, "bin", applet))
+
+
+@contextlib.contextmanager
+def bench_image(layers_mib):
+    """A unique busybox image with one extra layer of random bytes per entry of
+    `layers_mib`, built offline; removed (with every tag, docker-dir's private
+    one included) on exit. Yields (ref, image_id, size_bytes)."""
+    tag = f"docker-dir-bench/{uuid.uuid4().hex[:12]}"
+    work = tempfile.mkdtemp(prefix="docker-dir-bench-build-")
+    base_ref, ref = f"{tag}:base", f"{tag}:big"
+    image_id = None
+    try:
+        rootfs = os.path.join(work, "rootfs")
+        _busybox_rootfs(rootfs)
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        sh("docker", "import", "-c", "ENV PATH=/bin", "-", base_ref, stdin=tar.stdout)
+        tar.wait()
+        steps = [f"FROM {base_ref}"]
+        steps += [f"RUN head -c {mib * MiB} /dev/urandom > /random-{n}" for n, mib in enumerate(layers_mib)]
+        with open(os.path.join(work, "Dockerfile"), "w") as out:
+            out.write("\n".join(steps) + "\n")
+        # The legacy builder needs no buildx plugin and no registry.
+        subprocess.run(["docker", "build", "-q", "-t", ref, work], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+        image_id = sh("docker", "image", "inspect", "--format", "{{.Id}}", ref)
+        size = int(sh("docker", "image", "inspect", "--format", "{{.Size}}", ref))
+        yield ref, image_id, size
+    finally:
+        if image_id:
+            remove_image(image_id)
+        subprocess.run(["docker", "rmi", "-f", ref, base_ref], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_image(image_id):
+    """Forget the image entirely (all its tags), so the next exec is cold."""
+    subprocess.run(["docker", "rmi", "-f", image_id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def has_image(image_id):
+    return subprocess.run(["docker", "image", "inspect", image_id], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
+
+
+@contextlib.contextmanager
+def workdir(prefix):
+    """Scratch space on the same filesystem as TMPDIR, removed on exit."""
+    path = tempfile.mkdtemp(prefix=f"docker-dir-bench-{prefix}-", dir=os.environ.get("BENCH_WORKDIR"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- measuring ---------------------------------------------------------------
+
+def run_timed(argv, **kwargs):
+    """Wall time of one run; a failing run is an error, not a fast sample."""
+    start = time.perf_counter()
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          **kwargs)
+    elapsed = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{argv} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-800:]}")
+    return elapsed
+
+
+def interleaved(contenders, runs, before_each=None, warmup=1):
+    """Time each contender `runs` times, round-robin, so drift on a shared engine
+    hits all of them alike. contenders: {name: argv or callable}. Returns {name: [s]}."""
+    def once(name, what):
+        if before_each:
+            before_each(name)
+        return what() if callable(what) else run_timed(what)
+
+    for _ in range(warmup):
+        for name, what in contenders.items():
+            once(name, what)
+    samples = {name: [] for name in contenders}
+    for _ in range(runs):
+        for name, what in contenders.items():
+            samples[name].append(once(name, what))
+    return samples
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def disk_usage(path):
+    """Bytes allocated for `path` and everything under it (like du), tolerant of files vanishing mid-walk."""
+    try:
+        total = os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+class PeakSampler:
+    """Samples the allocated size of some paths every `interval` s in a thread; keeps the peak."""
+
+    def __init__(self, paths, interval=0.05):
+        self.paths = paths
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while True:
+            self.peak = max(self.peak, sum(disk_usage(p) for p in self.paths))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, sum(disk_usage(p) for p in self.paths))
+
+
+# -- results -----------------------------------------------------------------
+
+def row(metric, unit, docker_dir_value, raw_value, adapter_value, goal=None, limit=None, goal_text=None,
+        baseline="raw docker", note=""):
+    """One line of the results table. The goal is either `goal`, the highest acceptable
+    docker-dir/baseline ratio, or `limit`, the highest acceptable docker-dir value."""
+    if goal_text is None and goal is not None:
+        goal_text = f"<= {goal:g}x {baseline}"
+    met = None
+    if goal is not None and docker_dir_value is not None and raw_value:
+        met = docker_dir_value / raw_value <= goal
+    elif limit is not None and docker_dir_value is not None:
+        met = docker_dir_value <= limit
+    return {"metric": metric, "unit": unit, "docker_dir": docker_dir_value, "raw": raw_value,
+            "adapter": adapter_value, "goal": goal, "limit": limit, "goal_text": goal_text, "met": met,
+            "baseline": baseline, "note": note}
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt(value, unit):
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    if unit == "bytes":
+        return f"{value / 1e6:.0f} MB"
+    return f"{value:g} {unit}"
+
+
+def write_results(name, rows, info):
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as out:
+        json.dump({"bench": name, "quick": quick_mode(), "info": info, "rows": rows}, out, indent=1)
+    print_rows(rows)
+
+
+def print_rows(rows):
+    for r in rows:
+        dd_raw, dd_ad = ratio(r["docker_dir"], r["raw"]), ratio(r["docker_dir"], r["adapter"])
+        goal = f" [goal {r['goal_text']}: {'met' if r['met'] else 'MISSED'}]" if r["goal_text"] else ""
+        ratios = (f"; docker-dir/{r['baseline']} {dd_raw:.2f}x" if dd_raw else "") + \
+                 (f", docker-dir/adapter {dd_ad:.2f}x" if dd_ad else "") + goal
+        print(f"  {r['metric']}: docker-dir {fmt(r['docker_dir'], r['unit'])}, {r['baseline']} "
+              f"{fmt(r['raw'], r['unit'])}, adapter {fmt(r['adapter'], r['unit'])}{ratios}", flush=True)
+
+
+def raw_save(ref, directory):
+    """The plain way: `docker save IMG | tar -x -C DIR`."""
+    os.makedirs(directory, exist_ok=True)
+    subprocess.run(f"docker save {ref} | tar -x -C {directory}", shell=True, check=True)

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Merge bench/results/*.json into one table: printed, written as Markdown and as a PNG bar chart.
+
+usage: report.py MARKDOWN PNG
+"""
+import datetime
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from benchlib import BENCH, CHECKOUT, PY, RESULTS, fmt, ratio
+
+ORDER = ("id", "save", "exec")
+
+
+def load_benches():
+    benches = {}
+    for path in glob.glob(os.path.join(RESULTS, "*.json")):
+        with open(path) as stream:
+            data = json.load(stream)
+        benches[data["bench"]] = data
+    names = [n for n in ORDER if n in benches] + sorted(set(benches) - set(ORDER))
+    return [benches[n] for n in names]
+
+
+def cells(r):
+    baseline = fmt(r["raw"], r["unit"])
+    if r["baseline"] != "raw docker":
+        baseline += f" ({r['baseline']})"
+    dd_raw, dd_ad = ratio(r["docker_dir"], r["raw"]), ratio(r["docker_dir"], r["adapter"])
+    met = {True: "met", False: "**missed**", None: ""}[r["met"]]
+    return [r["metric"], fmt(r["docker_dir"], r["unit"]), baseline, fmt(r["adapter"], r["unit"]),
+            f"{dd_raw:.2f}x" if dd_raw else "-", f"{dd_ad:.2f}x" if dd_ad else "-",
+            r["goal_text"] or "", met]
+
+
+HEADER = ["metric", "docker-dir", "raw docker (baseline)", "datalad-container adapter", "docker-dir / baseline",
+          "docker-dir / adapter", "goal", ""]
+
+
+def environment(quick):
+    def out(*argv):
+        try:
+            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        except OSError:
+            return "?"
+
+    commit = out("git", "-C", CHECKOUT, "rev-parse", "--short", "HEAD")
+    dirty = " (with uncommitted changes)" if out("git", "-C", CHECKOUT, "status", "--porcelain", "--", "lib",
+                                                 "bin") else ""
+    adapter_version = out(PY, "-c", "import importlib.metadata as m; print(m.version('datalad-container'))")
+    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, docker-dir {commit}{dirty}, "
+            f"{'QUICK smoke mode (small images, few runs)' if quick else 'full mode'}; "
+            f"{os.cpu_count()} CPUs, {platform.platform(terse=True)}, dockerd "
+            f"{out('docker', 'version', '--format', '{{.Server.Version}}')}, datalad-container {adapter_version}, "
+            f"Python {platform.python_version()} ({PY}); load average at the end "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def markdown(rows, png_name, quick):
+    lines = [f"# docker-dir benchmarks", "", environment(quick), "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in rows]
+    lines += ["", "Notes:", ""]
+    lines += [f"- {r['metric']}: {r['note']}" for r in rows if r["note"]]
+    lines += ["", f"![bar chart of the table]({png_name})", "",
+              "Made by `bench/run-all`; see [README.md](README.md) for what each figure measures.", ""]
+    return "\n".join(lines)
+
+
+def print_table(rows):
+    table = [HEADER] + [[c.replace("**", "") for c in cells(r)] for r in rows]
+    widths = [min(max(len(row[i]) for row in table), 60) for i in range(len(HEADER))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def chart(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 2
+    nrows = (len(rows) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(12, 3.2 * nrows), squeeze=False)
+    colors = {"docker-dir": "#2a7ab0", "baseline": "#8c8c8c", "adapter": "#d9822b"}
+    for ax, r in zip(axes.flat, rows):
+        scale, unit = (1e-6, "MB") if r["unit"] == "bytes" else \
+                      ((1000, "ms") if max(v or 0 for v in (r["docker_dir"], r["raw"], r["adapter"])) < 1 else (1, "s"))
+        bars = [("docker-dir", r["docker_dir"]), (r["baseline"], r["raw"]), ("adapter", r["adapter"])]
+        bars = [(label, value) for label, value in bars if value is not None]
+        values = [value * scale for _, value in bars]
+        labels = [label.replace(", ", ",\n").replace(" + ", " +\n") for label, _ in bars]
+        bar_colors = [colors.get(label, colors["baseline"]) for label, _ in bars]
+        drawn = ax.barh(labels, values, color=bar_colors)
+        ax.invert_yaxis()
+        ax.bar_label(drawn, labels=[fmt(v, r["unit"]) for _, v in bars], padding=3, fontsize=9)
+        limit = r["limit"] if r["limit"] is not None else (r["goal"] * r["raw"] if r["goal"] and r["raw"] else None)
+        if limit:
+            ax.axvline(limit * scale, color="#c0392b", linestyle="--", linewidth=1.2)
+        verdict = {True: "met", False: "MISSED", None: ""}[r["met"]]
+        goal = f"\ngoal (red line): {r['goal_text']}: {verdict}" if r["goal_text"] else "\n(no goal: for diagnosis)"
+        ax.set_title(r["metric"] + goal, fontsize=9.5, loc="left",
+                     color="#c0392b" if r["met"] is False else "black")
+        ax.set_xlabel(unit, fontsize=9)
+        ax.set_xlim(0, max(values + [limit * scale if limit else 0]) * 1.3 or 1)
+        ax.tick_params(labelsize=9)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    fig.suptitle("docker-dir vs raw docker vs the datalad-container adapter (medians; shorter is better)",
+                 fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    md_path, png_path = sys.argv[1:3]
+    benches = load_benches()
+    rows = [r for bench in benches for r in bench["rows"]]
+    quick = any(bench.get("quick") for bench in benches)
+    if not rows:
+        sys.exit(f"no results in {RESULTS}; run the bench scripts first")
+    print_table(rows)
+    chart(rows, png_path)
+    with open(md_path, "w") as out:
+        out.write(markdown(rows, os.path.relpath(png_path, os.path.dirname(os.path.abspath(md_path))), quick))
+    print(f"\nwrote {os.path.relpath(md_path, BENCH)} and {os.path.relpath(png_path, BENCH)} (in bench/)")
+
+
+if __name__ == "__main__":
+    main()
