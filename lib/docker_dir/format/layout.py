@@ -2,8 +2,9 @@
 
 Pure file reading: no subprocess, no engine. Every path taken from a manifest
 is checked before it is opened, and symlinks are followed only while their
-target stays inside the enclosing git repository (git-annex keeps content in
-.git/annex/objects) or, outside git, inside the image directory.
+target stays inside the enclosing git work tree (git-annex keeps content in
+.git/annex/objects, or in a submodule's gitdir/annex/objects) or, outside git,
+inside the image directory.
 """
 import os
 import stat
@@ -74,14 +75,19 @@ def normalize_repo_tag(ref):
 
 
 def _enclosing_roots(real_dir):
-    """Directories a symlink in the image dir may point into."""
+    """Directories a symlink in the image dir may point into: the enclosing work tree and,
+    when its gitdir lies elsewhere, only that gitdir's annexed objects (a .git file in a
+    copied directory could name any directory, even /)."""
     probe = real_dir
     while True:
         dotgit = os.path.join(probe, ".git")
+        if os.path.islink(dotgit):
+            # git-annex turns a submodule's .git file into a link to its gitdir.
+            return (probe, os.path.join(os.path.realpath(dotgit), "annex", "objects"))
         if os.path.isdir(dotgit):
             return (probe,)
         if os.path.isfile(dotgit):
-            # A submodule or worktree keeps its objects under the gitdir it names.
+            # A submodule keeps its annexed objects under the gitdir it names.
             try:
                 with open(dotgit, encoding="utf-8") as stream:
                     line = stream.readline().strip()
@@ -89,7 +95,7 @@ def _enclosing_roots(real_dir):
                 line = ""
             if line.startswith("gitdir:") and "\0" not in line:
                 gitdir = os.path.realpath(os.path.join(probe, line[7:].strip()))
-                return (probe, gitdir)
+                return (probe, os.path.join(gitdir, "annex", "objects"))
             return (probe,)
         parent = os.path.dirname(probe)
         if parent == probe:
