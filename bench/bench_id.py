@@ -19,12 +19,18 @@ def main():
                                   "print(get_image(sys.argv[1]))", image_dir],
         }
         print(f"bench_id: {runs} interleaved runs each, interpreter {PY}", flush=True)
-        samples = interleaved(contenders, runs, warmup=3)
+        cpu = {}
+        samples = interleaved(contenders, runs, warmup=3, cpu=cpu)
     med = {name: median(values) for name, values in samples.items()}
+    med_cpu = {name: median(values) for name, values in cpu.items()}
     write_results("id", [row("docker-dir-id DIR (start-up)", "s", med["docker-dir"], med["python -c pass"],
                              med["adapter"], goal=1.5, baseline="python -c pass",
-                             note=f"{runs} runs, median")],
-                  {"runs": runs, "python": PY, "samples": samples})
+                             note=f"{runs} runs, median wall time; median CPU time (user+sys, not inflated by a busy "
+                                  f"machine): docker-dir {med_cpu['docker-dir'] * 1000:.1f} ms, python -c pass "
+                                  f"{med_cpu['python -c pass'] * 1000:.1f} ms "
+                                  f"({med_cpu['docker-dir'] / med_cpu['python -c pass']:.2f}x), adapter "
+                                  f"{med_cpu['adapter'] * 1000:.1f} ms")],
+                  {"runs": runs, "python": PY, "samples": samples, "cpu": cpu})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ start-up is the same for all of them.
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -118,13 +119,18 @@ def run_timed(argv, **kwargs):
     return elapsed
 
 
-def interleaved(contenders, runs, before_each=None, warmup=1):
+def interleaved(contenders, runs, before_each=None, warmup=1, cpu=None):
     """Time each contender `runs` times, round-robin, so drift on a shared engine
-    hits all of them alike. contenders: {name: argv or callable}. Returns {name: [s]}."""
+    hits all of them alike. contenders: {name: argv or callable}. Returns {name: [s]}.
+    With a dict `cpu`, also fills {name: [user+sys s of the child processes]}: a figure
+    that waiting for a busy CPU does not inflate."""
     def once(name, what):
         if before_each:
             before_each(name)
-        return what() if callable(what) else run_timed(what)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        elapsed = what() if callable(what) else run_timed(what)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     for _ in range(warmup):
         for name, what in contenders.items():
@@ -132,7 +138,10 @@ def interleaved(contenders, runs, before_each=None, warmup=1):
     samples = {name: [] for name in contenders}
     for _ in range(runs):
         for name, what in contenders.items():
-            samples[name].append(once(name, what))
+            elapsed, cpu_time = once(name, what)
+            samples[name].append(elapsed)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(cpu_time)
     return samples
 
 

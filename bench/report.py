@@ -86,7 +86,7 @@ def chart(rows, path):
 
     cols = 2
     nrows = (len(rows) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(12, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(13, 3.2 * nrows), squeeze=False)
     colors = {"docker-dir": "#2a7ab0", "baseline": "#8c8c8c", "adapter": "#d9822b"}
     for ax, r in zip(axes.flat, rows):
         scale, unit = (1e-6, "MB") if r["unit"] == "bytes" else \
