@@ -448,6 +448,13 @@ def loads_json(data):
         value, end = _scan(text, start)
     except StopIteration as stop:
         raise ValueError(f"expecting a value at character {stop.value}") from None
+    except SystemError:
+        # The scanner raises most syntax errors as json.decoder.JSONDecodeError and,
+        # when that module was never imported, fails with SystemError instead:
+        # let json.loads report the error (bad input only pays for the import).
+        import json
+
+        return json.loads(text)
     if text[end:].strip(_JSON_SPACE):
         raise ValueError(f"extra data at character {end}")
     return value
