@@ -112,8 +112,13 @@ class _Stream:
         self._out = {}
         readers = [("stderr", self.proc.stderr)] + ([("stdout", self.proc.stdout)] if want_stdin else [])
         self._threads = [threading.Thread(target=self._drain, args=(k, f), daemon=True) for k, f in readers]
-        for thread in self._threads:
-            thread.start()
+        try:
+            for thread in self._threads:
+                thread.start()
+        except BaseException:
+            self.proc.kill()  # interrupted (signal) while starting: the engine must not outlive us
+            self.proc.wait()
+            raise
 
     def _drain(self, key, stream):
         self._out[key] = stream.read()
@@ -133,7 +138,11 @@ class _Stream:
                 self.proc.stdin.close()
             except BrokenPipeError:
                 pass
-        code = self.proc.wait()
+        try:
+            code = self.proc.wait()
+        except BaseException:
+            self.abort()  # interrupted (signal): the engine's process must not outlive us
+            raise
         for thread in self._threads:
             thread.join()
         if code:
