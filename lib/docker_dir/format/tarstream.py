@@ -174,7 +174,9 @@ def write_load_stream(entry, out, repo_tags, on_bytes=None):
     raw = dict(entry.raw)
     raw["RepoTags"] = list(repo_tags) or None
     manifest = json.dumps([raw]).encode()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    sink = _Sink(out)
+    tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)
+    try:
         info = tarfile.TarInfo("manifest.json")
         info.size = len(manifest)
         info.mode = 0o644
@@ -186,6 +188,26 @@ def write_load_stream(entry, out, repo_tags, on_bytes=None):
                 info.size = os.fstat(src.fileno()).st_size
                 info.mode = 0o644
                 tar.addfile(info, _Counting(src, on_bytes) if on_bytes else src)
+    except BaseException:
+        sink.stop()
+        raise
+    tar.close()
+
+
+class _Sink:
+    """The engine's stdin, until an error: then tarfile's closing flush (also run when
+    it is garbage-collected) writes nothing, as a stalled engine would block it forever
+    and leave a signal unanswered."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, data):
+        if self.out is not None:
+            self.out.write(data)
+
+    def stop(self):
+        self.out = None
 
 
 class _Counting:
