@@ -1,0 +1,303 @@
+"""docker-dir-exec when things go wrong around it: many cold starts at once, the image
+removed while execs start, the daemon killed during a load or not running, no docker
+binary, and SIGINT/SIGTERM/SIGHUP while the command runs or while the image loads.
+
+All against real engines: the shared dockerd for what leaves it intact, a side dockerd
+(own network namespace, tests/engines.py) for what kills or freezes a daemon.
+"""
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, count_events, docker, image_id_of, private_ref, raw_save
+from engines import SideDockerd, Unavailable
+
+from docker_dir.engine.base import runtime_dir
+from docker_dir.errors import EXIT_ENGINE_UNAVAILABLE
+
+EXEC = str(BIN / "docker-dir-exec")
+SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+# Lines docker-dir-exec prints on stderr that are progress, not errors.
+INFO_PREFIX = "docker-dir-exec: waiting for another process"
+
+
+def start_exec(*args, env=None):
+    return subprocess.Popen([sys.executable, EXEC, *map(str, args)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def run_exec(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, EXEC, *map(str, args)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def error_lines(stderr):
+    """The stderr lines that are not progress; asserts there is no traceback."""
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(INFO_PREFIX)]
+
+
+def assert_one_line_error(stderr):
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("docker-dir-exec: "), stderr
+    return lines[0]
+
+
+def wait_until(predicate, timeout, what, proc=None):
+    """Poll `predicate` until it returns something true; fail early if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"docker-dir-exec exited ({proc.returncode}) before {what}: "
+                                 f"{proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.002)
+
+
+def containers(label, env=None):
+    proc = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"label={label}"], capture_output=True,
+                          text=True, env=env, check=True)
+    return proc.stdout.split()
+
+
+# -- processes, from /proc ------------------------------------------------------
+
+def children(pid):
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def argv_of(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def state_of(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def wchan(pid):
+    """The kernel function the main thread sleeps in: anon_pipe_write (a full pipe),
+    do_wait (waitpid; futex_do_wait is a lock, e.g. a thread starting)."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return ""
+
+
+def load_child(pid):
+    """The `<engine> load` process docker-dir-exec started, once it runs the engine binary."""
+    for child in children(pid):
+        if argv_of(child)[1:2] == ["load"]:
+            return child
+    return None
+
+
+def pipe_inode(pid, fd):
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return None
+
+
+def holds(pid, target):
+    """Whether process `pid` has an fd open on `target` (e.g. 'pipe:[123]')."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    return any(pipe_inode(pid, fd) == target for fd in fds)
+
+
+def lock_is_free(image_id):
+    path = os.path.join(runtime_dir(), f"load-{image_id.split(':')[-1]}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+# -- many at once ---------------------------------------------------------------
+
+def test_16_parallel_cold_execs_load_once(cold_dir):
+    directory, image = cold_dir()
+    since = time.time()
+    procs = [start_exec(directory, "echo", f"out-{i}") for i in range(16)]
+    results = [(proc, *proc.communicate(timeout=180)) for proc in procs]
+    for i, (proc, out, err) in enumerate(results):
+        assert proc.returncode == 0, err
+        assert out == f"out-{i}\n"
+        assert error_lines(err) == [], err
+    assert count_events("load", since, image=image) == 1
+
+
+def test_image_removed_while_16_execs_start(cold_dir):
+    """Each exec runs or fails with a clear message, whatever it was doing when
+    another process removed the image; afterwards one exec loads it again."""
+    directory, image = cold_dir()
+    ref = private_ref(image)
+
+    def remove_image():
+        # midway: once the first exec has loaded it, while the others look, wait or start
+        wait_until(lambda: image_id_of(ref), 120, "load of the image")
+        docker("rmi", "-f", ref, check=False)
+        docker("rmi", "-f", image, check=False)
+
+    with ThreadPoolExecutor(1) as pool:
+        removal = pool.submit(remove_image)
+        procs = [start_exec(directory, "echo", f"out-{i}") for i in range(16)]
+        results = [(proc, *proc.communicate(timeout=180)) for proc in procs]
+        removal.result()
+    for i, (proc, out, err) in enumerate(results):
+        if proc.returncode == 0:
+            assert out == f"out-{i}\n", err
+            continue
+        lines = error_lines(err)
+        # either our own one line, or the docker CLI's (it adds a pointer to 'docker run --help')
+        assert lines and (lines[0].startswith("docker-dir-exec: ") and len(lines) == 1
+                          or "No such image: " + ref in lines[0]
+                          and all("docker run --help" in line for line in lines[1:])), err
+    again = run_exec(directory, "echo", "again")
+    assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
+
+
+# -- engine missing or down -----------------------------------------------------
+
+def stale_socket(path):
+    """A unix socket file nobody listens on: what a stopped daemon leaves behind."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+    return path
+
+
+@pytest.mark.parametrize("where", ["no socket", "stale socket"])
+def test_daemon_not_running(saved, tmp_path, where):
+    sock = tmp_path / "docker.sock" if where == "stale socket" else Path("/nonexistent/docker.sock")
+    if where == "stale socket":
+        stale_socket(sock)
+    env = dict(os.environ, DOCKER_HOST=f"unix://{sock}")
+    env.pop("DOCKER_CONTEXT", None)
+    proc = run_exec(saved.one, "true", env=env, timeout=5)  # a hang guard
+    assert proc.returncode == EXIT_ENGINE_UNAVAILABLE, proc.stderr
+    line = assert_one_line_error(proc.stderr)
+    assert "start the daemon" in line and "DOCKER_HOST" in line
+
+
+def test_docker_binary_missing(saved, tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path))
+    proc = run_exec("--engine", "docker", saved.one, "true", env=env)
+    assert proc.returncode == EXIT_ENGINE_UNAVAILABLE, proc.stderr
+    line = assert_one_line_error(proc.stderr)
+    assert "docker is not installed" in line
+
+
+# -- signals ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
+def test_signal_while_command_runs(saved, signum):
+    """The docker CLI docker-dir-exec became forwards the signal; tini (--init) makes
+    `sleep` honour it, so the container goes and its status is ours."""
+    label = f"docker-dir-test-signal={uuid.uuid4().hex}"
+    proc = start_exec(f"--engine-arg=--label={label}", saved.one, "sleep", "300")
+    try:
+        wait_until(lambda: subprocess.run(["docker", "ps", "-q", "--filter", f"label={label}",
+                                           "--filter", "status=running"], capture_output=True,
+                                          text=True).stdout.strip(), 60, "running container", proc)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 128 + signum, err
+        assert "Traceback" not in err
+        wait_until(lambda: not containers(label), 15, "removal of the container")
+    finally:
+        proc.kill()
+        proc.wait()
+        for container in containers(label):
+            docker("rm", "-f", container, check=False)
+
+
+@pytest.fixture
+def tiny_dir(rootfs, tmp_path):
+    """A cold image whose whole load stream fits in a pipe buffer: one small file.
+    It has no shell; commands run the host's static busybox mounted into it."""
+    files = tmp_path / "tiny-root"
+    files.mkdir()
+    (files / "hello").write_text("hello\n")
+    tar = subprocess.Popen(["tar", "-C", str(files), "-c", "."], stdout=subprocess.PIPE)
+    image = subprocess.run(["docker", "import", "-c", f"LABEL docker-dir-test={uuid.uuid4().hex}", "-"],
+                           stdin=tar.stdout, capture_output=True, text=True, check=True).stdout.strip()
+    tar.stdout.close()
+    tar.wait()
+    try:
+        directory = raw_save(image, tmp_path / "tiny")
+    finally:
+        docker("rmi", "-f", image)
+    yield directory, image
+    docker("rmi", "-f", private_ref(image), check=False)
+    docker("rmi", "-f", image, check=False)
+
+
+BUSYBOX = "/bin/busybox"
+
+
+@pytest.mark.parametrize("phase", ["writing", "waiting"])
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
+def test_signal_during_load(cold_dir, tiny_dir, phase, signum):
+    """A signal while the image loads: the engine's load process goes too, no container
+    starts, the lock is free, and the next exec loads and runs.
+
+    The `docker load` child is stopped (SIGSTOP) so the load stays in progress: while
+    docker-dir-exec writes the stream (an image larger than the pipe buffer), or after
+    it wrote all of it and waits for the engine (a tiny image)."""
+    directory, image = cold_dir() if phase == "writing" else tiny_dir
+    label = f"docker-dir-test-signal={uuid.uuid4().hex}"
+    mount = [] if phase == "writing" else [f"--volume={BUSYBOX}:{BUSYBOX}:ro"]
+    command = ["sleep", "300"] if phase == "writing" else [BUSYBOX, "sleep", "300"]
+    proc = start_exec(f"--engine-arg=--label={label}", *mount, directory, *command)
+    loader = None
+    try:
+        loader = wait_until(lambda: load_child(proc.pid), 60, "docker load process", proc)
+        os.kill(loader, signal.SIGSTOP)
+        state = wait_until(lambda: state_of(loader) in ("T", "Z", None) and str(state_of(loader)), 10,
+                           "stopped docker load")
+        assert state == "T", "docker load finished before it could be stopped"
+        where = "anon_pipe_write" if phase == "writing" else "do_wait"
+        wait_until(lambda: wchan(proc.pid) == where, 30, f"docker-dir-exec in {where}", proc)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 128 + signum, err
+        assert assert_one_line_error(err).startswith("docker-dir-exec: interrupted")
+        assert state_of(loader) is None, "the engine's load process was left behind"
+        assert not containers(label)
+        assert lock_is_free(image)
+    finally:
+        proc.kill()
+        proc.wait()
+        if loader and state_of(loader) not in (None, "Z"):
+            os.kill(loader, signal.SIGKILL)
+    again = run_exec(*mount, directory, *(["echo"] if phase == "writing" else [BUSYBOX, "echo"]), "again")
+    assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
