@@ -6,7 +6,10 @@ All against real engines: the shared dockerd for what leaves it intact, a side d
 (own network namespace, tests/engines.py) for what kills or freezes a daemon.
 """
 import fcntl
+import hashlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, count_events, docker, image_id_of, private_ref, raw_save
-from engines import SideDockerd, Unavailable
+from conftest import BIN, count_events, docker, image_id_of, import_image, private_ref, raw_save
+from engines import Unavailable, side_dockerd
 
 from docker_dir.engine.base import runtime_dir
-from docker_dir.errors import EXIT_ENGINE_UNAVAILABLE
+from docker_dir.errors import EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE
 
 EXEC = str(BIN / "docker-dir-exec")
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
@@ -301,3 +304,94 @@ def test_signal_during_load(cold_dir, tiny_dir, phase, signum):
             os.kill(loader, signal.SIGKILL)
     again = run_exec(*mount, directory, *(["echo"] if phase == "writing" else [BUSYBOX, "echo"]), "again")
     assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
+
+
+# -- the daemon killed during a load (a side dockerd: never the shared one) -------
+
+# SideDockerd names its containerd namespace after its mkdtemp dir; containerd refuses
+# names with '_' next to a separator or at the end, and then no container can run.
+VALID_NAMESPACE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+
+
+@pytest.fixture(scope="module")
+def side_daemon():
+    for _attempt in range(5):
+        try:
+            daemon = side_dockerd("20.10", "dockerd 20.10 for docker-dir-exec faults")
+        except Unavailable as why:
+            pytest.skip(str(why))
+        if VALID_NAMESPACE.match(daemon.cgroup_parent):
+            break
+        daemon.stop()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def big_dir(rootfs, tmp_path):
+    """A cold image with a 64 MB layer, so a load lasts long enough to be caught in the daemon.
+    Returns (dir, image ID, sha256 of the big file)."""
+    root = tmp_path / "big-root"
+    shutil.copytree(rootfs, root, symlinks=True)
+    data = os.urandom(64 << 20)
+    (root / "big.bin").write_bytes(data)
+    image = import_image(root, None, label=uuid.uuid4().hex)
+    try:
+        directory = raw_save(image, tmp_path / "big")
+    finally:
+        docker("rmi", "-f", image)
+    return directory, image, hashlib.sha256(data).hexdigest()
+
+
+def restart(daemon, launch):
+    """Start a killed side daemon again on the same data-root, as a service manager would.
+    Its old containerd goes first: left in the old mount namespace, it could not see
+    the new daemon's container mounts."""
+    left = daemon._own_pids()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    daemon.process.wait(timeout=30)
+    wait_until(lambda: all(state_of(pid) in (None, "Z") for pid in left), 30, "end of the old containerd")
+    # A dead containerd that nobody reaped yet still "exists" for dockerd, which would
+    # wait for its socket instead of starting a new one.
+    pidfile = Path(launch[launch.index("--exec-root") + 1], "containerd", "containerd.pid")
+    if pidfile.exists() and state_of(int(pidfile.read_text())) in (None, "Z"):
+        pidfile.unlink()
+    with open(daemon.log_path, "ab") as log:
+        daemon.process = subprocess.Popen(launch, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+    daemon._wait_ready(90)
+
+
+def test_daemon_killed_during_load(side_daemon, big_dir):
+    """dockerd is frozen while it unpacks the archive (its docker-import-* temp dir exists),
+    then SIGKILLed: docker-dir-exec says so in one line; while the daemon is down it says
+    how to start it; once the daemon is back, the next exec loads the image whole."""
+    directory, image, big_sha = big_dir
+    env = side_daemon.env()
+    launch = argv_of(side_daemon.process.pid)[:-1]
+    unpacking = Path(side_daemon.dir, "data", "tmp")
+    proc = start_exec("--network", "none", directory, "echo", "ran", env=env)
+    try:
+        wait_until(lambda: list(unpacking.glob("docker-import-*")), 60, "load in the daemon", proc)
+        side_daemon.kill(signal.SIGSTOP)
+        assert list(unpacking.glob("docker-import-*")), "the load finished before the daemon could be stopped"
+        side_daemon.kill(signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode in (EXIT_ENGINE_UNAVAILABLE, EXIT_ENGINE_FAILED), err
+    assert out == ""
+    assert_one_line_error(err)
+    assert lock_is_free(image)
+
+    down = run_exec("--network", "none", directory, "echo", "ran", env=env, timeout=5)  # a hang guard
+    assert down.returncode == EXIT_ENGINE_UNAVAILABLE, down.stderr
+    assert "start the daemon" in assert_one_line_error(down.stderr)
+
+    restart(side_daemon, launch)
+    again = run_exec("--network", "none", directory, "sha256sum", "/big.bin", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split()[0] == big_sha
+    assert side_daemon.docker("image", "inspect", "--format", "{{.Id}}", private_ref(image)).stdout.strip() == image
