@@ -8,6 +8,7 @@ All against real engines: the shared dockerd for what leaves it intact, a side d
 import fcntl
 import hashlib
 import os
+import pty
 import re
 import shutil
 import signal
@@ -105,6 +106,12 @@ def wchan(pid):
         return Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
         return ""
+
+
+def reaped(pid):
+    """(wait status,) once child `pid` has ended, else None."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return (status,) if done else None
 
 
 def load_child(pid):
@@ -241,6 +248,59 @@ def test_signal_while_command_runs(saved, signum):
         proc.wait()
         for container in containers(label):
             docker("rm", "-f", container, check=False)
+
+
+def test_terminal_hangup_while_command_runs(saved):
+    """Closing the terminal (an ssh session dropping) hangs up the docker CLI that
+    docker-dir-exec became, running with --tty: the container goes too."""
+    label = f"docker-dir-test-signal={uuid.uuid4().hex}"
+    pid, terminal = pty.fork()
+    if pid == 0:
+        try:
+            os.execv(sys.executable, [sys.executable, EXEC, f"--engine-arg=--label={label}", str(saved.one),
+                                      "sleep", "300"])
+        finally:
+            os._exit(127)
+    status = None
+    try:
+        container = wait_until(lambda: subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label={label}", "--filter", "status=running"],
+            capture_output=True, text=True).stdout.strip(), 60, "running container")
+        assert docker("inspect", "--format", "{{.Config.Tty}}", container).stdout.strip() == "true"
+        os.close(terminal)
+        terminal = None
+        (status,) = wait_until(lambda: reaped(pid), 15, "end of docker-dir-exec")
+        assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGHUP
+        wait_until(lambda: not containers(label), 15, "removal of the container")
+    finally:
+        if terminal is not None:
+            os.close(terminal)
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        for container in containers(label):
+            docker("rm", "-f", container, check=False)
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
+def test_signal_while_waiting_for_another_load(cold_dir, signum):
+    """An exec waiting for the load lock goes at once on a signal; the loading one goes on."""
+    directory, image = cold_dir()
+    first = start_exec(directory, "echo", "first")
+    loader = wait_until(lambda: load_child(first.pid), 60, "docker load process", first)
+    os.kill(loader, signal.SIGSTOP)  # the load, and the lock with it, stays held
+    try:
+        second = start_exec(directory, "echo", "second")
+        assert second.stderr.readline().startswith(INFO_PREFIX)
+        second.send_signal(signum)
+        out, err = second.communicate(timeout=15)
+        assert second.returncode == 128 + signum, err
+        assert out == ""
+        assert assert_one_line_error(err).startswith("docker-dir-exec: interrupted")
+    finally:
+        os.kill(loader, signal.SIGCONT)
+        out, err = first.communicate(timeout=120)
+    assert (first.returncode, out) == (0, "first\n"), err
 
 
 @pytest.fixture
