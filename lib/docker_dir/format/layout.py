@@ -166,9 +166,9 @@ class Entry:
         """Hex sha256 of the config. Docker names the file after that digest, so the
         name answers without reading it (and still does when git-annex dropped the
         content); only a config named otherwise is hashed. --verify checks the name."""
+        path = self.image_dir.resolve(self.config)  # refuses ../ and absolute paths even unread
         if self.named_digest:
             return self.named_digest
-        path = self.image_dir.resolve(self.config)
         if not os.path.exists(path):
             raise ContentMissing(
                 f"{self.image_dir.path}: config {self.config} is not present and its name holds no digest; "

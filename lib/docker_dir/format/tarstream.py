@@ -17,6 +17,7 @@ import stat
 import tarfile
 
 from ..errors import BadImageDir
+from .layout import open_regular
 
 _CHUNK = 1 << 20
 
@@ -183,7 +184,7 @@ def write_load_stream(entry, out, repo_tags, on_bytes=None):
         tar.addfile(info, io.BytesIO(manifest))
         for relpath in entry.referenced_files():
             path = image_dir.resolve(relpath)
-            with open(path, "rb") as src:
+            with open_regular(path) as src:
                 info = tarfile.TarInfo(relpath)
                 info.size = os.fstat(src.fileno()).st_size
                 info.mode = 0o644
