@@ -455,3 +455,22 @@ def test_daemon_killed_during_load(side_daemon, big_dir):
     assert again.returncode == 0, again.stderr
     assert again.stdout.split()[0] == big_sha
     assert side_daemon.docker("image", "inspect", "--format", "{{.Id}}", private_ref(image)).stdout.strip() == image
+
+
+def test_sigkill_during_load(cold_dir):
+    """SIGKILL cannot be handled: the engine's load gets a truncated stream and fails on
+    its own, the kernel drops the lock, and the next exec loads the image."""
+    directory, image = cold_dir()
+    proc = start_exec(directory, "echo", "ran")
+    loader = wait_until(lambda: load_child(proc.pid), 60, "docker load process", proc)
+    os.kill(loader, signal.SIGSTOP)
+    try:
+        wait_until(lambda: wchan(proc.pid) == "anon_pipe_write", 30, "docker-dir-exec writing", proc)
+        proc.kill()
+        proc.wait()
+        assert lock_is_free(image)
+    finally:
+        os.kill(loader, signal.SIGCONT)
+    wait_until(lambda: state_of(loader) in (None, "Z"), 60, "end of the orphaned docker load")
+    again = run_exec(directory, "echo", "again")
+    assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
