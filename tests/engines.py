@@ -12,7 +12,7 @@ SideDockerd(label, dockerd="dockerd", path_dirs=(), containerd_store=False)
     socket path must stay under 108 bytes).
     - start(timeout=90) -> self: starts it, waits until `docker info` answers;
       raises RuntimeError with the end of its log if it does not.
-    - host: "unix:///tmp/dd-XXXX/s", for DOCKER_HOST.
+    - host: "unix:///tmp/ddXXXXXXXXXX/s", for DOCKER_HOST.
     - env(**extra) -> os.environ copy with DOCKER_HOST set (plus extra).
     - docker(*args, check=True, input=None, timeout=120) -> CompletedProcess (text)
       of the docker client on PATH against this daemon.
@@ -48,6 +48,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "docker-dir-tests"
@@ -191,6 +192,7 @@ class SideDockerd:
 
     @property
     def cgroup_parent(self):
+        """Also its containerd namespace."""
         return os.path.basename(self.dir)
 
     def env(self, **extra):
@@ -211,7 +213,9 @@ class SideDockerd:
         for tool in ("unshare", "docker"):
             if not shutil.which(tool):
                 raise Unavailable(f"{self.label}: {tool} not installed")
-        self.dir = tempfile.mkdtemp(prefix="dd-", dir="/tmp")
+        # also its containerd namespace and cgroup name: letters and digits only
+        self.dir = f"/tmp/dd{uuid.uuid4().hex[:10]}"
+        os.mkdir(self.dir, 0o700)
         config = {"features": {"containerd-snapshotter": True}} if self.containerd_store else {}
         Path(self.dir, "daemon.json").write_text(json.dumps(config))
         argv = [self.dockerd, "--config-file", f"{self.dir}/daemon.json", "--data-root", f"{self.dir}/data",
@@ -219,7 +223,7 @@ class SideDockerd:
                 "--bridge=none", "--iptables=false", "--ip-masq=false", "--shutdown-timeout=3",
                 "--exec-opt", "native.cgroupdriver=cgroupfs", "--cgroup-parent", f"/{self.cgroup_parent}",
                 "--containerd-namespace", self.cgroup_parent,
-                "--containerd-plugins-namespace", f"{self.cgroup_parent}-p"]
+                "--containerd-plugins-namespace", f"{self.cgroup_parent}p"]
         # Own network namespace: a second dockerd on the host network once deleted
         # docker0. Own mount namespace: a system containerd's socket is hidden, so
         # this daemon starts its own containerd instead of sharing the host's.
@@ -255,11 +259,14 @@ class SideDockerd:
                                    f"{self._log_tail()}")
             time.sleep(0.2)
 
-    def _log_tail(self, lines=15):
+    def _log_tail(self, lines=8):
+        """Its complaints (warnings and worse) and its last lines: enough to see why it failed."""
         try:
-            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+            text = Path(self.log_path).read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
+        complaints = [line for line in text if "level=info" not in line and "level=debug" not in line]
+        return "\n".join(dict.fromkeys(complaints[-20:] + text[-lines:]))
 
     def kill(self, signum=signal.SIGKILL):
         os.kill(self.pid, signum)
