@@ -207,6 +207,12 @@ def test_symlink_chain_each_link_in_tree(arena):
                            member("l/img-evil/x", data=b"x")])
 
 
+def test_symlink_chain_leading_outside_is_refused_even_unused(arena):
+    """No member writes through l, but DIR would hold a link to work/ for whoever reads it later."""
+    assert_refused(arena, [member("deep/x", "dir"), member("deep/x/s", "symlink", target="../../deep"),
+                           member("l", "symlink", target="deep/x/s/../..")])
+
+
 def test_link_to_own_parent_then_climb_from_apparent_depth(arena):
     """d/l -> ../d makes d/l/l/l... all name d; a link placed at d/l/l/s must not count that depth."""
     assert_refused(arena, [member("d", "dir"), member("d/l", "symlink", target="../d"),
