@@ -218,12 +218,19 @@ def test_daemon_not_running(saved, tmp_path, where):
     assert "start the daemon" in line and "DOCKER_HOST" in line
 
 
-def test_docker_binary_missing(saved, tmp_path):
+@pytest.mark.parametrize("options, env_choice, engine", [(["--engine", "docker"], {}, "docker"),
+                                                        ([], {}, "docker"),
+                                                        ([], {"DOCKER_DIR_ENGINE": "podman"}, "podman")],
+                         ids=["--engine docker", "default", "DOCKER_DIR_ENGINE=podman"])
+def test_engine_binary_missing(saved, tmp_path, options, env_choice, engine):
+    """No engine on PATH (an empty directory): the chosen one is named, with what to do."""
     env = dict(os.environ, PATH=str(tmp_path))
-    proc = run_exec("--engine", "docker", saved.one, "true", env=env)
+    env.pop("DOCKER_DIR_ENGINE", None)
+    env.update(env_choice)
+    proc = run_exec(*options, saved.one, "true", env=env)
     assert proc.returncode == EXIT_ENGINE_UNAVAILABLE, proc.stderr
     line = assert_one_line_error(proc.stderr)
-    assert "docker is not installed" in line
+    assert f"{engine} is not installed" in line and "--engine" in line
 
 
 # -- signals ----------------------------------------------------------------------
