@@ -5,6 +5,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import sys
 import tarfile
 import tempfile
@@ -133,15 +134,20 @@ def save(engine, refs, path, force=False, quiet=False, write_gitattributes=False
         if engine.inspect_id(ref) is None:
             raise EngineFailed(f"image {ref} not found in {engine.name}; list images with '{engine.name} images'")
     remove_stale_temps(parent, name)
+    received = _remember_signals()
+    # A signal between mkdtemp and the `try` below would leave the temp dir behind.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
     try:
         tmp = tempfile.mkdtemp(prefix=f".{name}{TEMP_MARK}", dir=parent)
     except OSError as err:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CATCHABLE)
         raise CantWrite(f"{path}: cannot create a temporary directory in {parent} ({err.strerror})") from None
     lock_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(lock_fd, fcntl.LOCK_EX)
     progress = Progress(f"saving {' '.join(refs)}", enabled=not quiet)
     started = time.monotonic()
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CATCHABLE)  # a pending signal raises here
         stream = engine.save(refs)
         try:
             extract_stream(counting_reader(stream.stdout, progress), tmp)
@@ -156,6 +162,8 @@ def save(engine, refs, path, force=False, quiet=False, write_gitattributes=False
         if write_gitattributes:
             with open(os.path.join(tmp, ".gitattributes"), "w", encoding="utf-8") as out:
                 out.write(gitattributes(saved))
+        if received:  # the signal's exception was dropped (see _remember_signals): stop before the commit
+            raise Interrupted(f"interrupted by {signal.Signals(received[0]).name}", received[0])
         move_into_place(tmp, path)
     except BaseException:
         progress.enabled = False
@@ -168,6 +176,33 @@ def save(engine, refs, path, force=False, quiet=False, write_gitattributes=False
         print(f"{PROG}: saved {' '.join(refs)} to {path} ({human(progress.done)} in "
               f"{time.monotonic() - started:.1f} s)", file=sys.stderr)
     return ids
+
+
+_CATCHABLE = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _remember_signals():
+    """Record every catchable signal; return the list they are added to.
+    Their handlers raise an exception, but Python prints and drops one raised inside a
+    weakref callback or __del__ (an import's module-lock callback, seen here), and the
+    save would go on as if no signal had come."""
+    received = []
+    for signum in _CATCHABLE:
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            def remember(num, frame, handler=handler):
+                received.append(num)
+                handler(num, frame)
+
+            signal.signal(signum, remember)
+    sys.unraisablehook = _quiet_about_signals
+    return received
+
+
+def _quiet_about_signals(unraisable, default=sys.unraisablehook):
+    """The dropped exception is reported once, as the save's one-line error."""
+    if not isinstance(unraisable.exc_value, (Interrupted, KeyboardInterrupt)):
+        default(unraisable)
 
 
 def _stream_error(err, stream, path):
