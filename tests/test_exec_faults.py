@@ -100,8 +100,8 @@ def state_of(pid):
 
 
 def wchan(pid):
-    """The kernel function the main thread sleeps in: anon_pipe_write (a full pipe),
-    do_wait (waitpid; futex_do_wait is a lock, e.g. a thread starting)."""
+    """The kernel function the main thread sleeps in: see WRITING_TO_PIPE and WAITING_FOR_CHILD
+    (futex_do_wait, a lock such as a thread starting, is neither)."""
     try:
         return Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
@@ -112,6 +112,10 @@ def reaped(pid):
     """(wait status,) once child `pid` has ended, else None."""
     done, status = os.waitpid(pid, os.WNOHANG)
     return (status,) if done else None
+
+
+WRITING_TO_PIPE = ("pipe_write", "anon_pipe_write")  # older, newer kernels
+WAITING_FOR_CHILD = ("do_wait",)
 
 
 def load_child(pid):
@@ -355,8 +359,8 @@ def test_signal_during_load(cold_dir, tiny_dir, phase, signum):
         state = wait_until(lambda: state_of(loader) in ("T", "Z", None) and str(state_of(loader)), 10,
                            "stopped docker load")
         assert state == "T", "docker load finished before it could be stopped"
-        where = "anon_pipe_write" if phase == "writing" else "do_wait"
-        wait_until(lambda: wchan(proc.pid) == where, 30, f"docker-dir-exec in {where}", proc)
+        where = WRITING_TO_PIPE if phase == "writing" else WAITING_FOR_CHILD
+        wait_until(lambda: wchan(proc.pid) in where, 30, f"docker-dir-exec in {where}", proc)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=15)
         assert proc.returncode == 128 + signum, err
@@ -472,7 +476,7 @@ def test_sigkill_during_load(cold_dir):
     loader = wait_until(lambda: load_child(proc.pid), 60, "docker load process", proc)
     os.kill(loader, signal.SIGSTOP)
     try:
-        wait_until(lambda: wchan(proc.pid) == "anon_pipe_write", 30, "docker-dir-exec writing", proc)
+        wait_until(lambda: wchan(proc.pid) in WRITING_TO_PIPE, 30, "docker-dir-exec writing", proc)
         proc.kill()
         proc.wait()
         assert lock_is_free(image)
