@@ -32,11 +32,13 @@ def ensure_loaded(engine, entry, ref, quiet=False):
     try:
         if engine.has_image(ref):
             return  # another process loaded it while we waited
-        image_id = "sha256:" + config_hex
-        # Classic store and podman name images by config digest: an image saved
-        # from this engine is still there, and only needs the private tag.
-        if engine.inspect_id(image_id) == image_id:
-            engine.tag(image_id, ref)
+        # An image saved from this engine is still there and only needs the private
+        # tag. Classic store and podman name it by config digest, the containerd
+        # store by manifest digest (in index.json of a Docker >= 25 save).
+        present = next((digest for digest in ("sha256:" + config_hex, entry.manifest_digest())
+                        if digest and engine.inspect_id(digest) == digest), None)
+        if present:
+            engine.tag(present, ref)
         else:
             _load(engine, entry, ref, quiet)
         if not engine.has_image(ref):
