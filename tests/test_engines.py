@@ -316,6 +316,14 @@ def test_docker26_save_is_oci_layout_and_runs(docker26_any, cold_tagged, tmp_pat
     else:
         assert engine_id == image
 
+    # Still present (saved from this engine): found by the ID this store uses, tagged, not loaded.
+    mark = engine.mark()
+    proc = engine.exec("--load-only", saved, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert engine.loads_since(mark) == 0
+    assert engine.image_id(private_ref(image)) == engine_id
+    engine.remove(private_ref(image))
+
     engine.remove(tag)
     mark = engine.mark()
     proc = engine.exec(saved, "sh", "-c", "echo from-26", cwd=tmp_path)
