@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from ..engine import get_engine
-from ..errors import CantWrite, DockerDirError, EngineFailed, Interrupted
+from ..errors import BadImageDir, CantWrite, DockerDirError, EngineFailed, Interrupted
 from ..format.layout import ImageDir
 from ..format.tarstream import counting_reader, extract_stream
 from .common import Progress, human, run, trap_signals
@@ -158,7 +158,7 @@ def save(engine, refs, path, force=False, quiet=False, write_gitattributes=False
         progress.close()
         os.chmod(tmp, 0o755)
         saved = ImageDir(tmp)
-        ids = list(dict.fromkeys(entry.image_id() for entry in saved.entries()))
+        ids = _whole_image_ids(saved, engine, tmp, path)
         if write_gitattributes:
             with open(os.path.join(tmp, ".gitattributes"), "w", encoding="utf-8") as out:
                 out.write(gitattributes(saved))
@@ -175,6 +175,23 @@ def save(engine, refs, path, force=False, quiet=False, write_gitattributes=False
     if not quiet:
         print(f"{PROG}: saved {' '.join(refs)} to {path} ({human(progress.done)} in "
               f"{time.monotonic() - started:.1f} s)", file=sys.stderr)
+    return ids
+
+
+def _whole_image_ids(saved, engine, tmp, path):
+    """The saved images' IDs, once the archive proved to hold every file its manifest names
+    (an engine can end a stream early between two files and still exit 0)."""
+    try:
+        entries = saved.entries()
+        missing = [relpath for entry in entries for relpath in entry.missing_files()]
+        ids = list(dict.fromkeys(entry.image_id() for entry in entries))
+    except BadImageDir as err:
+        reason = str(err).split(";")[0].replace(tmp, path)
+        raise EngineFailed(f"{engine.name} sent an archive that is not an image ({reason}); "
+                           "nothing was written") from None
+    if missing:
+        raise EngineFailed(f"{engine.name} sent an incomplete archive ({missing[0]} is missing); "
+                           "nothing was written")
     return ids
 
 
