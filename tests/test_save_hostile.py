@@ -22,7 +22,8 @@ import pytest
 
 from conftest import cli
 
-from docker_dir.errors import EXIT_BAD_DIR
+from docker_dir.cli.save import TEMP_MARK
+from docker_dir.errors import EXIT_BAD_DIR, EXIT_ENGINE_FAILED
 
 FAKE_ID = "sha256:" + "ab" * 32
 CANARY = b"canary: must stay as it is\n"
@@ -290,3 +291,27 @@ def test_podman_layer_symlink_survives(arena):
     assert stat.S_ISREG(os.lstat(d / f"{sha}.tar").st_mode)
     check = cli("docker-dir-id", "--verify", d)
     assert check.returncode == 0 and check.stdout == f"sha256:{config_hex}\n", check.stderr
+
+
+# -- archives that are safe but not a whole image: DIR must not appear half-made
+
+def assert_incomplete_refused(arena, members):
+    archive = write_tar(arena / "incomplete.tar", members)
+    env = fake_docker(arena / "fakebin", archive)
+    proc = cli("docker-dir-save", "--engine", "docker", "evil/img:1", arena / "work" / "img", env=env)
+    assert proc.returncode == EXIT_ENGINE_FAILED, (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert TEMP_MARK not in lines[0], "the message names the hidden temp dir instead of DIR"
+    assert os.listdir(arena / "work") == []
+    return lines[0]
+
+
+def test_manifest_naming_a_layer_the_archive_lacks(arena):
+    members = [m for m in image_members() if m[0].name != "aaaa/layer.tar"]
+    assert "aaaa/layer.tar" in assert_incomplete_refused(arena, members)
+
+
+def test_archive_without_manifest(arena):
+    members = [m for m in image_members() if m[0].name != "manifest.json"]
+    assert "manifest.json" in assert_incomplete_refused(arena, members)
