@@ -1,6 +1,7 @@
 """docker-dir-exec when things go wrong around it: many cold starts at once, the image
-removed while execs start, the daemon killed during a load or not running, no docker
-binary, and SIGINT/SIGTERM/SIGHUP while the command runs or while the image loads.
+removed while execs start, the daemon killed during a load or not running, no engine
+binary, SIGINT/SIGTERM/SIGHUP (and a terminal hangup) while the command runs, and
+signals or SIGKILL while the image loads or while an exec waits for another's load.
 
 All against real engines: the shared dockerd for what leaves it intact, a side dockerd
 (own network namespace, tests/engines.py) for what kills or freezes a daemon.
@@ -124,22 +125,6 @@ def load_child(pid):
         if argv_of(child)[1:2] == ["load"]:
             return child
     return None
-
-
-def pipe_inode(pid, fd):
-    try:
-        return os.readlink(f"/proc/{pid}/fd/{fd}")
-    except OSError:
-        return None
-
-
-def holds(pid, target):
-    """Whether process `pid` has an fd open on `target` (e.g. 'pipe:[123]')."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    return any(pipe_inode(pid, fd) == target for fd in fds)
 
 
 def lock_is_free(image_id):
