@@ -30,6 +30,15 @@ side_dockerd(kind, label) -> started SideDockerd, where kind is "20.10" (Debian'
     /usr/sbin/dockerd), "26" (classic store) or "26-containerd"; raises Unavailable
     with the reason when the engine cannot be had (tests turn it into a skip).
 
+side_dockerd_or_skip(kind, label=None) -> the same, for a fixture: pytest.skip(reason)
+    when Unavailable. E.g. in a test module:
+
+        @pytest.fixture
+        def second_daemon():
+            daemon = side_dockerd_or_skip("20.10")
+            yield daemon          # run with env=daemon.env(), containers with --network none
+            daemon.stop()
+
 docker26_bin_dir() -> Path of a directory with Docker 26's dockerd, docker-proxy,
     docker-init and containerd 1.7 (+ shim) from Debian trixie, fetched once with
     apt through a private source list into ~/.cache/docker-dir-tests/docker26 and
@@ -355,6 +364,15 @@ def side_dockerd(kind, label=None):
     bin_dir = docker26_bin_dir()
     return SideDockerd(label, dockerd=str(bin_dir / "dockerd"), path_dirs=[bin_dir],
                        containerd_store=kind == "26-containerd").start()
+
+
+def side_dockerd_or_skip(kind, label=None):
+    import pytest
+
+    try:
+        return side_dockerd(kind, label)
+    except Unavailable as why:
+        pytest.skip(str(why))
 
 
 # -- podman ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import cli, docker, import_image, manifest, private_ref, raw_save
-from engines import Unavailable, podman_env, podman_load_count, side_dockerd
+from engines import Unavailable, podman_env, podman_load_count, side_dockerd_or_skip
 
 from docker_dir.errors import EXIT_NOT_LOADED, EXIT_USAGE
 
@@ -77,30 +77,23 @@ class Target:
         return podman_load_count(self.env) if self.engine == "podman" else time.time()
 
 
-def _started(kind):
-    try:
-        return side_dockerd(kind)
-    except Unavailable as why:
-        pytest.skip(str(why))
-
-
 @pytest.fixture(scope="module")
 def side20():
-    daemon = _started("20.10")
+    daemon = side_dockerd_or_skip("20.10")
     yield Target("dockerd 20.10 (side)", "docker", daemon.env(), daemon)
     daemon.stop()
 
 
 @pytest.fixture(scope="module")
 def docker26():
-    daemon = _started("26")
+    daemon = side_dockerd_or_skip("26")
     yield Target("Docker 26 classic store", "docker", daemon.env(), daemon)
     daemon.stop()
 
 
 @pytest.fixture(scope="module")
 def docker26c():
-    daemon = _started("26-containerd")
+    daemon = side_dockerd_or_skip("26-containerd")
     yield Target("Docker 26 containerd store", "docker", daemon.env(), daemon)
     daemon.stop()
 
@@ -212,13 +205,12 @@ def test_docker_context_reaches_a_second_daemon(how, cold_dir, side20, main_dock
     ref = private_ref(image)
     env = dict(main_docker.env, DOCKER_CONFIG=str(tmp_path / "config"))
     name = f"side-{uuid.uuid4().hex[:8]}"
-    sh_env = dict(env)
-    subprocess.run(["docker", "context", "create", name, "--docker", f"host={side20.daemon.host}"], env=sh_env,
+    subprocess.run(["docker", "context", "create", name, "--docker", f"host={side20.daemon.host}"], env=env,
                    check=True, capture_output=True)
     if how == "DOCKER_CONTEXT":
         env["DOCKER_CONTEXT"] = name
     else:
-        subprocess.run(["docker", "context", "use", name], env=sh_env, check=True, capture_output=True)
+        subprocess.run(["docker", "context", "use", name], env=env, check=True, capture_output=True)
 
     proc = cli("docker-dir-exec", "--network", "none", directory, "echo", "ctx", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
