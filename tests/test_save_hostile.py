@@ -214,6 +214,14 @@ def test_symlink_chain_leading_outside_is_refused_even_unused(arena):
                            member("l", "symlink", target="deep/x/s/../..")])
 
 
+def test_link_climbing_after_a_link_that_jumps_up(arena):
+    """j sits at depth 4 but names z (depth 1); two `..` after it leave the tree, although L
+    climbs less than its own depth. Only the rule 'no `..` after a name' stops it."""
+    assert_refused(arena, [member("z", "dir"), member("a/b/c/d", "dir"),
+                           member("a/b/c/d/j", "symlink", target="../../../../z"),
+                           member("a/b/c/d/L", "symlink", target="j/../..")])
+
+
 def test_link_to_own_parent_then_climb_from_apparent_depth(arena):
     """d/l -> ../d makes d/l/l/l... all name d; a link placed at d/l/l/s must not count that depth."""
     assert_refused(arena, [member("d", "dir"), member("d/l", "symlink", target="../d"),
