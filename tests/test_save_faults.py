@@ -293,13 +293,24 @@ def test_force_keeps_old_content_when_interrupted(images, multi_files, tmp_path,
 
 
 def test_force_replaces_only_once_new_content_is_complete(images, multi_files, tmp_path, old_dir, pauses):
+    """DIR is watched at every step of the commit: it is always one whole tree, old or new."""
     save = pauses("end", images.multi, tmp_path, multi_files, "--force")
-    old_inode = old_dir.stat().st_ino
+    old_inode, old_files = old_dir.stat().st_ino, file_sizes(old_dir)
     save.reach()
     verify(old_dir, images.one_id)
     new_inode = save.temp.stat().st_ino
-    code, err = save.finish()
-    assert code == 0, err
+    stop(save.proc.pid)
+    cont(save.engine)  # the engine exits; docker-dir-save goes on only in the short runs below
+    seen = []
+    while save.proc.poll() is None:
+        state = "old" if file_sizes(old_dir) == old_files else "new" if file_sizes(old_dir) == multi_files else None
+        assert state, f"DIR is neither the old nor the new tree after {seen}: {sorted(os.listdir(old_dir))}"
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        cont(save.proc.pid)
+        stop(save.proc.pid)
+    assert save.proc.returncode == 0, save.proc.communicate()
+    assert seen[0] == "old"
     verify(old_dir, images.multi_id)
     # the prepared tree itself took DIR's place (a rename, not a copy), the old one is gone
     assert old_dir.stat().st_ino == new_inode != old_inode
