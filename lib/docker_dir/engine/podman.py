@@ -10,7 +10,9 @@ class PodmanEngine(Engine):
 
     def has_image(self, ref):
         proc = self._cli("image", "exists", ref)
-        if proc.returncode in (0, 1) and not proc.stderr.strip():
+        # Exit 1 is also how podman fails on a broken configuration, so the answer
+        # counts only when stderr holds nothing but warnings (e.g. unknown config keys).
+        if proc.returncode in (0, 1) and not _without_warnings(proc.stderr):
             return proc.returncode == 0
         raise self.error(proc.stderr, f"looking for {ref}")
 
@@ -19,3 +21,10 @@ class PodmanEngine(Engine):
 
         multi = ["--multi-image-archive"] if len(refs) > 1 else []
         return local[self.binary]["save", "--format", "docker-archive", *multi, "--", *refs]
+
+
+def _without_warnings(stderr):
+    """stderr minus podman's warning lines (logrus text or terminal format)."""
+    lines = stderr.decode(errors="replace").splitlines()
+    return [line for line in lines if line.strip() and " level=warning " not in line
+            and not line.startswith("WARN[")]
