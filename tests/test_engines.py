@@ -432,3 +432,22 @@ def test_docker26_built_image_with_compressed_layers_runs_everywhere(docker26c, 
         proc = engine.exec(saved, "sh", "-c", "echo built-ran", cwd=tmp_path)
         assert (proc.returncode, proc.stdout) == (0, "built-ran\n"), (engine.name, proc.stderr)
         assert engine.has(private_ref(image)), engine.name
+
+
+def test_podman_warnings_do_not_break_the_presence_check(cold_dir, podman, tmp_path):
+    """A storage.conf key this podman does not know (one written for a newer podman)
+    makes every podman command warn on stderr; the answer is still the exit status."""
+    store = podman.cli("info", "--format", "{{.Store.GraphDriverName}} {{.Store.GraphRoot}} {{.Store.RunRoot}}")
+    driver, graph_root, run_root = store.stdout.split()
+    storage_conf = tmp_path / "storage.conf"
+    storage_conf.write_text(f'docker_dir_test_future_key = "x"\n[storage]\ndriver = "{driver}"\n'
+                            f'graphroot = "{graph_root}"\nrunroot = "{run_root}"\n')
+    warning = Target("podman (warning)", "podman", dict(podman.env, CONTAINERS_STORAGE_CONF=str(storage_conf)))
+    assert "docker_dir_test_future_key" in warning.cli("image", "exists", "docker-dir-test/none:1", check=False).stderr
+
+    directory, image = cold_dir()
+    podman.created.append(private_ref(image))
+    proc = warning.exec("--load-only", directory, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = warning.exec("--no-load", directory, "echo", "warned", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, "warned\n"), proc.stderr
