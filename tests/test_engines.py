@@ -324,8 +324,13 @@ def test_docker26_save_is_oci_layout_and_runs(docker26_any, cold_tagged, tmp_pat
     assert engine.loads_since(mark) == 1
 
 
-def test_docker26_parallel_cold_execs_load_once(docker26_any, cold_tagged, tmp_path):
-    engine = docker26_any
+@pytest.fixture(params=["side20", "docker26", "docker26c"])
+def side_any(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_side_daemon_parallel_cold_execs_load_once(side_any, cold_tagged, tmp_path):
+    engine = side_any
     directory, image, user_tag = cold_tagged()
     ref = private_ref(image)
     mark = engine.mark()
