@@ -158,6 +158,10 @@ def test_environment_picks_engine_and_option_wins(cold_dir, podman, main_docker,
     assert proc.returncode == 0, proc.stderr
     assert podman.has(ref) and not main_docker.has(ref)
 
+    proc = cli("docker-dir-save", "-q", ref, tmp_path / "from-podman", env=env)
+    assert (proc.returncode, proc.stdout) == (0, image + "\n"), proc.stderr
+    assert "/" not in manifest(tmp_path / "from-podman")[0]["Layers"][0]  # podman's <sha>.tar, not <id>/layer.tar
+
     proc = cli("docker-dir-exec", "--engine", "docker", "--load-only", directory, env=env)
     assert proc.returncode == 0, proc.stderr
     assert main_docker.has(ref)
