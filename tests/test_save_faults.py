@@ -183,6 +183,7 @@ class Paused:
             if self.engine and signum is None:
                 cont(self.engine)
         out, err = self.proc.communicate(timeout=120)
+        self.engine_left = bool(self.engine and proc_stat(self.engine))
         self.release_engine()
         return self.proc.returncode, err
 
@@ -259,6 +260,8 @@ def test_signal_leaves_nothing(images, multi_files, tmp_path, pauses, moment, si
     assert code == 128 + signum, err
     assert "interrupted" in one_line(err)
     assert os.listdir(tmp_path) == [], err
+    if moment == "mid":
+        assert not save.engine_left, "the engine's save went on after docker-dir-save stopped"
 
 
 @pytest.mark.parametrize("moment", MOMENTS)
@@ -338,25 +341,28 @@ def test_random_sigkills_leave_dir_absent_or_complete(images, tmp_path):
     shutil.rmtree(tmp_path / "timing")
     rng = random.Random()
     seen_complete = False
-    outcomes = {"absent": 0, "complete": 0}
+    outcomes = {"finished": 0, "killed mid-save": 0, "killed before its temp dir": 0}
     for _ in range(20):
+        earlier = set(temp_dirs(tmp_path))
         proc = start_save("--force", "-q", images.multi, d)
         time.sleep(rng.uniform(0, full))
         proc.kill()
         proc.communicate()
+        leftovers = temp_dirs(tmp_path)
+        outcomes["finished" if proc.returncode == 0 else "killed mid-save" if set(leftovers) - earlier
+                 else "killed before its temp dir"] += 1
         if d.exists():
             verify(d, images.multi_id)
             seen_complete = True
-            outcomes["complete"] += 1
         else:
-            # once complete, DIR is only ever swapped, never removed
-            assert not seen_complete
-            outcomes["absent"] += 1
-        assert len(temp_dirs(tmp_path)) <= 2  # this run's, and the old tree of a swap
+            assert not seen_complete, "once complete, DIR is only ever swapped, never removed"
+        assert len(leftovers) <= 2  # this run's, and the old tree of a swap
+    assert outcomes["killed mid-save"], outcomes
     final = cli("docker-dir-save", "--force", images.multi, d)
     assert final.returncode == 0, final.stderr
     verify(d, images.multi_id)
     assert os.listdir(tmp_path) == ["img"], outcomes
+    print("random kills:", outcomes)
 
 
 @pytest.mark.parametrize("signum", CATCHABLE, ids=lambda s: s.name)
