@@ -459,9 +459,12 @@ def test_tmpdir_untouched_by_success_and_failure(images, tmp_path, empty_tmpdir)
     assert cli("docker-dir-save", images.multi, tmp_path / "img", env=env).returncode == 0
     assert os.listdir(empty_tmpdir) == []
     proc = start_save(images.multi, tmp_path / "img2", env=env)
-    while proc.poll() is None and not temp_dirs(tmp_path):
-        time.sleep(0.001)
+    while not temp_dirs(tmp_path):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.0005)
+    stop(proc.pid)  # so the signal surely comes before the save is done
     proc.send_signal(signal.SIGTERM)
+    cont(proc.pid)
     proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM
     assert os.listdir(empty_tmpdir) == []
