@@ -5,9 +5,11 @@ The engine is the real dockerd. Moments inside a save are reached without hooks
 in the code: the real `docker save` client (the child of docker-dir-save) is
 SIGSTOPped and let run in short steps; while it is stopped docker-dir-save
 drains the pipe and blocks, so the state of its temp dir can be inspected and
-the signal sent exactly there. The one fake `docker` (test_engine_dies_mid_stream)
-wraps the real client and cuts its stream: a truncated stream is what a real
-engine produces when it dies, which the real daemon cannot be made to do here.
+the signal sent exactly there. Two wrappers around the real client stand in for
+`docker` on PATH: one only holds back its exit after a complete, unchanged stream
+(to reach "all extracted, not yet renamed", see Paused); the one fake
+(test_engine_dies_mid_stream) cuts the stream short: a truncated stream is what
+a real engine produces when it dies, which the shared daemon must not be made to do.
 """
 import os
 import random

@@ -233,6 +233,16 @@ def test_directory_member_through_symlink(arena):
     assert_refused(arena, [member("esc", "symlink", target="../../outside"), member("esc/newdir", "dir")])
 
 
+def test_long_name_in_pax_header(arena):
+    """Over 100 characters the name travels in a PAX header; it is checked all the same."""
+    assert_refused(arena, [member("../../outside/" + "p" * 120, data=b"x")])
+    assert os.listdir(arena / "outside") == ["canary"]
+
+
+def test_long_symlink_target_in_pax_header(arena):
+    assert_refused(arena, [member("esc", "symlink", target="../../outside/" + "q" * 120)])
+
+
 def test_refusal_wins_over_engine_chatter_on_stderr(arena):
     """The docker CLI prints warnings on stderr (e.g. an unreadable config.json) while
     the save succeeds: an unsafe archive must still be reported as unsafe (65)."""
@@ -323,3 +333,18 @@ def test_manifest_naming_a_layer_the_archive_lacks(arena):
 def test_archive_without_manifest(arena):
     members = [m for m in image_members() if m[0].name != "manifest.json"]
     assert "manifest.json" in assert_incomplete_refused(arena, members)
+
+
+def test_member_repeating_a_link_name_replaces_the_link_not_its_target(arena):
+    """A later member named like an in-tree symlink or hardlink must not write through it."""
+    d, proc = save_crafted(arena, image_members([]) + [
+        member("aaaa/alias", "symlink", target="layer.tar"),
+        member("aaaa/alias", data=b"replaced the link\n"),
+        member("aaaa/twin", "hardlink", target="aaaa/layer.tar"),
+        member("aaaa/twin", data=b"replaced the hardlink\n"),
+    ])
+    assert (d / "aaaa" / "alias").read_bytes() == b"replaced the link\n"
+    assert not (d / "aaaa" / "alias").is_symlink()
+    assert (d / "aaaa" / "twin").read_bytes() == b"replaced the hardlink\n"
+    check = cli("docker-dir-id", "--verify", d)
+    assert check.returncode == 0, check.stderr
