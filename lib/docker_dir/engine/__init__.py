@@ -3,9 +3,9 @@
 Adding an engine is one module here plus one line in ENGINES.
 """
 import os
-import shutil
 
 from ..errors import UsageError
+from .base import find_program
 
 ENGINES = {"docker": ("docker", "DockerEngine"), "podman": ("podman", "PodmanEngine")}
 
@@ -14,7 +14,7 @@ def get_engine(name=None):
     """The engine named, else $DOCKER_DIR_ENGINE, else docker when installed, else podman."""
     name = name or os.environ.get("DOCKER_DIR_ENGINE")
     if not name:
-        name = "docker" if shutil.which("docker") or not shutil.which("podman") else "podman"
+        name = "docker" if find_program("docker") or not find_program("podman") else "podman"
     if name not in ENGINES:
         raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
     module, cls = ENGINES[name]

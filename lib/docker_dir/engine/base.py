@@ -5,13 +5,19 @@ docker-dir-exec's hot path, where importing plumbum would cost more than the
 check itself. Streams (save, load) import plumbum when they start.
 """
 import os
-import shutil
-import subprocess
-import threading
 
 from ..errors import EngineFailed, EngineUnavailable
 
 PRIVATE_REPO = "localhost/docker-dir"
+
+
+def find_program(name):
+    """shutil.which, without the import of shutil (and bz2, lzma) on exec's hot path."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
 
 
 class Engine:
@@ -21,7 +27,7 @@ class Engine:
     start_hint = None
 
     def __init__(self, binary=None):
-        self.binary = binary or shutil.which(self.name)
+        self.binary = binary or find_program(self.name)
         if not self.binary:
             raise EngineUnavailable(f"{self.name} is not installed (not found on PATH); install it, "
                                     "or choose another engine with --engine or DOCKER_DIR_ENGINE")
@@ -35,6 +41,8 @@ class Engine:
 
     # -- hot path (standard library only) ---------------------------------
     def _cli(self, *args, timeout=60):
+        import subprocess  # not on the hot path when the engine's API answers directly
+
         try:
             return subprocess.run([self.binary, *args], stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=timeout)
@@ -102,6 +110,9 @@ class _Stream:
     so neither pipe fills while the caller works the other one."""
 
     def __init__(self, engine, command, doing, want_stdin):
+        import subprocess
+        import threading
+
         self.engine = engine
         self.doing = doing
         pipe = subprocess.PIPE

@@ -1,10 +1,11 @@
 """The docker CLI and daemon (classic and containerd image stores alike)."""
-import json
 import os
 import socket
-from urllib.parse import quote
 
 from .base import Engine
+
+# Characters of an image reference that need no escaping in an API path.
+_PLAIN_REF = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@")
 
 
 class DockerEngine(Engine):
@@ -17,8 +18,8 @@ class DockerEngine(Engine):
 
     def has_image(self, ref):
         sock = _local_socket()
-        if sock:
-            status = _api_status(sock, "/images/" + quote(ref, safe="") + "/json")
+        if sock and _PLAIN_REF.issuperset(ref):
+            status = _api_status(sock, f"/images/{ref}/json")
             if status in (200, 404):
                 return status == 200
         return self.inspect_id(ref) is not None
@@ -40,6 +41,8 @@ def _local_socket():
     config_dir = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
     try:
         with open(os.path.join(config_dir, "config.json"), "rb") as stream:
+            import json  # only where a client config exists
+
             context = json.load(stream).get("currentContext")
     except (OSError, ValueError, AttributeError):
         context = None
