@@ -184,7 +184,7 @@ def _whole_image_ids(saved, engine, tmp, path):
     try:
         entries = saved.entries()
         missing = [relpath for entry in entries for relpath in entry.missing_files()]
-        ids = list(dict.fromkeys(entry.image_id() for entry in entries))
+        ids = None if missing else list(dict.fromkeys(entry.image_id() for entry in entries))
     except BadImageDir as err:
         reason = str(err).split(";")[0].replace(tmp, path)
         raise EngineFailed(f"{engine.name} sent an archive that is not an image ({reason}); "
