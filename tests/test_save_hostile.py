@@ -348,3 +348,8 @@ def test_member_repeating_a_link_name_replaces_the_link_not_its_target(arena):
     assert (d / "aaaa" / "twin").read_bytes() == b"replaced the hardlink\n"
     check = cli("docker-dir-id", "--verify", d)
     assert check.returncode == 0, check.stderr
+
+
+def test_archive_without_its_config(arena):
+    members = [m for m in image_members() if not m[0].name.endswith(".json") or m[0].name == "manifest.json"]
+    assert "is missing" in assert_incomplete_refused(arena, members)
