@@ -11,14 +11,17 @@ SideDockerd(label, dockerd="dockerd", path_dirs=(), containerd_store=False)
     data-root, exec-root, pidfile and socket in a short temp dir under /tmp (a unix
     socket path must stay under 108 bytes).
     - start(timeout=90) -> self: starts it, waits until `docker info` answers;
-      raises RuntimeError with the end of its log if it does not.
+      raises RuntimeError with its complaints and last log lines if it does not.
     - host: "unix:///tmp/ddXXXXXXXXXX/s", for DOCKER_HOST.
     - env(**extra) -> os.environ copy with DOCKER_HOST set (plus extra).
     - docker(*args, check=True, input=None, timeout=120) -> CompletedProcess (text)
       of the docker client on PATH against this daemon.
-    - pid: dockerd's PID, read from its pidfile.
+    - pid: dockerd's PID, read from its pidfile; server_version: from `docker info`;
+      dir: its temp dir; log_path: its log (kept across restarts).
     - kill(signum=SIGKILL): signal dockerd only (e.g. to kill it mid-load); its
-      containerd and shims stay until stop().
+      containerd dies with it, shims and containers stay until restart() or stop().
+    - restart(timeout=90) -> self: ends what is left of it, starts it again on the
+      same data-root (to see what a killed daemon kept).
     - stop(): SIGTERM dockerd (by pidfile PID), wait, then SIGKILL whatever of
       this daemon is left (processes whose command line names its temp dir,
       processes in its cgroup), unmount lazily anything under the temp dir, remove
@@ -48,6 +51,7 @@ podman_env(directory, **extra) -> env dict for podman: CONTAINERS_CONF with the
     ulimits root podman needs here and a private events log (podman_events_path).
 podman_load_count(env) -> how many loads podman logged in that private log.
 """
+import contextlib
 import fcntl
 import glob
 import json
@@ -227,6 +231,21 @@ class SideDockerd:
         os.mkdir(self.dir, 0o700)
         config = {"features": {"containerd-snapshotter": True}} if self.containerd_store else {}
         Path(self.dir, "daemon.json").write_text(json.dumps(config))
+        self._launch(timeout)
+        return self
+
+    def restart(self, timeout=90):
+        """Stop what is left of it (e.g. after kill()) and start it again on the same data."""
+        self._terminate()
+        # A killed dockerd's containerd may linger as a zombie (an init that does not
+        # reap, as on these machines): dockerd would take its stale PID for a live
+        # containerd and wait for it forever.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{self.dir}/x/containerd/containerd.pid")
+        self._launch(timeout)
+        return self
+
+    def _launch(self, timeout):
         argv = [self.dockerd, "--config-file", f"{self.dir}/daemon.json", "--data-root", f"{self.dir}/data",
                 "--exec-root", f"{self.dir}/x", "--pidfile", f"{self.dir}/pid", "-H", self.host,
                 "--bridge=none", "--iptables=false", "--ip-masq=false", "--shutdown-timeout=3",
@@ -240,7 +259,8 @@ class SideDockerd:
                   '[ -S /run/containerd/containerd.sock ] && mount -t tmpfs tmpfs /run/containerd; '
                   'exec "$@"')
         path = os.pathsep.join([*self.path_dirs, os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
-        with open(self.log_path, "wb") as log:
+        self.pid = None
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 ["unshare", "--net", "--mount", "--fork", "sh", "-c", script, "sh", *argv],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -250,7 +270,6 @@ class SideDockerd:
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout
@@ -307,6 +326,19 @@ class SideDockerd:
     def stop(self):
         if self.dir is None:
             return
+        self._terminate()
+        self._unmount_all()
+        for top in self._cgroup_dirs():
+            for root, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(root)
+                except OSError:
+                    pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+    def _terminate(self):
+        """SIGTERM dockerd by its pidfile PID; then SIGKILL anything of it still there."""
         if self.pid and _alive(self.pid) and self.dir in _cmdline(self.pid):
             os.kill(self.pid, signal.SIGTERM)
             _wait_gone([self.pid], 20)
@@ -323,15 +355,6 @@ class SideDockerd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._unmount_all()
-        for top in self._cgroup_dirs():
-            for root, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-                try:
-                    os.rmdir(root)
-                except OSError:
-                    pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir = None
 
     def _unmount_all(self):
         """Mounts live in the daemon's own mount namespace and go with it; anything
