@@ -221,3 +221,34 @@ def test_usage(tmp_path):
     one_line_error(cli("docker-dir-save", tmp_path / "img"), EXIT_USAGE)
     one_line_error(cli("docker-dir-save", "--nope", "x", tmp_path / "img"), EXIT_USAGE)
 
+
+
+@pytest.mark.parametrize("moment", ["before open", "before lock"])
+def test_temp_dir_removed_by_a_concurrent_cleanup_is_made_again(tmp_path, monkeypatch, moment):
+    """Another save's stale-temp cleanup can remove our temp dir between mkdtemp and flock."""
+    import fcntl
+    import tempfile
+
+    from docker_dir.cli import save as save_module
+
+    real_mkdtemp, real_flock = tempfile.mkdtemp, fcntl.flock
+    made = []
+
+    def mkdtemp(**kwargs):
+        made.append(real_mkdtemp(**kwargs))
+        if moment == "before open" and len(made) == 1:
+            os.rmdir(made[0])
+        return made[-1]
+
+    def flock(fd, op):
+        if moment == "before lock" and len(made) == 1:
+            os.rmdir(made[0])
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(save_module.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(save_module.fcntl, "flock", flock)
+    tmp, fd = save_module._locked_temp(str(tmp_path), "img", str(tmp_path / "img"))
+    try:
+        assert len(made) == 2 and tmp == made[1] and os.path.isdir(tmp)
+    finally:
+        os.close(fd)

@@ -138,12 +138,10 @@ def save(engine, refs, path, force=False, quiet=False, write_gitattributes=False
     # A signal between mkdtemp and the `try` below would leave the temp dir behind.
     signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{name}{TEMP_MARK}", dir=parent)
-    except OSError as err:
+        tmp, lock_fd = _locked_temp(parent, name, path)
+    except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _CATCHABLE)
-        raise CantWrite(f"{path}: cannot create a temporary directory in {parent} ({err.strerror})") from None
-    lock_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        raise
     progress = Progress(f"saving {' '.join(refs)}", enabled=not quiet)
     started = time.monotonic()
     try:
@@ -176,6 +174,24 @@ def save(engine, refs, path, force=False, quiet=False, write_gitattributes=False
         print(f"{PROG}: saved {' '.join(refs)} to {path} ({human(progress.done)} in "
               f"{time.monotonic() - started:.1f} s)", file=sys.stderr)
     return ids
+
+
+def _locked_temp(parent, name, path):
+    """A hidden temp dir beside DIR and a lock on it, so other saves' cleanup leaves it
+    alone. Their cleanup can strike between mkdtemp and flock: then make another."""
+    while True:
+        try:
+            tmp = tempfile.mkdtemp(prefix=f".{name}{TEMP_MARK}", dir=parent)
+        except OSError as err:
+            raise CantWrite(f"{path}: cannot create a temporary directory in {parent} ({err.strerror})") from None
+        try:
+            lock_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        if os.fstat(lock_fd).st_nlink:  # a removed directory has no links left
+            return tmp, lock_fd
+        os.close(lock_fd)
 
 
 def _whole_image_ids(saved, engine, tmp, path):
