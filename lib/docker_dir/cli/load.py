@@ -42,8 +42,8 @@ def ensure_loaded(engine, entry, ref, quiet=False):
         else:
             _load(engine, entry, ref, quiet)
         if not engine.has_image(ref):
-            raise EngineFailed(f"{engine.name} loaded {entry.image_dir.path} but does not list {ref} afterwards; "
-                               "the engine may have rejected the image")
+            raise EngineFailed(f"{engine.name} loaded {entry.image_dir.path} but does not list {ref} afterwards: "
+                               "another process removed it meanwhile, or the engine rejected it; run again")
     finally:
         os.close(lock_fd)
 
