@@ -13,7 +13,7 @@ install_system_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   # shellcheck disable=SC2086
-  apt-get install -y -q --no-install-recommends $SYSTEM_PACKAGES >/dev/null
+  apt-get install -y -q $SYSTEM_PACKAGES >/dev/null
 }
 
 start_dockerd() {
