@@ -303,11 +303,7 @@ class SideDockerd:
         """Processes of this daemon: their command line names its temp dir (dockerd,
         containerd, shims), or they sit in its cgroup (containers)."""
         mine = {int(p) for p in os.listdir("/proc") if p.isdigit() and self.dir in _cmdline(p)}
-        for procs in self._cgroup_files("cgroup.procs"):
-            try:
-                mine.update(int(line) for line in Path(procs).read_text().split())
-            except OSError:
-                pass
+        mine.update(self._cgroup_pids())
         mine.discard(os.getpid())
         return sorted(mine)
 
@@ -317,11 +313,15 @@ class SideDockerd:
             f"/sys/fs/cgroup/*/{self.cgroup_parent}")
         return [d for d in found if os.path.isdir(d)]
 
-    def _cgroup_files(self, name):
+    def _cgroup_pids(self):
+        """Processes in its cgroup: its containers."""
+        pids = set()
         for top in self._cgroup_dirs():
             for root, _dirs, files in os.walk(top):
-                if name in files:
-                    yield os.path.join(root, name)
+                if "cgroup.procs" in files:
+                    with contextlib.suppress(OSError):
+                        pids.update(int(pid) for pid in Path(root, "cgroup.procs").read_text().split())
+        return pids
 
     def stop(self):
         if self.dir is None:
@@ -338,9 +338,22 @@ class SideDockerd:
         self.dir = None
 
     def _terminate(self):
-        """SIGTERM dockerd by its pidfile PID; then SIGKILL anything of it still there."""
+        """SIGTERM dockerd by its pidfile PID; then SIGKILL anything of it still there.
+        Its containers are killed first: dockerd would give each 10 s to stop."""
+        for pid in self._cgroup_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self.pid and _alive(self.pid) and self.dir in _cmdline(self.pid):
             os.kill(self.pid, signal.SIGTERM)
+        if self.process is not None:
+            # unshare reaps dockerd, then exits: wait for it, never kill it first, or
+            # dockerd stays a zombie under an init that does not reap (as here).
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        elif self.pid:
             _wait_gone([self.pid], 20)
         left = self._own_pids()
         for pid in left:
@@ -349,12 +362,6 @@ class SideDockerd:
             except ProcessLookupError:
                 pass
         _wait_gone(left, 10)
-        if self.process is not None:
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
     def _unmount_all(self):
         """Mounts live in the daemon's own mount namespace and go with it; anything

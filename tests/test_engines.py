@@ -460,3 +460,31 @@ def test_podman_warnings_do_not_break_the_presence_check(cold_dir, podman, tmp_p
     assert proc.returncode == 0, proc.stderr
     proc = warning.exec("--no-load", directory, "echo", "warned", cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "warned\n"), proc.stderr
+
+
+# -- the harness itself -------------------------------------------------------------
+
+def test_side_daemon_killed_restarts_and_stops_without_leftovers(images, saved):
+    """Other tests kill side daemons mid-load: killing, restarting and stopping one
+    must keep its images and leave no process, cgroup, mount or directory behind."""
+    from engines import _cmdline
+
+    daemon = side_dockerd_or_skip("20.10", "dockerd 20.10 (killed)")
+    try:
+        Target("killed", "docker", daemon.env()).load_dir(saved.one)
+        daemon.docker("run", "-d", "--network", "none", images.one, "sh", "-c", "while true; do sleep 1; done")
+        killed = daemon.pid
+        daemon.kill()
+        daemon.restart()
+        assert daemon.pid != killed
+        assert daemon.docker("image", "inspect", "--format", "{{.Id}}", images.one).stdout.strip() == images.one_id
+        daemon.docker("run", "-d", "--network", "none", images.one, "sh", "-c", "while true; do sleep 1; done")
+        directory, cgroups = daemon.dir, daemon._cgroup_dirs()
+        assert cgroups
+    finally:
+        daemon.stop()
+    assert not os.path.exists(directory)
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and directory in _cmdline(pid)]
+    assert not [d for d in cgroups if os.path.exists(d)]
+    with open("/proc/self/mountinfo") as info:
+        assert directory not in info.read()
