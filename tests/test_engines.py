@@ -32,9 +32,9 @@ class Target:
         self.name, self.engine, self.env, self.daemon = name, engine, env, daemon
         self.created = []  # images a test gave this engine, removed with the fixture
 
-    def cli(self, *args, check=True, input=None):
+    def cli(self, *args, check=True):
         proc = subprocess.run([self.engine, *map(str, args)], env=self.env, capture_output=True, text=True,
-                              input=input, timeout=120)
+                              timeout=120)
         if check and proc.returncode:
             raise AssertionError(f"{self.engine} {' '.join(map(str, args))} on {self.name}: {proc.stderr}")
         return proc
@@ -64,8 +64,9 @@ class Target:
             self.cli("rmi", "-f", ref, check=False)
 
     def loads_since(self, since):
-        """How many image loads the engine recorded since `since` (this engine only:
-        a side daemon's own event log, or podman's private events log)."""
+        """How many image loads the engine recorded since `since`: a side daemon's
+        events or podman's private events log, so only this suite's loads count
+        (not for the shared main daemon)."""
         if self.engine == "podman":
             return podman_load_count(self.env) - since
         proc = self.cli("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
@@ -111,8 +112,8 @@ def podman(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def main_docker(docker_engine):
-    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
-    target = Target("dockerd 20.10 (main)", "docker", env)
+    """The daemon the rest of the suite uses (conftest's `docker`)."""
+    target = Target("main docker daemon", "docker", dict(os.environ))
     yield target
     target.remove(*target.created)
 
@@ -208,6 +209,7 @@ def test_docker_context_reaches_a_second_daemon(how, cold_dir, side20, main_dock
     directory, image = cold_dir()
     ref = private_ref(image)
     env = dict(main_docker.env, DOCKER_CONFIG=str(tmp_path / "config"))
+    env.pop("DOCKER_HOST", None)  # it would win over any context
     name = f"side-{uuid.uuid4().hex[:8]}"
     subprocess.run(["docker", "context", "create", name, "--docker", f"host={side20.daemon.host}"], env=env,
                    check=True, capture_output=True)
