@@ -98,7 +98,10 @@ def chart(rows, path):
         bar_colors = [colors.get(label, colors["baseline"]) for label, _ in bars]
         drawn = ax.barh(labels, values, color=bar_colors)
         ax.invert_yaxis()
-        ax.bar_label(drawn, labels=[fmt(v, r["unit"]) for _, v in bars], padding=3, fontsize=9)
+        dd_raw = ratio(r["docker_dir"], r["raw"])
+        texts = [fmt(v, r["unit"]) + (f"  ({dd_raw:.2f}x baseline)" if label == "docker-dir" and dd_raw else "")
+                 for label, v in bars]
+        ax.bar_label(drawn, labels=texts, padding=3, fontsize=9)
         limit = r["limit"] if r["limit"] is not None else (r["goal"] * r["raw"] if r["goal"] and r["raw"] else None)
         if limit:
             ax.axvline(limit * scale, color="#c0392b", linestyle="--", linewidth=1.2)
@@ -107,13 +110,13 @@ def chart(rows, path):
         ax.set_title(r["metric"] + goal, fontsize=9.5, loc="left",
                      color="#c0392b" if r["met"] is False else "black")
         ax.set_xlabel(unit, fontsize=9)
-        ax.set_xlim(0, max(values + [limit * scale if limit else 0]) * 1.3 or 1)
+        ax.set_xlim(0, max(values + [limit * scale if limit else 0]) * 1.6 or 1)
         ax.tick_params(labelsize=9)
     for ax in list(axes.flat)[len(rows):]:
         ax.axis("off")
     fig.suptitle("docker-dir vs raw docker vs the datalad-container adapter (medians; shorter is better)",
                  fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.975))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
