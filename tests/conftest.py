@@ -29,6 +29,39 @@ def cli(name, *args, env=None, cwd=None, input=None, timeout=300):
                           env=env, cwd=cwd, input=input, timeout=timeout)
 
 
+def one_line_error(proc, code):
+    """Assert a failure the way users see it: exit `code`, nothing on stdout, one line
+    on stderr and no traceback. Returns that line."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def cli_on_tty(name, *args, cwd=None):
+    """Run one of bin/ with a terminal as stdin, stdout and stderr; returns (status, output)."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        if cwd:
+            os.chdir(cwd)
+        os.execv(sys.executable, [sys.executable, str(BIN / name), *map(str, args)])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out
+
+
 def sh(*args, check=True, **kwargs):
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)

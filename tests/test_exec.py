@@ -15,18 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import BIN, REPO, cli, count_events, docker, image_id_of, manifest, private_ref, raw_save
+from conftest import (BIN, REPO, cli, cli_on_tty, count_events, docker, image_id_of, manifest, one_line_error,
+                      private_ref, raw_save)
 
 from docker_dir.cli.exec import parse, run_options
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE,
                                EXIT_NOT_LOADED, EXIT_USAGE)
-
-
-def one_line_error(proc, code):
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
 
 
 def test_runs_command_in_image(images, saved, tmp_path):
@@ -179,21 +173,8 @@ def test_no_load_and_load_only(cold_dir, tmp_path):
 
 def test_load_progress_on_a_tty(cold_dir, tmp_path):
     d, _ = cold_dir()
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(tmp_path)
-        os.execv(sys.executable, [sys.executable, str(BIN / "docker-dir-exec"), "--load-only", str(d)])
-    out = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, out
+    status, out = cli_on_tty("docker-dir-exec", "--load-only", d, cwd=tmp_path)
+    assert status == 0, out
     assert b"\rloading " in out and b"MB" in out
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import BIN, REPO, cli, manifest
+from conftest import BIN, REPO, cli, manifest, one_line_error
 
 import docker_dir
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_SELECTION, EXIT_USAGE, EXIT_VERIFY)
@@ -16,15 +16,6 @@ from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_SELECTIO
 def copy(src, dst):
     shutil.copytree(src, dst, symlinks=True)
     return dst
-
-
-def one_line_error(proc, code):
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return lines[0]
 
 
 def test_prints_config_digest_of_legacy_layout(images, saved):

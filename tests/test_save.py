@@ -4,23 +4,15 @@ Hostile archives and interruptions are in test_save_hostile.py and test_save_fau
 """
 import os
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 
-from conftest import BIN, cli, docker, image_id_of, manifest, tree_digest
+from conftest import cli, cli_on_tty, manifest, one_line_error, tree_digest
 
 from docker_dir.cli.save import normalize_ref
 from docker_dir.errors import EXIT_CANT_WRITE, EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE, EXIT_USAGE
-
-
-def one_line_error(proc, code):
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
 
 
 def no_leftovers(parent):
@@ -147,22 +139,8 @@ def test_gitattributes(images, tmp_path):
 
 
 def test_progress_only_on_a_tty(images, tmp_path):
-    import pty
-
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(sys.executable, [sys.executable, str(BIN / "docker-dir-save"), images.multi, str(tmp_path / "t")])
-    out = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, out
+    status, out = cli_on_tty("docker-dir-save", images.multi, tmp_path / "t")
+    assert status == 0, out
     assert b"\rsaving " in out and b"MB/s" in out
     plain = cli("docker-dir-save", images.multi, tmp_path / "p")
     assert "\r" not in plain.stderr and "MB/s" not in plain.stderr
