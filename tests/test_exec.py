@@ -358,3 +358,22 @@ def test_load_stream_holds_only_the_selected_image(images, tmp_path):
         sent = json.load(tar.extractfile("manifest.json"))
     assert sent == [dict(entry.raw, RepoTags=["localhost/docker-dir:abc"])]
     assert sorted(names) == sorted(["manifest.json", entry.config, *entry.layers])
+
+
+def test_dropped_content_is_not_needed_when_the_engine_has_the_image(fresh_image, tmp_path):
+    """Content is only needed to load: an image the engine still has is just tagged."""
+    image = fresh_image(f"fixture/kept-{uuid.uuid4().hex[:8]}:1")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "annex", "init", "-q")
+    raw_save(image, repo / "img")
+    git(repo, "annex", "add", "-q", "img")
+    git(repo, "commit", "-q", "-m", "image")
+    layers = manifest(repo / "img")[0]["Layers"]
+    git(repo, "annex", "drop", "-q", "--force", *[f"img/{layer}" for layer in layers])
+    since = time.time()
+    proc = cli("docker-dir-exec", repo / "img", "echo", "tagged", cwd=tmp_path)
+    assert proc.stdout == "tagged\n", proc.stderr
+    assert count_events("load", since, image=image) == 0
+    assert image_id_of(private_ref(image)) == image

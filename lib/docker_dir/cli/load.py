@@ -25,7 +25,6 @@ def _lock(config_hex, quiet):
 
 def ensure_loaded(engine, entry, ref, quiet=False):
     """Give the engine the image of `entry` under the private tag `ref`."""
-    entry.require_content()
     config_hex = entry.config_digest()
     trap_signals()
     lock_fd = _lock(config_hex, quiet)
@@ -40,6 +39,7 @@ def ensure_loaded(engine, entry, ref, quiet=False):
         if present:
             engine.tag(present, ref)
         else:
+            entry.require_content()  # before the engine sees a byte; not needed to tag
             _load(engine, entry, ref, quiet)
         if not engine.has_image(ref):
             raise EngineFailed(f"{engine.name} loaded {entry.image_dir.path} but does not list {ref} afterwards: "
