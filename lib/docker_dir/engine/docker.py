@@ -17,12 +17,23 @@ class DockerEngine(Engine):
     not_found_markers = ("no such image", "reference does not exist", "not found")
 
     def has_image(self, ref):
-        sock = _local_socket()
-        if sock and _PLAIN_REF.issuperset(ref):
-            status = _api_status(sock, f"/images/{ref}/json")
-            if status in (200, 404):
-                return status == 200
-        return self.inspect_id(ref) is not None
+        answer = _api_image(ref)
+        if answer:
+            return answer[0] == 200
+        return super().inspect_id(ref) is not None
+
+    def inspect_id(self, ref):
+        answer = _api_image(ref)
+        if answer:
+            if answer[0] == 404:
+                return None
+            import json  # not on the hot path: has_image needs only the status
+
+            try:
+                return json.loads(answer[1])["Id"]
+            except (ValueError, KeyError, TypeError):
+                pass  # an answer we don't understand: ask the CLI
+        return super().inspect_id(ref)
 
     def save_command(self, refs):
         from plumbum import local
@@ -51,19 +62,36 @@ def _local_socket():
     return "/var/run/docker.sock"
 
 
-def _api_status(sock_path, path):
-    """HTTP status of a GET on the engine API, or None if it cannot be asked.
-    A bare request over the socket: the presence check is on the hot path, and
-    the docker CLI takes tens of milliseconds to answer the same question."""
+def _api_image(ref):
+    """(status, body) of the engine API's image inspect, or None where the CLI must
+    answer (no local socket, an unusual reference, an unexpected reply)."""
+    sock = _local_socket()
+    if not sock or not _PLAIN_REF.issuperset(ref):
+        return None
+    answer = _api_get(sock, f"/images/{ref}/json")
+    return answer if answer and answer[0] in (200, 404) else None
+
+
+def _api_get(sock_path, path):
+    """(status, body) of a GET on the engine API, or None if it cannot be asked.
+    A bare HTTP/1.0 request over the socket (the daemon closes after answering):
+    the presence check is on the hot path, and the docker CLI takes tens of
+    milliseconds to answer the same question."""
+    chunks = []
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(10)
             conn.connect(sock_path)
             conn.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
-            head = conn.recv(64)
+            while True:
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
     except OSError:
         return None
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     parts = head.split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
         return None
-    return int(parts[1])
+    return int(parts[1]), body
