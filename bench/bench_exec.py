@@ -83,7 +83,7 @@ def main():
         cold = interleaved({"docker-dir": timed(commands["docker-dir"]), "raw docker": timed(cold_raw),
                             "adapter": timed(commands["adapter"])}, cold_runs, before_each=make_cold, cpu=cold_cpu)
         med_cold = {n: median(v) for n, v in cold.items()}
-        print(f"  cold medians: " + ", ".join(f"{n} {v:.2f} s" for n, v in med_cold.items()), flush=True)
+        print("  cold medians: " + ", ".join(f"{n} {v:.2f} s" for n, v in med_cold.items()), flush=True)
 
         parallel, loads = {}, {}
         for _ in range(parallel_trials):

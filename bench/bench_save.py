@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 
-from benchlib import (MiB, PeakSampler, adapter, bench_image, disk_usage, docker_dir, interleaved, median,
+from benchlib import (PeakSampler, adapter, bench_image, disk_usage, docker_dir, interleaved, median,
                       quick_mode, row, workdir, write_results)
 
 ENGINE_TMP = "/var/lib/docker/tmp"

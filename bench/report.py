@@ -61,7 +61,7 @@ def environment(quick):
 
 
 def markdown(rows, png_name, quick):
-    lines = [f"# docker-dir benchmarks", "", environment(quick), "",
+    lines = ["# docker-dir benchmarks", "", environment(quick), "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in rows]
     lines += ["", "Notes:", ""]
