@@ -43,7 +43,9 @@ def fake_docker(bindir, archive, stderr_line=None):
         '  *) echo "fake docker: unexpected call: $*" >&2; exit 99 ;;\n'
         "esac\n")
     script.chmod(0o755)
-    return dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    # No daemon socket: docker-dir asks the engine's API directly when it can,
+    # and must fall back to the (fake) CLI here.
+    return dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", DOCKER_HOST=f"unix://{bindir}/no-daemon.sock")
 
 
 def member(name, kind="file", data=b"", target=None):
