@@ -11,4 +11,4 @@ die() { say "error: $*"; exit 1; }
 . tests/provision.sh
 
 export PATH="$PWD/.venv/bin:$PATH"
-exec .venv/bin/python -m pytest tests "$@"
+exec .venv/bin/python -m pytest -rs tests "$@"  # -rs: a skipped side engine says why
