@@ -377,3 +377,13 @@ def test_dropped_content_is_not_needed_when_the_engine_has_the_image(fresh_image
     assert proc.stdout == "tagged\n", proc.stderr
     assert count_events("load", since, image=image) == 0
     assert image_id_of(private_ref(image)) == image
+
+
+@pytest.mark.parametrize("argv", [["img", "echo", "-v", "--help"], ["img", "--", "ls", "-l"], ["img"],
+                                  ["/abs/img", "sh", "-c", "exit 3"]])
+def test_command_line_without_options_parses_as_argparse_would(argv):
+    from docker_dir.cli.exec import _NoOptions, _parse_options
+
+    full = vars(_parse_options(argv))
+    quick = _NoOptions(argv)
+    assert {key: getattr(quick, key) for key in full} == full

@@ -4,7 +4,6 @@ The hot path (image present) reads the manifest, asks the engine, and execs
 `<engine> run`: no plumbum, no child left behind, so stdin/stdout/stderr,
 signals and the exit status are the engine client's own.
 """
-import argparse
 import os
 import sys
 
@@ -12,13 +11,27 @@ from ..engine import get_engine
 from ..errors import EngineUnavailable, NotLoaded, UsageError
 from ..format.layout import ImageDir
 from .common import run
-from .parser import Parser, add_engine_option, add_selectors
 
 PROG = "docker-dir-exec"
 IMAGE_ENV = "DOCKER_DIR_IMAGE"
 
 
-def parse(argv):
+class _NoOptions:
+    """What argparse would return for a command line without options."""
+
+    engine = repo_tag = config = workdir = user = network = entrypoint = None
+    no_load = load_only = quiet = debug = False
+
+    def __init__(self, words):
+        self.volume, self.env, self.engine_arg = [], [], []
+        self.words = words
+
+
+def _parse_options(argv):
+    import argparse
+
+    from .parser import Parser, add_engine_option, add_selectors
+
     parser = Parser(
         PROG,
         "Make sure the engine has the image saved in DIR (loading it once, even under make -j), then run "
@@ -43,7 +56,13 @@ def parse(argv):
                         help="passed to '<engine> run' verbatim (repeatable)")
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="DIR [--] CMD [ARGS...]",
                         help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def parse(argv):
+    # Makefiles and shebang lines rarely pass options: then everything is DIR and
+    # CMD, as for argparse's REMAINDER, without argparse's 5 ms on the hot path.
+    args = _NoOptions(argv) if argv and not argv[0].startswith("-") else _parse_options(argv)
     words = args.words
     env_dir = os.environ.get(IMAGE_ENV)
     if env_dir:
