@@ -39,13 +39,20 @@ def test_missing_command_gives_127(saved, tmp_path):
     assert cli("docker-dir-exec", saved.one, "no-such-command", cwd=tmp_path).returncode == 127
 
 
-def test_hot_path_does_not_import_plumbum(saved, tmp_path):
+def test_hot_path_imports_only_what_it_needs(saved, tmp_path):
+    """No plumbum; and, with a docker client config present, none of json, argparse or
+    socket.py, whose imports would cost as much as the rest of exec's own work."""
     assert cli("docker-dir-exec", "--load-only", saved.one).returncode == 0
+    client_config = tmp_path / "docker-config"
+    client_config.mkdir()
+    (client_config / "config.json").write_text('{"auths": {}, "currentContext": "default"}')
+    env = dict(os.environ, DOCKER_CONFIG=str(client_config))
     proc = subprocess.run([sys.executable, "-X", "importtime", str(BIN / "docker-dir-exec"), str(saved.one), "true"],
-                          capture_output=True, text=True, cwd=tmp_path)
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "docker_dir.cli.exec" in proc.stderr  # importtime did report
-    assert "plumbum" not in proc.stderr
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "docker_dir.cli.exec" in imported  # importtime did report
+    assert not imported & {"plumbum", "json", "argparse", "socket"}, imported
 
 
 def test_stdin_passes_through(saved, tmp_path):
