@@ -78,25 +78,26 @@ class Target:
         return podman_load_count(self.env) if self.engine == "podman" else time.time()
 
 
+def _side_target(kind, label):
+    """A side dockerd of `kind` as a test target, stopped when the module ends."""
+    daemon = side_dockerd_or_skip(kind)
+    yield Target(label, "docker", daemon.env(), daemon)
+    daemon.stop()
+
+
 @pytest.fixture(scope="module")
 def side20():
-    daemon = side_dockerd_or_skip("20.10")
-    yield Target("dockerd 20.10 (side)", "docker", daemon.env(), daemon)
-    daemon.stop()
+    yield from _side_target("20.10", "dockerd 20.10 (side)")
 
 
 @pytest.fixture(scope="module")
 def docker26():
-    daemon = side_dockerd_or_skip("26")
-    yield Target("Docker 26 classic store", "docker", daemon.env(), daemon)
-    daemon.stop()
+    yield from _side_target("26", "Docker 26 classic store")
 
 
 @pytest.fixture(scope="module")
 def docker26c():
-    daemon = side_dockerd_or_skip("26-containerd")
-    yield Target("Docker 26 containerd store", "docker", daemon.env(), daemon)
-    daemon.stop()
+    yield from _side_target("26-containerd", "Docker 26 containerd store")
 
 
 @pytest.fixture(scope="module")
