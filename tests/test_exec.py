@@ -18,7 +18,8 @@ import pytest
 from conftest import (BIN, REPO, cli, cli_on_tty, count_events, docker, image_id_of, manifest, one_line_error,
                       private_ref, raw_save)
 
-from docker_dir.cli.exec import parse, run_options
+from docker_dir.cli.exec import parse, run_request
+from docker_dir.engine import get_engine
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE,
                                EXIT_NOT_LOADED, EXIT_USAGE)
 
@@ -69,9 +70,11 @@ def test_cwd_is_mounted_at_same_path_and_is_workdir(saved, tmp_path):
 
 def test_default_user_is_caller(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    options = run_options(parse([str(tmp_path), "true"]))
-    assert options[options.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
-    assert {"--rm", "--interactive", "--init"} <= set(options)
+    argv = get_engine("docker").run_argv(run_request(parse([str(tmp_path), "true"]), "img"))
+    assert argv[argv.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+    assert {"--rm", "--interactive", "--init"} <= set(argv)
+    assert argv[argv.index("--pull") + 1] == "never"
+    assert argv[-2:] == ["img", "true"]
 
 
 def test_options_reach_the_engine(saved, tmp_path):
@@ -351,20 +354,22 @@ def test_load_stream_holds_only_the_selected_image(images, tmp_path):
     import json
     import tarfile
 
-    from docker_dir.format.layout import ImageDir
+    from docker_dir.format.imagedir import ImageDir
     from docker_dir.format.tarstream import write_load_stream
 
     d = raw_save([images.one, images.multi], tmp_path / "both")
     (d / "unrelated.bin").write_bytes(b"x" * 1000)
-    entry = ImageDir(str(d)).select(repo_tag=images.one)
+    saved_entry = next(e for e in manifest(d) if images.one in (e["RepoTags"] or []))
+    image = ImageDir(str(d)).select(repo_tag=images.one)
     out = io.BytesIO()
-    write_load_stream(entry, out, ["localhost/docker-dir:abc"])
+    write_load_stream(image, out, ["localhost/docker-dir:abc"])
     out.seek(0)
     with tarfile.open(fileobj=out) as tar:
         names = tar.getnames()
         sent = json.load(tar.extractfile("manifest.json"))
-    assert sent == [dict(entry.raw, RepoTags=["localhost/docker-dir:abc"])]
-    assert sorted(names) == sorted(["manifest.json", entry.config, *entry.layers])
+    assert sent == [{"Config": saved_entry["Config"], "RepoTags": ["localhost/docker-dir:abc"],
+                     "Layers": saved_entry["Layers"]}]
+    assert sorted(names) == sorted({"manifest.json", saved_entry["Config"], *saved_entry["Layers"]})
 
 
 def test_dropped_content_is_not_needed_when_the_engine_has_the_image(fresh_image, tmp_path):

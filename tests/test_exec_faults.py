@@ -24,7 +24,7 @@ import pytest
 from conftest import BIN, count_events, docker, image_id_of, import_image, private_ref, raw_save
 from engines import Unavailable, side_dockerd
 
-from docker_dir.engine.base import runtime_dir
+from docker_dir.nodelocal import runtime_dir
 from docker_dir.errors import EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE
 
 EXEC = str(BIN / "docker-dir-exec")

@@ -43,7 +43,7 @@ from docker_dir.cli.common import run
 from docker_dir.cli.id import PROG, main as id_main
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_SELECTION, EXIT_VERIFY, BadImageDir,
                                DockerDirError)
-from docker_dir.format.layout import ImageDir
+from docker_dir.format.imagedir import ImageDir
 
 TOKEN = "CANARY-4f1c9b-outside-dir"
 CLI_EXIT_CODES = {0, EXIT_VERIFY, EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_SELECTION}

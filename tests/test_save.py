@@ -207,7 +207,7 @@ def test_temp_dir_removed_by_a_concurrent_cleanup_is_made_again(tmp_path, monkey
     import fcntl
     import tempfile
 
-    from docker_dir.cli import save as save_module
+    from docker_dir.application import save as save_module
 
     real_mkdtemp, real_flock = tempfile.mkdtemp, fcntl.flock
     made = []

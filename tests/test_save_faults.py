@@ -323,7 +323,7 @@ def test_force_replaces_only_once_new_content_is_complete(images, multi_files, t
 
 
 def test_rename_exchange_swaps_whole_trees(tmp_path):
-    from docker_dir.cli.save import exchange
+    from docker_dir.application.save import exchange
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x").write_text("a")
@@ -476,7 +476,7 @@ def test_tmpdir_untouched_by_success_and_failure(images, tmp_path, empty_tmpdir)
 DROPPED_SIGNAL = """
 import os, signal, sys
 sys.path.insert(0, {lib!r})
-from docker_dir.cli import save
+from docker_dir.application import save
 from docker_dir.cli.common import run, trap_signals
 from docker_dir.engine import get_engine
 

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import cli
 
-from docker_dir.cli.save import TEMP_MARK
+from docker_dir.application.save import TEMP_MARK
 from docker_dir.errors import EXIT_BAD_DIR, EXIT_ENGINE_FAILED
 
 FAKE_ID = "sha256:" + "ab" * 32

@@ -1,4 +1,4 @@
 """docker-dir: Docker images as plain directories that build systems can track."""
-from .format.layout import image_id
+from .format.imagedir import image_id
 
 __all__ = ["image_id"]

@@ -76,6 +76,24 @@ class Progress:
             sys.stderr.write("\n")
             sys.stderr.flush()
 
+    def cancel(self):
+        self.enabled = False
+
+
+class TerminalReporter:
+    """The application layer's reports (application.Reporter), on stderr unless quiet."""
+
+    def __init__(self, prog, quiet=False):
+        self.prog = prog
+        self.quiet = quiet
+
+    def waiting(self, message):
+        if not self.quiet:
+            print(f"{self.prog}: {message}", file=sys.stderr)
+
+    def transfer(self, label, total=None):
+        return Progress(label, enabled=not self.quiet)
+
 
 def human(nbytes):
     if nbytes < 1000:

@@ -1,15 +1,16 @@
 """docker-dir-exec: load the image of DIR if the engine lacks it (once), then run CMD in it.
 
 The hot path (image present) reads the manifest, asks the engine, and execs
-`<engine> run`: no plumbum, no child left behind, so stdin/stdout/stderr,
-signals and the exit status are the engine client's own.
+`<engine> run` (engine/hot.py says why it uses the standard library only).
 """
 import os
 import sys
 
 from ..engine import get_engine
+from ..engine.base import Mount, RunRequest
+from ..engine.hot import replace_process
 from ..errors import EngineUnavailable, NotLoaded, UsageError
-from ..format.layout import ImageDir
+from ..format.imagedir import ImageDir
 from .common import run
 
 PROG = "docker-dir-exec"
@@ -91,53 +92,40 @@ def shebang_script(command):
     return None
 
 
-def run_options(args):
-    """Options for `<engine> run`: like a local command, the caller's directory and user."""
+def run_request(args, ref):
+    """What to run: like a local command, in the caller's directory, as the caller."""
     cwd = os.getcwd()
-    # Never pull: if the image went away since the check (another process removed it),
-    # the engine would ask a registry at localhost for our private name and might run
-    # whatever it serves there; "No such image" is the truthful answer.
-    options = ["--rm", "--interactive", "--init", "--pull", "never"]
-    if sys.stdin.isatty() and sys.stdout.isatty():
-        options.append("--tty")
-    user = args.user or (f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None)
-    if user:
-        options += ["--user", user]
-    options += ["--volume", f"{cwd}:{cwd}", "--workdir", args.workdir or cwd]
+    mounts = [Mount(cwd, cwd)]
     script = shebang_script(args.command)
     if script and not script.startswith(cwd.rstrip("/") + "/"):
-        options += ["--volume", f"{script}:{script}:ro"]
-    for volume in args.volume:
-        options += ["--volume", volume]
-    for env in args.env:
-        options += ["--env", env]
-    if args.network:
-        options += ["--network", args.network]
-    if args.entrypoint is not None:
-        options += ["--entrypoint", args.entrypoint]
-    return options + args.engine_arg
+        mounts.append(Mount(script, script, "ro"))
+    mounts += [Mount.parse(spec) for spec in args.volume]
+    return RunRequest(ref, args.command, args.workdir or cwd, mounts, args.env, user=args.user,
+                      tty=sys.stdin.isatty() and sys.stdout.isatty(), network=args.network,
+                      entrypoint=args.entrypoint, extra_args=args.engine_arg)
 
 
 def main(argv):
     args = parse(argv)
-    entry = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config)
+    image = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config)
     engine = get_engine(args.engine)
-    ref = engine.private_ref(entry.config_digest())
+    ref = engine.image_ref(image.config_digest())
     if not engine.has_image(ref):
         if args.no_load:
             raise NotLoaded(f"{engine.name} does not have the image of {args.dir} and --no-load was given; "
                             f"load it with '{PROG} --load-only {args.dir}'")
-        from .load import ensure_loaded
+        from ..application.load import ensure_loaded
+        from .common import TerminalReporter, trap_signals
 
-        ensure_loaded(engine, entry, ref, quiet=args.quiet)
+        trap_signals()
+        ensure_loaded(engine, image, ref, TerminalReporter(PROG, args.quiet))
     if args.load_only:
         return 0
-    argv = engine.run_argv(ref, run_options(args), args.command)
-    sys.stdout.flush()
+    argv = engine.run_argv(run_request(args, ref))
     try:
-        os.execv(engine.binary, argv)
+        replace_process(argv)
     except OSError as err:
-        raise EngineUnavailable(f"cannot run {engine.binary}: {err.strerror}") from None
+        raise EngineUnavailable(f"cannot run {argv[0]}: {err.strerror}") from None
 
 
 def entry_point():

@@ -1,15 +1,15 @@
 """docker-dir-id: print the image ID stored in a directory; no daemon, no layer content needed."""
 import os
 
+from ..engine import ENGINES
 from ..errors import CantWrite
-from ..format.layout import ImageDir
+from ..format.imagedir import ImageDir
 from .common import run
 
 PROG = "docker-dir-id"
 _FLAGS = {"--verify": "verify", "--json": "json", "--debug": "debug"}
 _VALUED = {"--repo-tag": "repo_tag", "--config": "config", "-o": "output", "--output": "output",
            "--engine": "engine"}
-_ENGINES = ("docker", "podman")
 
 
 class _Args:
@@ -43,7 +43,7 @@ def quick_parse(argv):
             setattr(args, _VALUED[name], value)
         else:
             return None
-    if len(positional) != 1 or args.engine not in (None, *_ENGINES):
+    if len(positional) != 1 or args.engine not in (None, *ENGINES):
         return None
     args.dir = positional[0]
     return args
@@ -59,7 +59,7 @@ def parse(argv):
                           "daemon and no layer content, so it works on git-annex trees with content dropped.")
     add_selectors(parser)
     # Accepted so one set of options works for all three commands; the ID needs no engine.
-    parser.add_argument("--engine", choices=_ENGINES,
+    parser.add_argument("--engine", choices=ENGINES,
                         help="accepted like in save and exec, and ignored: reading the ID needs no engine")
     parser.add_argument("--verify", action="store_true",
                         help="re-hash the config and every layer, and fail on a mismatch or missing content")
@@ -108,15 +108,15 @@ def _umask():
 
 def main(argv):
     args = parse(argv)
-    entry = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config)
+    image = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config)
     if args.verify:
-        entry.verify()
+        image.verify()
     if args.json:
         import json
 
-        text = json.dumps(entry.summary(), indent=2) + "\n"
+        text = json.dumps(image.summary(), indent=2) + "\n"
     else:
-        text = entry.image_id() + "\n"
+        text = image.image_id() + "\n"
     if args.output:
         write_if_changed(args.output, text)
     else:

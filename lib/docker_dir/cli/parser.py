@@ -3,6 +3,7 @@ import argparse
 import os
 import sys
 
+from ..engine import ENGINES
 from ..errors import EXIT_CODES_HELP, UsageError
 
 
@@ -36,5 +37,6 @@ def add_selectors(parser):
 
 
 def add_engine_option(parser):
-    parser.add_argument("--engine", choices=("docker", "podman"),
-                        help="container engine (default: $DOCKER_DIR_ENGINE, else docker if installed, else podman)")
+    parser.add_argument("--engine", choices=ENGINES,
+                        help="container engine (default: $DOCKER_DIR_ENGINE, else the first of "
+                             f"{', '.join(ENGINES)} that is installed)")

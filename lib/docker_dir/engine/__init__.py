@@ -1,23 +1,29 @@
-"""Engine layer: one class per container engine, chosen by name.
+"""Engine layer: one module per container engine, found through ENGINES.
 
-Adding an engine is one module here plus one line in ENGINES.
+ENGINES is the one list of engines: the --engine choices of every command, the
+default choice and the messages all derive from it. Its order is the default's
+preference: the first engine whose program is installed. Adding an engine is one
+module here defining `ENGINE`, a subclass of base.Engine (its docstring lists what
+to implement), plus its name in ENGINES.
 """
 import os
 
-from ..errors import UsageError
-from .base import find_program
+ENGINES = ("docker", "podman")
 
-ENGINES = {"docker": ("docker", "DockerEngine"), "podman": ("podman", "PodmanEngine")}
+
+def engine_class(name):
+    from ..errors import UsageError
+
+    if name not in ENGINES:
+        raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
+    return __import__(f"{__name__}.{name}", fromlist=["ENGINE"]).ENGINE
 
 
 def get_engine(name=None):
-    """The engine named, else $DOCKER_DIR_ENGINE, else docker when installed, else podman."""
+    """The engine named, else $DOCKER_DIR_ENGINE, else the first of ENGINES installed."""
     name = name or os.environ.get("DOCKER_DIR_ENGINE")
     if not name:
-        name = "docker" if find_program("docker") or not find_program("podman") else "podman"
-    if name not in ENGINES:
-        raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
-    module, cls = ENGINES[name]
-    from importlib import import_module
+        from .hot import find_program
 
-    return getattr(import_module(f"{__name__}.{module}"), cls)()
+        name = next((n for n in ENGINES if find_program(engine_class(n).program)), ENGINES[0])
+    return engine_class(name)()

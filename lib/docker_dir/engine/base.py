@@ -1,190 +1,216 @@
-"""What docker-dir needs from a container engine, and the parts docker and podman share.
+"""What docker-dir asks of a container engine: the interface every engine module implements.
 
-Presence checks and `run` argv use only the standard library: they sit on
-docker-dir-exec's hot path, where importing plumbum would cost more than the
-check itself. Streams (save, load) import plumbum when they start.
+An engine module defines `ENGINE`, a subclass of `Engine`, and is listed in
+engine/__init__.py ENGINES. It implements:
+
+- `name`, `program` (the executable looked up on PATH), `start_hint` (how to make
+  an unreachable engine answer, for messages);
+- `has_image(ref) -> bool`: on the hot path, so standard library only (hot.py);
+- `stored_digest(digests) -> digest | None`: which of these digests (an image's
+  config digest, its manifest digest) names an image in this engine's store;
+- `tag(source, ref)`: give a stored image the private reference;
+- `load(image, ref, on_bytes)`: put a format.Image into the store under `ref`;
+- `save_command(refs)`: the plumbum command whose stdout is a docker-archive tar;
+- `run_argv(request) -> argv`: the command line that runs a `RunRequest` (execv'd);
+- `error(stderr, doing) -> DockerDirError`: an engine complaint, classified.
+
+`CliEngine` implements all of it for engines with a docker-like CLI (`image inspect`,
+`tag`, `load`, `save`, `run`); docker and podman only add what differs. Streams and
+short commands off the hot path go through plumbum (process.py).
 """
 import os
 
 from ..errors import EngineFailed, EngineUnavailable
+from .hot import find_program, quick_run
 
 PRIVATE_REPO = "localhost/docker-dir"
 
 
-def find_program(name):
-    """shutil.which, without the import of shutil (and bz2, lzma) on exec's hot path."""
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(directory or ".", name)
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-    return None
+def private_ref(config_hex):
+    """A tag only docker-dir sets: keeps the image from being dangling (pruned) and
+    names it by content, so no user tag is ever re-pointed."""
+    return f"{PRIVATE_REPO}:{config_hex}"
+
+
+class Mount:
+    """A bind mount: host `source` at `target` in the container."""
+
+    __slots__ = ("source", "target", "options")
+
+    def __init__(self, source, target, options=""):
+        self.source, self.target, self.options = source, target, options
+
+    @classmethod
+    def parse(cls, spec):
+        """From the -v syntax SRC:DST[:OPTS]; a bare DST is an anonymous volume."""
+        parts = spec.split(":", 2)
+        if len(parts) == 1:
+            return cls("", parts[0])
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+
+    def spec(self):
+        return ":".join(p for p in (self.source, self.target, self.options) if p) if self.source else self.target
+
+
+class RunRequest:
+    """What to run, independent of any engine's flags.
+
+    user: None runs as the caller (each engine knows how to make files created in a
+    mounted directory belong to the caller); otherwise "UID[:GID]" or a name, as given.
+    """
+
+    __slots__ = ("image", "command", "workdir", "mounts", "env", "user", "tty", "interactive", "init",
+                 "network", "entrypoint", "extra_args")
+
+    def __init__(self, image, command, workdir, mounts=(), env=(), user=None, tty=False, interactive=True,
+                 init=True, network=None, entrypoint=None, extra_args=()):
+        self.image, self.command, self.workdir = image, list(command), workdir
+        self.mounts, self.env, self.extra_args = list(mounts), list(env), list(extra_args)
+        self.user, self.tty, self.interactive, self.init = user, tty, interactive, init
+        self.network, self.entrypoint = network, entrypoint
 
 
 class Engine:
-    """One container engine CLI. Subclasses set `name` and the hints below."""
+    """One container engine. See the module docstring for what a subclass implements."""
 
     name = None
+    program = None
     start_hint = None
 
     def __init__(self, binary=None):
-        self.binary = binary or find_program(self.name)
+        self.binary = binary or find_program(self.program)
         if not self.binary:
-            raise EngineUnavailable(f"{self.name} is not installed (not found on PATH); install it, "
+            raise EngineUnavailable(f"{self.program} is not installed (not found on PATH); install it, "
                                     "or choose another engine with --engine or DOCKER_DIR_ENGINE")
 
-    # -- references -------------------------------------------------------
-    @staticmethod
-    def private_ref(config_hex):
-        """A tag only docker-dir sets: keeps the image from being dangling (pruned)
-        and names it by content, so no user tag is ever re-pointed."""
-        return f"{PRIVATE_REPO}:{config_hex}"
-
-    # -- hot path (standard library only) ---------------------------------
-    def _cli(self, *args, timeout=60):
-        import subprocess  # not on the hot path when the engine's API answers directly
-
-        try:
-            return subprocess.run([self.binary, *args], stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise EngineUnavailable(f"{self.name} did not answer within {timeout} s; {self.start_hint}") from None
+    def image_ref(self, config_hex):
+        """The reference docker-dir runs the image of this config digest by."""
+        return private_ref(config_hex)
 
     def has_image(self, ref):
         raise NotImplementedError
 
-    def inspect_id(self, ref):
-        """The engine's ID for `ref`, or None when it has no such image."""
-        proc = self._cli("image", "inspect", "--format", "{{.Id}}", ref)
-        if proc.returncode == 0:
-            return proc.stdout.decode().strip() or None
-        if self.is_not_found(proc.stderr):
-            return None
-        raise self.error(proc.stderr, f"inspecting {ref}")
+    def stored_digest(self, digests):
+        raise NotImplementedError
 
-    def tag(self, source, target):
-        proc = self._cli("tag", source, target)
-        if proc.returncode:
-            raise self.error(proc.stderr, f"tagging {source}")
+    def tag(self, source, ref):
+        raise NotImplementedError
 
-    def run_argv(self, ref, options, command):
-        return [self.binary, "run", *options, ref, *command]
+    def load(self, image, ref, on_bytes=None):
+        raise NotImplementedError
 
-    # -- errors -----------------------------------------------------------
+    def save_command(self, refs):
+        raise NotImplementedError
+
+    def run_argv(self, request):
+        raise NotImplementedError
+
+    def error(self, stderr, doing):
+        raise NotImplementedError
+
+
+class CliEngine(Engine):
+    """An engine driven through a docker-like CLI."""
+
+    # Lower-case fragments of the CLI's stderr: the engine cannot be reached / has no such image.
     unreachable_markers = ()
     not_found_markers = ()
 
+    # -- presence ------------------------------------------------------------
+    def _quick(self, *args, timeout=60):
+        answer = quick_run([self.binary, *args], timeout)
+        if answer is None:
+            raise EngineUnavailable(f"{self.name} did not answer within {timeout} s; {self.start_hint}")
+        return answer
+
+    def has_image(self, ref):
+        status, _, stderr = self._quick("image", "inspect", "--format", "{{.Id}}", ref)
+        if status and not self.is_not_found(stderr.decode(errors="replace")):
+            raise self.error(stderr.decode(errors="replace"), f"looking for {ref}")
+        return status == 0
+
+    def inspect_id(self, ref):
+        """The engine's ID for `ref`, or None when it has no such image."""
+        from .process import command, run
+
+        status, stdout, stderr = run(self, command(self.binary, "image", "inspect", "--format", "{{.Id}}", ref),
+                                     f"inspecting {ref}", retcode=None)
+        if status == 0:
+            return stdout.strip() or None
+        if self.is_not_found(stderr):
+            return None
+        raise self.error(stderr, f"inspecting {ref}")
+
+    def stored_digest(self, digests):
+        """Classic stores and podman know an image by its config digest, the containerd
+        store by its manifest digest: whichever the engine reports as the image's ID."""
+        return next((d for d in digests if self.inspect_id(d) == d), None)
+
+    def tag(self, source, ref):
+        from .process import command, run
+
+        run(self, command(self.binary, "tag", source, ref), f"tagging {source}")
+
+    # -- streams ---------------------------------------------------------------
+    def save(self, refs):
+        """A running `save` whose stdout is the archive stream."""
+        from .process import Stream
+
+        return Stream(self, self.save_command(refs), f"saving {' '.join(refs)}", feed=False)
+
+    def load(self, image, ref, on_bytes=None):
+        """Stream the image into `load` as a docker-archive naming only `ref`."""
+        from ..errors import DockerDirError, Interrupted
+        from ..format.tarstream import write_load_stream
+        from .process import Stream, command
+
+        where = image.image_dir.path
+        stream = Stream(self, command(self.binary, "load"), f"loading {where}", feed=True)
+        try:
+            write_load_stream(image, stream.stdin, [ref], on_bytes=on_bytes)
+        except BrokenPipeError:
+            pass  # the engine stopped reading: its own error follows from finish()
+        except BaseException as err:
+            stream.abort()
+            if isinstance(err, (KeyboardInterrupt, Interrupted, DockerDirError)):
+                raise
+            raise EngineFailed(f"loading {where} failed: {err}") from None
+        stream.finish()
+
+    # -- run -------------------------------------------------------------------
+    def user_args(self, user):
+        """Flags that run the container as `user`, or as the caller when None."""
+        return ["--user", user or f"{os.getuid()}:{os.getgid()}"]
+
+    def run_argv(self, request):
+        # Never pull: if the image went away since the check (another process removed it),
+        # the engine would ask a registry at localhost for our private name and might run
+        # whatever it serves there; "No such image" is the truthful answer.
+        argv = [self.binary, "run", "--rm", "--pull", "never"]
+        argv += ["--interactive"] * request.interactive + ["--tty"] * request.tty + ["--init"] * request.init
+        argv += self.user_args(request.user)
+        for mount in request.mounts:
+            argv += ["--volume", mount.spec()]
+        argv += ["--workdir", request.workdir]
+        for env in request.env:
+            argv += ["--env", env]
+        if request.network:
+            argv += ["--network", request.network]
+        if request.entrypoint is not None:
+            argv += ["--entrypoint", request.entrypoint]
+        return argv + request.extra_args + [request.image, *request.command]
+
+    # -- errors ----------------------------------------------------------------
     def is_not_found(self, stderr):
-        text = stderr.decode(errors="replace").lower()
+        text = stderr.lower()
         if any(m in text for m in self.unreachable_markers):
             return False
         return any(m in text for m in self.not_found_markers)
 
     def error(self, stderr, doing):
         """Turn an engine's stderr into one line, classified."""
-        text = " ".join(stderr.decode(errors="replace").split())
+        text = " ".join(stderr.split())
         lowered = text.lower()
         if any(m in lowered for m in self.unreachable_markers):
             return EngineUnavailable(f"{self.name} engine not reachable while {doing}: {text} ({self.start_hint})")
         return EngineFailed(f"{self.name} failed while {doing}: {text or 'no message'}")
-
-    # -- streams (plumbum) ------------------------------------------------
-    def save_command(self, refs):
-        raise NotImplementedError
-
-    def load_command(self):
-        from plumbum import local
-
-        return local[self.binary]["load"]
-
-    def save(self, refs):
-        """A running `save` whose stdout is the archive stream."""
-        return _Stream(self, self.save_command(refs), f"saving {' '.join(refs)}", want_stdin=False)
-
-    def load(self, source):
-        """A running `load` reading an archive (of `source`, for messages) on its stdin."""
-        return _Stream(self, self.load_command(), f"loading {source}", want_stdin=True)
-
-
-class _Stream:
-    """A child process streaming an archive; collects stderr (and stdout) in threads
-    so neither pipe fills while the caller works the other one."""
-
-    def __init__(self, engine, command, doing, want_stdin):
-        import subprocess
-        import threading
-
-        self.engine = engine
-        self.doing = doing
-        pipe = subprocess.PIPE
-        try:
-            self.proc = command.popen(stdin=pipe if want_stdin else subprocess.DEVNULL, stdout=pipe, stderr=pipe)
-        except OSError as err:
-            raise EngineUnavailable(f"cannot start {engine.binary}: {err.strerror}") from None
-        self._out = {}
-        readers = [("stderr", self.proc.stderr)] + ([("stdout", self.proc.stdout)] if want_stdin else [])
-        self._threads = [threading.Thread(target=self._drain, args=(k, f), daemon=True) for k, f in readers]
-        try:
-            for thread in self._threads:
-                thread.start()
-        except BaseException:
-            self.proc.kill()  # interrupted (signal) while starting: the engine must not outlive us
-            self.proc.wait()
-            raise
-
-    def _drain(self, key, stream):
-        self._out[key] = stream.read()
-
-    @property
-    def stdin(self):
-        return self.proc.stdin
-
-    @property
-    def stdout(self):
-        return self.proc.stdout
-
-    def finish(self):
-        """Wait for the engine; return its stdout (load) or raise its error."""
-        if self.proc.stdin:
-            try:
-                self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
-        try:
-            code = self.proc.wait()
-        except BaseException:
-            self.abort()  # interrupted (signal): the engine's process must not outlive us
-            raise
-        for thread in self._threads:
-            thread.join()
-        if code:
-            raise self.engine.error(self._out.get("stderr", b""), self.doing)
-        return self._out.get("stdout", b"").decode(errors="replace")
-
-    def abort(self):
-        """Stop the engine without waiting for it to finish its work."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-        self.proc.wait()
-        for thread in self._threads:
-            thread.join(timeout=5)
-
-    def failure(self):
-        """After an abort: the engine's own complaint, if it made one."""
-        stderr = self._out.get("stderr", b"")
-        return self.engine.error(stderr, self.doing) if stderr.strip() else None
-
-
-def runtime_dir():
-    """A node-local directory for locks (never the image dir: it may be shared or read-only)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isdir(base) and os.access(base, os.W_OK):
-        return os.path.join(base, "docker-dir")
-    if os.geteuid() == 0 and os.path.isdir("/run"):
-        return "/run/docker-dir"
-    return os.path.join("/tmp", f"docker-dir-{os.geteuid()}")

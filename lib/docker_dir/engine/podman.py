@@ -1,26 +1,29 @@
 """The podman CLI (daemonless)."""
-from .base import Engine
+from .base import CliEngine
 
 
-class PodmanEngine(Engine):
-    name = "podman"
+class PodmanEngine(CliEngine):
+    name = program = "podman"
     start_hint = "check 'podman info'; podman needs no daemon, but its storage must be usable"
     unreachable_markers = ("cannot connect to podman", "unable to connect to podman", "connection refused")
     not_found_markers = ("image not known", "no such image", "not found")
 
     def has_image(self, ref):
-        proc = self._cli("image", "exists", ref)
+        status, _, stderr = self._quick("image", "exists", ref)
         # Exit 1 is also how podman fails on a broken configuration, so the answer
         # counts only when stderr holds nothing but warnings (e.g. unknown config keys).
-        if proc.returncode in (0, 1) and not _without_warnings(proc.stderr):
-            return proc.returncode == 0
-        raise self.error(proc.stderr, f"looking for {ref}")
+        if status in (0, 1) and not _without_warnings(stderr):
+            return status == 0
+        raise self.error(stderr.decode(errors="replace"), f"looking for {ref}")
 
     def save_command(self, refs):
-        from plumbum import local
+        from .process import command
 
         multi = ["--multi-image-archive"] if len(refs) > 1 else []
-        return local[self.binary]["save", "--format", "docker-archive", *multi, "--", *refs]
+        return command(self.binary, "save", "--format", "docker-archive", *multi, "--", *refs)
+
+
+ENGINE = PodmanEngine
 
 
 def _without_warnings(stderr):

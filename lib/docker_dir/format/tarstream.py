@@ -1,7 +1,10 @@
 """Stream tar archives in and out of an image directory, without temporary files.
 
-Extraction is our own, member by member, because tarfile's `data` filter on
-the Python shipped here predates the CVE-2025-4330 fix. The rules:
+Extraction is our own, member by member, because tarfile's `data` filter (PEP 706)
+can be bypassed before the June 2025 fixes of CVE-2025-4517, -4330 and -4138, and
+the Pythons here (3.11.2 in Debian bookworm, 3.11.7 from pyenv) predate them. Once
+the oldest supported Python is 3.9.23, 3.10.18, 3.11.13, 3.12.11 or 3.13.4 (or
+newer), `extractall(filter="data")` could replace it. The rules:
 - names are relative, without `..`, and never written through a symlink;
 - symlink targets are relative and may only climb (`../`) as far as the
   link's own depth, then descend by plain names: legacy duplicate layers
@@ -17,7 +20,7 @@ import stat
 import tarfile
 
 from ..errors import BadImageDir
-from .layout import open_regular
+from .imagedir import open_regular
 
 # Buffers above glibc's mmap threshold (128 kB) are mapped afresh on every read, and
 # their page faults tripled a save's system time here: stay well below it.
@@ -61,9 +64,8 @@ def _check_symlink_target(parts, target):
 
 
 class _Extractor:
-    def __init__(self, dest_fd, dest_path):
+    def __init__(self, dest_fd):
         self.dest_fd = dest_fd
-        self.dest_path = dest_path
 
     def _parent_fd(self, parts, create):
         """An fd of the member's parent directory, walking real directories only."""
@@ -160,7 +162,7 @@ def extract_stream(stream, dest):
     dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     total = 0
     try:
-        extractor = _Extractor(dest_fd, dest)
+        extractor = _Extractor(dest_fd)
         with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
             for member in tar:
                 total += extractor.add(tar, member)
@@ -170,13 +172,13 @@ def extract_stream(stream, dest):
     return total
 
 
-def write_load_stream(entry, out, repo_tags, on_bytes=None):
-    """Write the tar `docker load` needs for one manifest entry: a rewritten
-    manifest.json (RepoTags replaced) and the files it names, dereferenced."""
-    image_dir = entry.image_dir
-    raw = dict(entry.raw)
-    raw["RepoTags"] = list(repo_tags) or None
-    manifest = json.dumps([raw]).encode()
+def write_load_stream(image, out, repo_tags, on_bytes=None):
+    """Write the docker-archive tar every engine's `load` takes for one image, whatever
+    layout it came from: a manifest.json naming only `repo_tags` and the files it
+    lists, dereferenced, under their paths in DIR."""
+    image_dir = image.image_dir
+    manifest = json.dumps([{"Config": image.config_path, "RepoTags": list(repo_tags) or None,
+                            "Layers": [layer.path for layer in image.layers]}]).encode()
     sink = _Sink(out)
     tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)
     try:
@@ -184,7 +186,7 @@ def write_load_stream(entry, out, repo_tags, on_bytes=None):
         info.size = len(manifest)
         info.mode = 0o644
         tar.addfile(info, io.BytesIO(manifest))
-        for relpath in entry.referenced_files():
+        for relpath in image.referenced_files():
             path = image_dir.resolve(relpath)
             with open_regular(path) as src:
                 info = tarfile.TarInfo(relpath)

@@ -1,0 +1,34 @@
+"""Application layer: what the commands do, between argument parsing (cli) and engines.
+
+save.py: save images into a directory (temp dir, safe extraction, atomic swap,
+stale-temp cleanup). load.py: give an engine an image once (node-local lock,
+presence check, tag or load). Neither prints: they tell a `Reporter` (the cli
+passes one that writes to the terminal) and raise docker-dir's errors.
+"""
+
+
+class Reporter:
+    """What the application tells the user about; this one stays silent."""
+
+    def waiting(self, message):
+        """A wait on another process began (e.g. its load of the same image)."""
+
+    def transfer(self, label, total=None):
+        """A byte stream began; returns a callable taking byte counts, with close() and cancel()."""
+        return _Uncounted()
+
+
+class _Uncounted:
+    done = 0
+
+    def __call__(self, nbytes):
+        self.done += nbytes
+
+    def close(self):
+        """The stream ended."""
+
+    def cancel(self):
+        """The stream failed: no final report."""
+
+
+QUIET = Reporter()

@@ -1,0 +1,349 @@
+"""An image directory, read through the reader of its layout, as neutral images.
+
+Pure file reading: no subprocess, no engine. A reader (one module per layout, listed
+in format/__init__.py) turns what the directory holds into `Image`s: config digest
+and path, layers (path, digest as stored, media type), repo tags, manifest digest.
+Everything above this layer (verification, load streams, engines) sees only those.
+
+Every path taken from a manifest is checked before it is opened, and symlinks are
+followed only while their target stays inside the enclosing git work tree (git-annex
+keeps content in .git/annex/objects, or in a submodule's gitdir/annex/objects) or,
+outside git, inside the image directory.
+"""
+import os
+import stat
+
+from ..errors import BadImageDir, ContentMissing, SelectionError, VerifyError
+from ..fastjson import TooLarge, loads_json, read_bounded
+from .names import check_relpath, digest_from_name, normalize_repo_tag, one_line, short, shown
+
+GET_CONTENT_HINT = "run 'datalad get {d}' or 'git annex get {d}'"
+_CHUNK = 1 << 20
+
+
+def open_regular(path):
+    """open(path, "rb") for a regular file only: a FIFO would block forever and a
+    device never end. Other kinds raise BadImageDir; OS errors pass through."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadImageDir(f"{path}: not a regular file; the image directory is damaged")
+    return os.fdopen(fd, "rb")
+
+
+def sha256_stream(stream):
+    import hashlib  # only --verify hashes: the ID itself comes from names
+
+    digest = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    while True:
+        n = stream.readinto(buf)
+        if not n:
+            break
+        digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def sha256_file(path):
+    try:
+        stream = open_regular(path)
+    except OSError as err:
+        raise BadImageDir(f"{path}: cannot read ({err.strerror})") from None
+    with stream:
+        return sha256_stream(stream)
+
+
+def _enclosing_roots(real_dir):
+    """Directories a symlink in the image dir may point into: the enclosing work tree and,
+    when its gitdir lies elsewhere, only that gitdir's annexed objects (a .git file in a
+    copied directory could name any directory, even /)."""
+    probe = real_dir
+    while True:
+        dotgit = os.path.join(probe, ".git")
+        if os.path.islink(dotgit):
+            # git-annex turns a submodule's .git file into a link to its gitdir.
+            return (probe, os.path.join(os.path.realpath(dotgit), "annex", "objects"))
+        if os.path.isdir(dotgit):
+            return (probe,)
+        if os.path.isfile(dotgit):
+            # A submodule keeps its annexed objects under the gitdir it names.
+            try:
+                with open(dotgit, encoding="utf-8") as stream:
+                    line = stream.readline().strip()
+            except (OSError, ValueError):  # ValueError: not UTF-8
+                line = ""
+            if line.startswith("gitdir:") and "\0" not in line:
+                gitdir = os.path.realpath(os.path.join(probe, line[7:].strip()))
+                return (probe, os.path.join(gitdir, "annex", "objects"))
+            return (probe,)
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return (real_dir,)
+        probe = parent
+
+
+def _inside(path, root):
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class Layer:
+    """One layer as stored: its file in DIR, and what the layout says about it."""
+
+    __slots__ = ("path", "digest", "media_type")
+
+    def __init__(self, path, digest=None, media_type=None):
+        self.path = path              # relative to DIR, checked
+        self.digest = digest          # "sha256:<hex>" of the file as stored, when the layout names it
+        self.media_type = media_type  # as the layout declares it, when it does
+
+
+class Image:
+    """One image of an image directory, whatever its layout."""
+
+    def __init__(self, image_dir, where, config_path, layers, repo_tags, config_hex=None, manifest_digest=None):
+        self.image_dir = image_dir
+        self.where = where                    # e.g. "DIR/manifest.json: entry 0", for messages
+        self.config_path = config_path        # relative to DIR, checked
+        self.layers = layers                  # [Layer], in order, base first
+        self.repo_tags = repo_tags            # ["name:tag", ...] as the layout records them
+        self.config_hex = config_hex or digest_from_name(config_path)  # from a descriptor or the file name
+        self._manifest_digest = manifest_digest  # a digest, or a function finding it when asked
+
+    # -- identity -----------------------------------------------------------
+    def label(self):
+        name = ", ".join(self.repo_tags) or "<untagged>"
+        return shown(f"{name} ({short(self.config_hex or self.config_path)})")
+
+    def config_digest(self):
+        """Hex sha256 of the config. Engines name the file after that digest (or a
+        descriptor states it), so no read is needed, and it still answers when
+        git-annex dropped the content; only a config named otherwise is hashed.
+        --verify checks the name."""
+        if self.config_hex:
+            return self.config_hex
+        path = self.image_dir.resolve(self.config_path)
+        if not os.path.exists(path):
+            raise ContentMissing(
+                f"{self.image_dir.path}: config {self.config_path} is not present and its name holds no "
+                "digest; " + GET_CONTENT_HINT.format(d=self.image_dir.path))
+        return sha256_file(path)
+
+    def image_id(self):
+        return "sha256:" + self.config_digest()
+
+    def manifest_digest(self):
+        """Digest of the manifest (or index) that describes this image in the layout, if any."""
+        if callable(self._manifest_digest):
+            self._manifest_digest = self._manifest_digest(self)
+        return self._manifest_digest
+
+    def candidate_digests(self):
+        """Digests an engine may know this image by: the config digest (classic stores,
+        podman) and the manifest digest (containerd's image store)."""
+        return [d for d in ("sha256:" + self.config_digest(), self.manifest_digest()) if d]
+
+    def matches_config(self, prefix):
+        prefix = prefix[7:] if prefix.startswith("sha256:") else prefix
+        if self.config_hex and self.config_hex.startswith(prefix.lower()):
+            return True
+        return bool(prefix) and self.config_path.startswith(prefix)
+
+    def matches_tag(self, tag):
+        wanted = normalize_repo_tag(tag)
+        return any(normalize_repo_tag(t) == wanted for t in self.repo_tags)
+
+    # -- content --------------------------------------------------------------
+    def config_bytes(self):
+        """The config's content, or None when it is not present (dangling annex link)."""
+        path = self.image_dir.resolve(self.config_path)
+        try:
+            with open_regular(path) as stream:
+                return read_bounded(stream)
+        except FileNotFoundError:
+            return None
+        except TooLarge as err:
+            raise BadImageDir(f"{path}: {err}; refusing it") from None
+        except OSError as err:
+            raise BadImageDir(f"{path}: cannot read the config ({err.strerror})") from None
+
+    def config_json(self):
+        data = self.config_bytes()
+        if data is None:
+            return None
+        return self.image_dir.parse_json(data, self.config_path)
+
+    def diff_ids(self, config=None):
+        config = self.config_json() if config is None else config
+        if not isinstance(config, dict):
+            return None
+        rootfs = config.get("rootfs")
+        ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return None
+        return ids
+
+    def referenced_files(self):
+        """Paths of the config and layers, each once, config first, layers in order."""
+        return list(dict.fromkeys([self.config_path] + [layer.path for layer in self.layers]))
+
+    def missing_files(self):
+        return [p for p in self.referenced_files() if not os.path.exists(self.image_dir.resolve(p))]
+
+    def require_content(self):
+        missing = self.missing_files()
+        if missing:
+            total = len(self.referenced_files())
+            raise ContentMissing(
+                f"{self.image_dir.path}: {len(missing)} of {total} image files are not present "
+                f"(first: {missing[0]}); " + GET_CONTENT_HINT.format(d=self.image_dir.path))
+
+    def layer_digests(self):
+        """Digest of each layer: as stored where the layout names it, else the config's diff_id."""
+        diff_ids = self.diff_ids() or []
+        return [layer.digest or (diff_ids[i] if i < len(diff_ids) else None) for i, layer in enumerate(self.layers)]
+
+    def present_layer_size(self):
+        total = 0
+        for path in dict.fromkeys(layer.path for layer in self.layers):
+            try:
+                total += os.stat(self.image_dir.resolve(path)).st_size
+            except OSError:  # absent, a link loop, a file where a directory belongs: nothing present
+                pass
+        return total
+
+    def verify(self):
+        """Re-hash the config and every layer; raise on missing or mismatching content."""
+        self.require_content()
+        where = self.image_dir.path
+        config_path = self.image_dir.resolve(self.config_path)
+        actual = sha256_file(config_path)
+        if self.config_hex and actual != self.config_hex:
+            raise VerifyError(f"{config_path}: content sha256:{short(actual)} does not match its digest; "
+                              "the file is corrupt, save the image again")
+        diff_ids = self.diff_ids() or []
+        for i, layer in enumerate(self.layers):
+            path = self.image_dir.resolve(layer.path)
+            expected = layer.digest or (diff_ids[i] if i < len(diff_ids) else None)
+            if expected is None or not expected.startswith("sha256:"):
+                raise VerifyError(f"{where}: no digest to check layer {layer.path} against; "
+                                  "the config lacks rootfs.diff_ids, save the image again")
+            actual = sha256_file(path)
+            if actual != expected[7:]:
+                raise VerifyError(f"{path}: content sha256:{short(actual)} does not match "
+                                  f"expected sha256:{short(expected[7:])}; the file is corrupt, save the image again")
+
+    def summary(self):
+        return {
+            "id": self.image_id(),
+            "repo_tags": self.repo_tags,
+            "config": self.config_path,
+            "layers": self.layer_digests(),
+            "size": self.present_layer_size(),
+            "manifest_digest": self.manifest_digest(),
+        }
+
+
+class ImageDir:
+    """A directory holding one or more saved images, in any layout a reader knows."""
+
+    def __init__(self, path):
+        self.path = path
+        if not os.path.lexists(path):
+            raise BadImageDir(f"{path}: no such directory; save an image there with docker-dir-save")
+        if not os.path.isdir(path):
+            raise BadImageDir(f"{path}: not a directory; give the directory docker-dir-save wrote")
+        self.real = os.path.realpath(path)
+        self._roots = None
+        self._images = None
+        self._reader = None
+
+    def join(self, relpath):
+        return os.path.join(self.path, relpath)
+
+    @property
+    def roots(self):
+        if self._roots is None:
+            self._roots = _enclosing_roots(self.real)
+        return self._roots
+
+    @property
+    def reader(self):
+        if self._reader is None:
+            from . import reader_for
+
+            self._reader = reader_for(self)
+        return self._reader
+
+    def images(self):
+        if self._images is None:
+            self._images = self.reader.images(self)
+        return self._images
+
+    def resolve(self, relpath, where=None):
+        """Absolute path of a path the layout names, refusing anything that leaves the directory."""
+        check_relpath(relpath, where or self.path)
+        path = os.path.join(self.real, relpath)
+        target = os.path.realpath(path)
+        if not _inside(target, self.real) and not any(_inside(target, r) for r in self.roots):
+            raise BadImageDir(f"{os.path.join(self.path, relpath)}: symlink leads outside the image directory "
+                              f"(to {shown(target)}); refusing to follow it")
+        return path
+
+    def parse_json(self, data, relpath):
+        try:
+            return loads_json(data)
+        except (ValueError, RecursionError) as err:
+            raise BadImageDir(f"{os.path.join(self.path, relpath)}: malformed JSON ({one_line(err)}); "
+                              "save the image again") from None
+
+    def read_json(self, relpath, missing_message):
+        path = self.resolve(relpath)
+        try:
+            with open_regular(path) as stream:
+                data = read_bounded(stream)
+        except FileNotFoundError:
+            if os.path.lexists(path):
+                raise ContentMissing(f"{path} is not present; " + GET_CONTENT_HINT.format(d=self.path)) from None
+            raise BadImageDir(missing_message) from None
+        except TooLarge as err:
+            raise BadImageDir(f"{path}: {err}; refusing it") from None
+        except OSError as err:
+            raise BadImageDir(f"{path}: cannot read ({err.strerror})") from None
+        return self.parse_json(data, relpath)
+
+    def select(self, repo_tag=None, config=None):
+        images = self.images()
+        chosen = images
+        if repo_tag is not None:
+            chosen = [i for i in chosen if i.matches_tag(repo_tag)]
+        if config is not None:
+            chosen = [i for i in chosen if i.matches_config(config)]
+        if len(chosen) == 1:
+            return chosen[0]
+        candidates = "; ".join(i.label() for i in images)
+        if not chosen:
+            wanted = " and ".join(shown(s) for s in (repo_tag and f"--repo-tag {repo_tag}",
+                                                     config and f"--config {config}") if s)
+            raise SelectionError(f"{self.path}: no image matches {wanted}; it holds: {candidates}")
+        raise SelectionError(f"{self.path}: holds {len(chosen)} images, choose one with --repo-tag or "
+                             f"--config: {'; '.join(i.label() for i in chosen)}")
+
+    def unrecognized(self):
+        """The error for a directory no reader claims."""
+        try:
+            empty = not os.listdir(self.path)
+        except OSError as err:
+            return BadImageDir(f"{self.path}: cannot list ({err.strerror})")
+        if empty:
+            return BadImageDir(f"{self.path}: empty directory; save an image there with docker-dir-save")
+        if os.path.exists(self.join("oci-layout")):
+            return BadImageDir(f"{self.path}: OCI layout without manifest.json; save it with docker-dir-save "
+                               "or 'podman save --format docker-archive'")
+        return BadImageDir(f"{self.path}: no manifest.json, not an image directory; "
+                           "save an image there with docker-dir-save")
+
+
+def image_id(path, repo_tag=None, config=None):
+    """The config digest (`sha256:<hex>`) of the image saved in directory `path`."""
+    return ImageDir(path).select(repo_tag=repo_tag, config=config).image_id()

@@ -1,0 +1,64 @@
+"""Pure string rules for what image directories name: digests, paths, tags.
+
+No file-system call here: docker-dir-id's quick path applies these to every path a
+manifest names, so every command gives the same verdict on the same directory.
+"""
+from ..errors import BadImageDir
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def short(digest_hex):
+    return digest_hex[:12]
+
+
+def is_hex64(text):
+    return len(text) == 64 and _HEX_DIGITS.issuperset(text)
+
+
+def digest_from_name(relpath):
+    """The sha256 hex a file is named after (`<hex>.json`, `blobs/sha256/<hex>`, `<hex>`), or None."""
+    name = relpath.rsplit("/", 1)[-1]
+    if name.endswith(".json"):
+        name = name[:-5]
+    if name.startswith("sha256:"):
+        name = name[7:]
+    return name if is_hex64(name) else None
+
+
+def hex_of_digest(digest):
+    """The hex of an `sha256:<64 hex>` digest, or None for anything else (other
+    algorithms included: no engine here writes them)."""
+    if isinstance(digest, str) and digest.startswith("sha256:") and is_hex64(digest[7:]):
+        return digest[7:]
+    return None
+
+
+def check_relpath(relpath, where):
+    """Refuse a path a manifest names unless it is a plain relative path inside DIR."""
+    # No engine writes control characters or lone surrogates (which cannot even be encoded) in a name.
+    if not isinstance(relpath, str) or not relpath or not relpath.isprintable():
+        raise BadImageDir(f"{where}: invalid path {shown(repr(relpath))}; the manifest is damaged")
+    if relpath.startswith("/") or ".." in relpath.split("/"):
+        raise BadImageDir(f"{where}: path {shown(repr(relpath))} leaves the image directory; refusing it")
+    return relpath
+
+
+def normalize_repo_tag(ref):
+    """Compare tags the way engines print them: drop default registry prefixes, add :latest."""
+    for prefix in ("docker.io/library/", "docker.io/", "localhost/"):
+        if ref.startswith(prefix):
+            ref = ref[len(prefix):]
+            break
+    if "@" not in ref and ":" not in ref.rsplit("/", 1)[-1]:
+        ref += ":latest"
+    return ref
+
+
+def shown(text):
+    """Text from a manifest, a link or the command line, escaped where needed so an error stays one line."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def one_line(err):
+    return " ".join(str(err).split())
