@@ -4,7 +4,7 @@
 # Then the package goes into the project's own virtual environment, .venv.
 # Expects: the repository as the current directory, and say/die functions.
 
-SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo make iproute2 util-linux"
+SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo make iproute2 util-linux python3-venv"
 
 install_system_packages() {
   [ "$(id -u)" = 0 ] || die "no Docker engine reachable; start Docker, or run this as root on Debian to install it"
@@ -37,7 +37,7 @@ command -v busybox >/dev/null || die "busybox is needed to build fixture images 
 # DOCKER_DIR_EXTRAS picks the pip extras: "test" (default) or "" for the bare package.
 extras=${DOCKER_DIR_EXTRAS-test}
 stamp=".venv/.installed-${extras:-base}"
-if [ ! -x .venv/bin/python ] || [ ! -e "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+if [ ! -x .venv/bin/python ] || [ ! -e "$stamp" ] || [ setup.py -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing the package${extras:+ with its $extras extras} into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null
