@@ -62,6 +62,16 @@ def cli_on_tty(name, *args, cwd=None):
     return os.waitstatus_to_exitcode(status), out
 
 
+def seeded_rng():
+    """A random.Random whose seed is printed (pytest shows it with a failure) and can be
+    set again with DOCKER_DIR_TEST_SEED to replay a failing run. Returns (rng, seed)."""
+    import random
+
+    seed = int(os.environ.get("DOCKER_DIR_TEST_SEED") or random.SystemRandom().randrange(1 << 32))
+    print(f"random seed {seed} (replay: DOCKER_DIR_TEST_SEED={seed})")
+    return random.Random(seed), seed
+
+
 def sh(*args, check=True, **kwargs):
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)

@@ -64,6 +64,8 @@ import time
 import uuid
 from pathlib import Path
 
+from procs import alive, argv_of, wait_gone
+
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "docker-dir-tests"
 DOCKER26_DIR = CACHE / "docker26"
 TRIXIE_PACKAGES = ("docker.io", "containerd", "tini")
@@ -145,38 +147,6 @@ def docker26_bin_dir():
 
 
 # -- side dockerd ---------------------------------------------------------------
-
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as stream:
-            return stream.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child is dead for our purposes
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = [pid for pid in pids if _alive(pid)]
-        if not pids:
-            return []
-        time.sleep(0.1)
-    return [pid for pid in pids if _alive(pid)]
-
 
 class SideDockerd:
     """A dockerd beside the main one; see the module docstring for the API."""
@@ -302,7 +272,7 @@ class SideDockerd:
     def _own_pids(self):
         """Processes of this daemon: their command line names its temp dir (dockerd,
         containerd, shims), or they sit in its cgroup (containers)."""
-        mine = {int(p) for p in os.listdir("/proc") if p.isdigit() and self.dir in _cmdline(p)}
+        mine = {int(p) for p in os.listdir("/proc") if p.isdigit() and self.dir in " ".join(argv_of(p))}
         mine.update(self._cgroup_pids())
         mine.discard(os.getpid())
         return sorted(mine)
@@ -343,7 +313,7 @@ class SideDockerd:
         for pid in self._cgroup_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        if self.pid and _alive(self.pid) and self.dir in _cmdline(self.pid):
+        if self.pid and alive(self.pid) and self.dir in " ".join(argv_of(self.pid)):
             os.kill(self.pid, signal.SIGTERM)
         if self.process is not None:
             # unshare reaps dockerd, then exits: wait for it, never kill it first, or
@@ -354,14 +324,14 @@ class SideDockerd:
                 os.kill(self.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         elif self.pid:
-            _wait_gone([self.pid], 20)
+            wait_gone([self.pid], 20)
         left = self._own_pids()
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        _wait_gone(left, 10)
+        wait_gone(left, 10)
 
     def _unmount_all(self):
         """Mounts live in the daemon's own mount namespace and go with it; anything

@@ -23,6 +23,7 @@ import pytest
 
 from conftest import BIN, count_events, docker, image_id_of, import_image, private_ref, raw_save
 from engines import Unavailable, side_dockerd
+from procs import argv_of, children, state_of, wchan
 
 from docker_dir.nodelocal import runtime_dir
 from docker_dir.errors import EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE
@@ -74,38 +75,6 @@ def containers(label, env=None):
     proc = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"label={label}"], capture_output=True,
                           text=True, env=env, check=True)
     return proc.stdout.split()
-
-
-# -- processes, from /proc ------------------------------------------------------
-
-def children(pid):
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def argv_of(pid):
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def state_of(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def wchan(pid):
-    """The kernel function the main thread sleeps in: see WRITING_TO_PIPE and WAITING_FOR_CHILD
-    (futex_do_wait, a lock such as a thread starting, is neither)."""
-    try:
-        return Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return ""
 
 
 def reaped(pid):
@@ -415,7 +384,7 @@ def test_daemon_killed_during_load(side_daemon, big_dir):
     how to start it; once the daemon is back, the next exec loads the image whole."""
     directory, image, big_sha = big_dir
     env = side_daemon.env()
-    launch = argv_of(side_daemon.process.pid)[:-1]
+    launch = argv_of(side_daemon.process.pid)
     unpacking = Path(side_daemon.dir, "data", "tmp")
     proc = start_exec("--network", "none", directory, "echo", "ran", env=env)
     try:

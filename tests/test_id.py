@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import BIN, REPO, cli, manifest, one_line_error
+from conftest import BIN, cli, manifest, one_line_error
 
 import docker_dir
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_SELECTION, EXIT_USAGE, EXIT_VERIFY)
@@ -250,12 +250,3 @@ def test_usage_errors_exit_2(saved):
 def test_debug_shows_traceback(tmp_path):
     proc = cli("docker-dir-id", "--debug", tmp_path / "missing")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
-
-
-def test_help_documents_exit_codes():
-    proc = cli("docker-dir-id", "--help")
-    assert proc.returncode == 0
-    for code in ("65", "66", "67", "2 "):
-        assert code in proc.stdout
-    readme = (REPO / "README.md").read_text()
-    assert "67" in readme and "66" in readme

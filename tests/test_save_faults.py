@@ -12,7 +12,6 @@ the signal sent exactly there. Two wrappers around the real client stand in for
 a real engine produces when it dies, which the shared daemon must not be made to do.
 """
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,8 @@ import time
 
 import pytest
 
-from conftest import BIN, cli
+from conftest import BIN, cli, seeded_rng
+from procs import argv_of, children, stat_of, wchan
 
 from docker_dir.errors import EXIT_CANT_WRITE, EXIT_ENGINE_FAILED
 
@@ -31,40 +31,10 @@ TEMP_MARK = ".docker-dir-save-"
 
 # -- process control ----------------------------------------------------------
 
-def proc_stat(pid):
-    """(state, ppid) of a process, or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            fields = stream.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    return fields[0], int(fields[1])
-
-
-def wchan(pid):
-    try:
-        with open(f"/proc/{pid}/wchan") as stream:
-            return stream.read()
-    except OSError:
-        return ""
-
-
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as stream:
-            return [int(child) for child in stream.read().split()]
-    except FileNotFoundError:
-        return []
-
-
 def is_docker_save(pid):
     """The engine child, once exec'd (a fresh fork still shows python's command line)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as stream:
-            argv = stream.read().split(b"\0")
-    except FileNotFoundError:
-        return False
-    return b"save" in argv and not any(b"docker-dir-save" in arg for arg in argv)
+    argv = argv_of(pid)
+    return "save" in argv and not any("docker-dir-save" in arg for arg in argv)
 
 
 def stop(pid):
@@ -74,7 +44,7 @@ def stop(pid):
     except ProcessLookupError:
         return
     while True:
-        st = proc_stat(pid)
+        st = stat_of(pid)
         if st is None or st[0] in "TtZX":
             return
         time.sleep(0.0002)
@@ -93,7 +63,7 @@ def wait_blocked(proc):
     while proc.poll() is None:
         assert time.monotonic() < hang_guard, f"docker-dir-save never blocked: {wchan(proc.pid)}"
         where = wchan(proc.pid)
-        if proc_stat(proc.pid)[0] == "S" and ("pipe_read" in where or where in ("pipe_wait", "do_wait")):
+        if stat_of(proc.pid)[0] == "S" and ("pipe_read" in where or where in ("pipe_wait", "do_wait")):
             return True
         time.sleep(0.0005)
     return False
@@ -156,7 +126,7 @@ class Paused:
             self.engine = next((c for c in children(self.proc.pid) if is_docker_save(c)), None)
             time.sleep(0.0005)
         if self.moment == "end":
-            while proc_stat(self.engine)[0] not in "TtZX":
+            while stat_of(self.engine)[0] not in "TtZX":
                 time.sleep(0.001)
             # the whole stream is in; save waits for the engine's EOF and exit
             assert wait_blocked(self.proc), self.proc.communicate()
@@ -185,12 +155,12 @@ class Paused:
             if self.engine and signum is None:
                 cont(self.engine)
         out, err = self.proc.communicate(timeout=120)
-        self.engine_left = bool(self.engine and proc_stat(self.engine))
+        self.engine_left = bool(self.engine and stat_of(self.engine))
         self.release_engine()
         return self.proc.returncode, err
 
     def release_engine(self):
-        if self.engine and proc_stat(self.engine):
+        if self.engine and stat_of(self.engine):
             os.kill(self.engine, signal.SIGKILL)
             cont(self.engine)
 
@@ -341,7 +311,7 @@ def test_random_sigkills_leave_dir_absent_or_complete(images, tmp_path):
     assert cli("docker-dir-save", images.multi, tmp_path / "timing").returncode == 0
     full = time.monotonic() - started
     shutil.rmtree(tmp_path / "timing")
-    rng = random.Random()
+    rng, seed = seeded_rng()
     seen_complete = False
     outcomes = {"finished": 0, "killed mid-save": 0, "killed before its temp dir": 0}
     for _ in range(20):
@@ -357,9 +327,9 @@ def test_random_sigkills_leave_dir_absent_or_complete(images, tmp_path):
             verify(d, images.multi_id)
             seen_complete = True
         else:
-            assert not seen_complete, "once complete, DIR is only ever swapped, never removed"
-        assert len(leftovers) <= 2  # this run's, and the old tree of a swap
-    assert outcomes["killed mid-save"], outcomes
+            assert not seen_complete, f"once complete, DIR is only ever swapped, never removed (seed {seed})"
+        assert len(leftovers) <= 2, f"seed {seed}"  # this run's, and the old tree of a swap
+    assert outcomes["killed mid-save"], (outcomes, seed)
     final = cli("docker-dir-save", "--force", images.multi, d)
     assert final.returncode == 0, final.stderr
     verify(d, images.multi_id)
@@ -370,7 +340,7 @@ def test_random_sigkills_leave_dir_absent_or_complete(images, tmp_path):
 @pytest.mark.parametrize("signum", CATCHABLE, ids=lambda s: s.name)
 def test_random_signals_leave_no_temp_dir(images, tmp_path, signum):
     d = tmp_path / "img"
-    rng = random.Random()
+    rng, seed = seeded_rng()
     for _ in range(4):
         proc = start_save("--force", images.multi, d)
         while proc.poll() is None and not temp_dirs(tmp_path):
@@ -379,8 +349,8 @@ def test_random_signals_leave_no_temp_dir(images, tmp_path, signum):
         proc.send_signal(signum)
         _, err = proc.communicate()
         # -signum: it came while Python shut down after a complete save (handlers reset then)
-        assert proc.returncode in (0, 128 + signum, -signum), err
-        assert temp_dirs(tmp_path) == []
+        assert proc.returncode in (0, 128 + signum, -signum), (err, seed)
+        assert temp_dirs(tmp_path) == [], f"seed {seed}"
         if d.exists():
             verify(d, images.multi_id)
 

@@ -14,22 +14,21 @@ EXIT_ENGINE_FAILED = 70
 EXIT_NOT_LOADED = 71
 EXIT_CANT_WRITE = 73
 
-EXIT_CODES_HELP = """\
-exit status:
-  0    success
-  1    --verify found a file whose content does not match its digest
-  2    usage error (unknown option, missing argument)
-  65   not an image directory: missing, empty, no or malformed manifest,
-       or a path that leaves the directory
-  66   image content not present (e.g. git-annex dropped it): run
-       'datalad get DIR' or 'git annex get DIR'
-  67   no image matches --repo-tag/--config, or several do and none was chosen
-  69   container engine not installed, or its daemon is not reachable
-  70   the engine refused an operation (image not found, save or load failed)
-  71   image not loaded in the engine and --no-load was given
-  73   cannot write the output (directory not empty, parent missing or not
-       writable, disk full)
-  128+N  interrupted by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)"""
+# (code, meaning): every --help and the README's table say exactly this (a test compares them).
+EXIT_CODES = (
+    ("0", "success (docker-dir-exec: the command's own status)"),
+    ("1", "--verify found a file whose content does not match its digest"),
+    ("2", "usage error (unknown option, missing argument)"),
+    ("65", "not an image directory: missing, empty, of a layout docker-dir does not read, or a damaged "
+           "manifest, or a path that leaves the directory"),
+    ("66", "image content not present (git-annex dropped it): run 'datalad get DIR' or 'git annex get DIR'"),
+    ("67", "no image matches --repo-tag/--config, or several do and none was chosen"),
+    ("69", "container engine not installed, or its daemon not reachable"),
+    ("70", "the engine refused an operation (image not found, save or load failed)"),
+    ("71", "image not loaded in the engine and --no-load was given"),
+    ("73", "cannot write the output (DIR not empty, parent missing or not writable, disk full)"),
+    ("128+N", "interrupted by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)"),
+)
 
 
 class DockerDirError(Exception):

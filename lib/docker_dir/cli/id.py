@@ -51,8 +51,10 @@ def quick_parse(argv):
 
 def parse(argv):
     args = quick_parse(argv)
-    if args is not None:
-        return args
+    return full_parse(argv) if args is None else args
+
+
+def full_parse(argv):
     from .parser import Parser, add_selectors
 
     parser = Parser(PROG, "Print the config digest (sha256:<hex>) of the image saved in DIR. Needs no "

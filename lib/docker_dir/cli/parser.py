@@ -4,7 +4,7 @@ import os
 import sys
 
 from ..engine import ENGINES
-from ..errors import EXIT_CODES_HELP, UsageError
+from ..errors import EXIT_CODES, UsageError
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -18,11 +18,20 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, width=max(width, 40) - 2)
 
 
+def exit_codes_help(width=79):
+    import textwrap
+
+    lines = ["exit status:"]
+    for code, meaning in EXIT_CODES:
+        lines += textwrap.wrap(meaning, width, initial_indent=f"  {code:<7}", subsequent_indent=" " * 9)
+    return "\n".join(lines)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit 2) and the exit-code table in --help."""
 
     def __init__(self, prog, description, **kwargs):
-        super().__init__(prog=prog, description=description, epilog=EXIT_CODES_HELP,
+        super().__init__(prog=prog, description=description, epilog=exit_codes_help(),
                          formatter_class=_Formatter, **kwargs)
         self.add_argument("--debug", action="store_true", help="show a traceback on errors")
 
