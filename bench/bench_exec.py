@@ -3,7 +3,7 @@
 
 - hot: the engine has the image; vs `docker run --rm ID sh -c true`, and (to split
   Python start-up from the cost of docker-dir's run flags) vs `docker run` with the
-  same flags docker-dir passes;
+  flags docker-dir passes, taken from docker-dir's own engine module;
 - cold: the image is removed from the engine (by ID: every tag, docker-dir's private
   `localhost/docker-dir:<hex>` too) before each run; vs `tar -c -C DIR . | docker
   load && docker run --rm ID sh -c true`;
@@ -12,10 +12,11 @@
 """
 import os
 import subprocess
+import sys
 import time
 
-from benchlib import (adapter, bench_image, docker_dir, has_image, interleaved, median, quick_mode, raw_save,
-                      remove_image, row, run_timed, workdir, write_results)
+from benchlib import (CHECKOUT, adapter, bench_image, docker_dir, has_image, interleaved, median, quick_mode,
+                      raw_save, remove_image, row, run_timed, workdir, write_results)
 
 PARALLEL = 8
 COMMAND = ["sh", "-c", "true"]
@@ -43,6 +44,16 @@ def run_parallel(argv, cwd, n=PARALLEL):
     return elapsed
 
 
+def same_flags_argv(image_id, cwd):
+    """`docker run` exactly as docker-dir-exec builds it (from its engine module), with stdin not a terminal."""
+    sys.path.insert(0, os.path.join(CHECKOUT, "lib"))
+    from docker_dir.engine.base import Mount, RunRequest
+    from docker_dir.engine.docker import DockerEngine
+
+    request = RunRequest(image_id, COMMAND, cwd, [Mount(cwd, cwd)])
+    return ["docker", *DockerEngine().run_argv(request)[1:]]
+
+
 def main():
     quick = quick_mode()
     layers = [8] * 4 if quick else [130] * 4
@@ -52,10 +63,9 @@ def main():
         raw_save(ref, image_dir)
         cwd = os.path.join(work, "cwd")
         os.mkdir(cwd)
-        same_flags = ["--rm", "--interactive", "--init", "--user", f"{os.getuid()}:{os.getgid()}",
-                      "--volume", f"{cwd}:{cwd}", "--workdir", cwd]
         commands = {
-            "docker-dir": docker_dir("exec", "-q", image_dir, *COMMAND),
+            # No option: the command line of Makefiles and shebangs, and the quickest to parse.
+            "docker-dir": docker_dir("exec", image_dir, *COMMAND),
             "raw docker": ["docker", "run", "--rm", image_id, *COMMAND],
             "adapter": adapter("run", image_dir, *COMMAND),
         }
@@ -70,8 +80,8 @@ def main():
 
         hot_cpu = {}
         hot = interleaved({**{n: timed(a) for n, a in commands.items()},
-                           "docker run, docker-dir's flags": timed(["docker", "run", *same_flags, image_id,
-                                                                    *COMMAND])}, hot_runs, cpu=hot_cpu)
+                           "docker run, docker-dir's flags": timed(same_flags_argv(image_id, cwd))},
+                          hot_runs, cpu=hot_cpu)
         med_hot = {n: median(v) for n, v in hot.items()}
 
         def make_cold(name):
@@ -115,7 +125,7 @@ def main():
                  + ", ".join(f"{n} {median(v) * 1000:.0f} ms" for n, v in hot_cpu.items())),
         row("exec hot vs docker run with docker-dir's flags", "s", med_hot["docker-dir"],
             med_hot["docker run, docker-dir's flags"], None, baseline="docker run + same flags",
-            note="--interactive --init --user --volume --workdir: shows docker-dir's own cost"),
+            note=f"{' '.join(same_flags_argv('ID', 'CWD')[2:-4])}: shows docker-dir's own cost"),
         row(f"exec cold: load + run ({size})", "s", med_cold["docker-dir"], med_cold["raw docker"],
             med_cold["adapter"], goal=1.05,
             note=f"{cold_runs} runs, median; raw: tar -c DIR | docker load && docker run; fastest run: "

@@ -17,6 +17,7 @@ from benchlib import (PeakSampler, adapter, bench_image, disk_usage, docker_dir,
                       quick_mode, row, workdir, write_results)
 
 ENGINE_TMP = "/var/lib/docker/tmp"
+WARMUP = 1
 
 
 def main():
@@ -66,10 +67,15 @@ def main():
         print(f"bench_save: image {image_size / 1e6:.0f} MB ({len(layers)} random layers of {layers[0]} MiB "
               f"on busybox), {runs} interleaved runs each after 1 warm-up", flush=True)
         cpu = {}
-        times = interleaved({name: (lambda n=name: one_run(n)) for name in names}, runs, cpu=cpu)
+        times = interleaved({name: (lambda n=name: one_run(n)) for name in names}, runs, cpu=cpu, warmup=WARMUP)
+        # interleaved drops the warm-up runs from times and cpu; drop them here too
+        for samples in (peaks, leftovers):
+            for name in names:
+                del samples[name][:WARMUP]
+        del engine_peaks[:WARMUP * len(names)]
+        del saved_size[:WARMUP]
 
     med_t = {n: median(times[n]) for n in names}
-    # warm-up runs are sampled too; medians over all of them
     med_peak = {n: median(peaks[n]) for n in names}
     med_left = {n: median(leftovers[n]) for n in names}
     dir_size = median(saved_size)

@@ -7,6 +7,7 @@ datalad-container adapter and the `python -c pass` baseline, so interpreter
 start-up is the same for all of them.
 """
 import contextlib
+import datetime
 import json
 import os
 import resource
@@ -18,6 +19,8 @@ import tempfile
 import threading
 import time
 import uuid
+
+from plumbum import local
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(BENCH)
@@ -41,8 +44,8 @@ def quick_mode():
 
 # -- images ------------------------------------------------------------------
 
-def sh(*argv, **kwargs):
-    return subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True, **kwargs).stdout.strip()
+def sh(*argv):
+    return local[argv[0]][argv[1:]]().strip()
 
 
 def _busybox_rootfs(path):
@@ -66,9 +69,7 @@ def bench_image(layers_mib):
     try:
         rootfs = os.path.join(work, "rootfs")
         _busybox_rootfs(rootfs)
-        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-        sh("docker", "import", "-c", "ENV PATH=/bin", "-", base_ref, stdin=tar.stdout)
-        tar.wait()
+        (local["tar"]["-C", rootfs, "-c", "."] | local["docker"]["import", "-c", "ENV PATH=/bin", "-", base_ref])()
         steps = [f"FROM {base_ref}"]
         steps += [f"RUN head -c {mib * MiB} /dev/urandom > /random-{n}" for n, mib in enumerate(layers_mib)]
         with open(os.path.join(work, "Dockerfile"), "w") as out:
@@ -222,8 +223,22 @@ def fmt(value, unit):
     return f"{value:g} {unit}"
 
 
+def measured_at():
+    """Which code, when, and how busy the machine was: recorded with every row, since the
+    table merges rows of runs made at different times."""
+    git = local["git"]["-C", CHECKOUT]
+    commit = git("rev-parse", "--short", "HEAD").strip()
+    if git("status", "--porcelain", "--", "lib", "bin").strip():
+        commit += "+uncommitted"
+    return {"commit": commit, "utc": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
+            "load": [round(x, 1) for x in os.getloadavg()]}
+
+
 def write_results(name, rows, info):
     os.makedirs(RESULTS, exist_ok=True)
+    measured = measured_at()
+    for r in rows:
+        r["measured"] = measured
     with open(os.path.join(RESULTS, f"{name}.json"), "w") as out:
         json.dump({"bench": name, "quick": quick_mode(), "info": info, "rows": rows}, out, indent=1)
     print_rows(rows)
@@ -242,4 +257,4 @@ def print_rows(rows):
 def raw_save(ref, directory):
     """The plain way: `docker save IMG | tar -x -C DIR`."""
     os.makedirs(directory, exist_ok=True)
-    subprocess.run(f"docker save {ref} | tar -x -C {directory}", shell=True, check=True)
+    (local["docker"]["save", ref] | local["tar"]["-x", "-C", directory])()

@@ -8,10 +8,11 @@ import glob
 import json
 import os
 import platform
-import subprocess
 import sys
 
-from benchlib import BENCH, CHECKOUT, PY, RESULTS, fmt, ratio
+from plumbum import local
+
+from benchlib import BENCH, PY, RESULTS, fmt, ratio
 
 ORDER = ("id", "save", "exec")
 
@@ -34,30 +35,34 @@ def cells(r):
     met = {True: "met", False: "**missed**", None: ""}[r["met"]]
     return [r["metric"], fmt(r["docker_dir"], r["unit"]), baseline, fmt(r["adapter"], r["unit"]),
             f"{dd_raw:.2f}x" if dd_raw else "-", f"{dd_ad:.2f}x" if dd_ad else "-",
-            r["goal_text"] or "", met]
+            r["goal_text"] or "", met, measured(r)]
+
+
+def measured(r):
+    m = r.get("measured")
+    if not m:
+        return "?"
+    return f"{m['commit']}, {m['utc']} UTC, load {m['load'][0]:.1f}"
 
 
 HEADER = ["metric", "docker-dir", "raw docker (baseline)", "datalad-container adapter", "docker-dir / baseline",
-          "docker-dir / adapter", "goal", ""]
+          "docker-dir / adapter", "goal", "", "measured (commit, time, 1-min load)"]
 
 
 def environment(quick):
     def out(*argv):
         try:
-            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+            return local[argv[0]][argv[1:]](retcode=None).strip()
         except OSError:
             return "?"
 
-    commit = out("git", "-C", CHECKOUT, "rev-parse", "--short", "HEAD")
-    dirty = " (with uncommitted changes)" if out("git", "-C", CHECKOUT, "status", "--porcelain", "--", "lib",
-                                                 "bin") else ""
     adapter_version = out(PY, "-c", "import importlib.metadata as m; print(m.version('datalad-container'))")
-    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, docker-dir {commit}{dirty}, "
-            f"{'QUICK smoke mode (small images, few runs)' if quick else 'full mode'}; "
+    return (f"Table made {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+            f"{'QUICK smoke mode (small images, few runs)' if quick else 'full mode'}; each row names the "
+            "commit it was measured on, when, and the load average then. "
             f"{os.cpu_count()} CPUs, {platform.platform(terse=True)}, dockerd "
             f"{out('docker', 'version', '--format', '{{.Server.Version}}')}, datalad-container {adapter_version}, "
-            f"Python {platform.python_version()} ({PY}); load average at the end "
-            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            f"Python {platform.python_version()} ({PY}).")
 
 
 def markdown(rows, png_name, quick):
