@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from plumbum import local
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "bin"
@@ -98,10 +99,7 @@ def raw_save(refs, directory):
     """`docker save | tar -x`, independent of docker-dir-save."""
     os.makedirs(directory, exist_ok=True)
     refs = [refs] if isinstance(refs, str) else list(refs)
-    save = subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE)
-    subprocess.run(["tar", "-x", "-C", str(directory)], stdin=save.stdout, check=True)
-    save.stdout.close()
-    assert save.wait() == 0
+    (local["docker"]["save", *refs] | local["tar"]["-x", "-C", str(directory)])()
     return Path(directory)
 
 
@@ -170,15 +168,12 @@ def import_image(rootfs, ref=None, label=None):
         marker = Path(tempfile.mkdtemp())
         (marker / "docker-dir-test").write_text(label)
         extra = ["-C", str(marker), "docker-dir-test"]
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", ".", *extra], stdout=subprocess.PIPE)
-    proc = subprocess.run(["docker", "import", *changes, "-", *([ref] if ref else [])], stdin=tar.stdout,
-                          capture_output=True, text=True)
-    tar.stdout.close()
-    tar.wait()
-    if extra:
-        shutil.rmtree(extra[1])
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
+    try:
+        return (local["tar"]["-C", str(rootfs), "-c", ".", *extra]
+                | local["docker"]["import", *changes, "-", *([ref] if ref else [])])().strip()
+    finally:
+        if extra:
+            shutil.rmtree(extra[1])
 
 
 @pytest.fixture(scope="session")

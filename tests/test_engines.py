@@ -14,6 +14,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from plumbum import local
 
 from conftest import cli, docker, import_image, manifest, private_ref, raw_save
 from engines import Unavailable, podman_env, podman_load_count, side_dockerd_or_skip
@@ -55,9 +56,8 @@ class Target:
 
     def load_dir(self, directory):
         """The engine's own `load` of a saved directory (tags as saved)."""
-        tar = subprocess.run(["tar", "-C", str(directory), "-c", "."], capture_output=True, check=True).stdout
-        proc = subprocess.run([self.engine, "load"], env=self.env, input=tar, capture_output=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr.decode()
+        (local["tar"]["-C", str(directory), "-c", "."] | local[self.engine]["load"].with_env(**self.env))(
+            timeout=120)
 
     def remove(self, *refs):
         for ref in refs:
@@ -230,11 +230,9 @@ def test_docker_context_reaches_a_second_daemon(how, cold_dir, side20, main_dock
 # -- podman -------------------------------------------------------------------------
 
 def podman_import(podman, rootfs, ref):
-    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
-    proc = subprocess.run(["podman", "import", "--change", "ENV PATH=/bin", "--change",
-                           f"LABEL docker-dir-test={uuid.uuid4().hex}", "-", ref], env=podman.env, input=tar,
-                          capture_output=True)
-    assert proc.returncode == 0, proc.stderr.decode()
+    (local["tar"]["-C", str(rootfs), "-c", "."]
+     | local["podman"]["import", "--change", "ENV PATH=/bin", "--change", f"LABEL docker-dir-test={uuid.uuid4().hex}",
+                       "-", ref].with_env(**podman.env))()
     image = "sha256:" + podman.image_id(ref)
     podman.created.append(image)
     return image

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from plumbum import local
 
 from conftest import BIN, count_events, docker, image_id_of, import_image, private_ref, raw_save
 from engines import Unavailable, side_dockerd
@@ -274,11 +275,8 @@ def tiny_dir(rootfs, tmp_path):
     files = tmp_path / "tiny-root"
     files.mkdir()
     (files / "hello").write_text("hello\n")
-    tar = subprocess.Popen(["tar", "-C", str(files), "-c", "."], stdout=subprocess.PIPE)
-    image = subprocess.run(["docker", "import", "-c", f"LABEL docker-dir-test={uuid.uuid4().hex}", "-"],
-                           stdin=tar.stdout, capture_output=True, text=True, check=True).stdout.strip()
-    tar.stdout.close()
-    tar.wait()
+    image = (local["tar"]["-C", str(files), "-c", "."]
+             | local["docker"]["import", "-c", f"LABEL docker-dir-test={uuid.uuid4().hex}", "-"])().strip()
     try:
         directory = raw_save(image, tmp_path / "tiny")
     finally:

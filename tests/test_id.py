@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import BIN, cli, manifest, one_line_error
+from conftest import BIN, cli, manifest, one_line_error, raw_save
 
 import docker_dir
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_SELECTION, EXIT_USAGE, EXIT_VERIFY)
@@ -80,10 +80,7 @@ def test_imports_only_what_it_needs(saved):
 def multi_image_dir(images, tmp_path_factory):
     """One directory holding two images, as `docker save A B` writes it."""
     d = tmp_path_factory.mktemp("both")
-    save = subprocess.Popen(["docker", "save", images.one, images.two[0], images.two[1]], stdout=subprocess.PIPE)
-    subprocess.run(["tar", "-x", "-C", str(d)], stdin=save.stdout, check=True)
-    assert save.wait() == 0
-    return d
+    return raw_save([images.one, *images.two], d)
 
 
 def test_several_images_need_a_selector(images, multi_image_dir):

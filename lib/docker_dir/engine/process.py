@@ -95,12 +95,7 @@ class Stream:
 
     def finish(self):
         """Wait for the engine; return its stdout (load) or raise its error."""
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe:
-                try:
-                    pipe.close()
-                except BrokenPipeError:
-                    pass
+        self._close_pipes()
         try:
             self.proc.wait()
         except BaseException:
@@ -118,13 +113,16 @@ class Stream:
         """Stop the engine without waiting for it to finish its work."""
         if self.proc.poll() is None:
             self.proc.kill()
+        self._close_pipes()
+        self.proc.wait()
+
+    def _close_pipes(self):
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe:
                 try:
                     pipe.close()
-                except OSError:
+                except OSError:  # BrokenPipeError: the engine stopped reading; its status says why
                     pass
-        self.proc.wait()
 
     def failure(self):
         """After an abort: the engine's own complaint, if it made one."""
