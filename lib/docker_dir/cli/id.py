@@ -40,10 +40,12 @@ def quick_parse(argv):
                 value = next(words, None)
                 if value is None or value.startswith("-"):
                     return None
+            if name == "--engine" and value not in ENGINES:
+                return None  # argparse names the choices
             setattr(args, _VALUED[name], value)
         else:
             return None
-    if len(positional) != 1 or args.engine not in (None, *ENGINES):
+    if len(positional) != 1:
         return None
     args.dir = positional[0]
     return args
