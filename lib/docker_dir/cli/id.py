@@ -9,12 +9,12 @@ from .common import run
 PROG = "docker-dir-id"
 _FLAGS = {"--verify": "verify", "--json": "json", "--debug": "debug"}
 _VALUED = {"--repo-tag": "repo_tag", "--config": "config", "-o": "output", "--output": "output",
-           "--engine": "engine"}
+           "--engine": "engine", "--platform": "platform"}
 
 
 class _Args:
     def __init__(self):
-        self.repo_tag = self.config = self.output = self.engine = None
+        self.repo_tag = self.config = self.output = self.engine = self.platform = None
         self.verify = self.json = self.debug = False
 
 
@@ -27,6 +27,8 @@ def quick_parse(argv):
     words = iter(argv)
     for word in words:
         if word == "--":
+            if positional:
+                return None  # argparse refuses a '--' after DIR
             positional.extend(words)
             break
         if not word.startswith("-") or word == "-":
@@ -112,7 +114,7 @@ def _umask():
 
 def main(argv):
     args = parse(argv)
-    image = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config)
+    image = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config, platform=args.platform)
     if args.verify:
         image.verify()
     if args.json:
