@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import pytest
 from plumbum import local
 
+from engines import Target, Unavailable, podman_env, side_dockerd_or_skip
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "bin"
 sys.path.insert(0, str(REPO / "lib"))
@@ -256,3 +258,46 @@ def cold_dir(fresh_image, tmp_path):
 
 def manifest(directory):
     return json.loads((Path(directory) / "manifest.json").read_text())
+
+
+# -- engines under test (tests/engines.py) ------------------------------------------
+
+def _side_target(kind, label):
+    """A side dockerd of `kind` as a test target, shared by the whole session, stopped at its end."""
+    daemon = side_dockerd_or_skip(kind)
+    yield Target(label, "docker", daemon.env(), daemon)
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def side20():
+    yield from _side_target("20.10", "dockerd 20.10 (side)")
+
+
+@pytest.fixture(scope="session")
+def docker26():
+    yield from _side_target("26", "Docker 26 classic store")
+
+
+@pytest.fixture(scope="session")
+def docker26c():
+    yield from _side_target("26-containerd", "Docker 26 containerd store")
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory):
+    try:
+        env = podman_env(tmp_path_factory.mktemp("podman"))
+    except Unavailable as why:
+        pytest.skip(str(why))
+    target = Target("podman", "podman", env)
+    yield target
+    target.remove(*target.created)
+
+
+@pytest.fixture(scope="session")
+def main_docker(docker_engine):
+    """The daemon the rest of the suite uses (conftest's `docker`)."""
+    target = Target("main docker daemon", "docker", dict(os.environ))
+    yield target
+    target.remove(*target.created)

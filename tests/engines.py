@@ -50,6 +50,13 @@ docker26_bin_dir() -> Path of a directory with Docker 26's dockerd, docker-proxy
 podman_env(directory, **extra) -> env dict for podman: CONTAINERS_CONF with the
     ulimits root podman needs here and a private events log (podman_events_path).
 podman_load_count(env) -> how many loads podman logged in that private log.
+
+Target(name, engine, env, daemon=None): one engine as docker-dir sees it ("docker"
+    or "podman" with the environment that reaches it): cli(*args), exec(*args, cwd),
+    save(ref, dir), image_id(ref), has(ref), load_dir(dir), remove(*refs),
+    mark() / loads_since(mark) (loads this engine recorded), created (images to remove).
+    conftest.py makes the session fixtures main_docker, side20, docker26, docker26c
+    and podman from it.
 """
 import contextlib
 import fcntl
@@ -63,6 +70,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from plumbum import local
 
 from procs import alive, argv_of, wait_gone
 
@@ -411,3 +420,61 @@ def podman_load_count(env):
         return 0
     events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return sum(1 for event in events if event.get("Status") == "loadfromarchive")
+
+
+# -- engines as test targets ------------------------------------------------------
+
+class Target:
+    """One engine as docker-dir sees it: the environment to run in, the engine's own CLI."""
+
+    def __init__(self, name, engine, env, daemon=None):
+        self.name, self.engine, self.env, self.daemon = name, engine, env, daemon
+        self.created = []  # images a test gave this engine, removed with the fixture
+
+    def cli(self, *args, check=True):
+        proc = subprocess.run([self.engine, *map(str, args)], env=self.env, capture_output=True, text=True,
+                              timeout=120)
+        if check and proc.returncode:
+            raise AssertionError(f"{self.engine} {' '.join(map(str, args))} on {self.name}: {proc.stderr}")
+        return proc
+
+    def exec(self, *args, cwd=None):
+        """docker-dir-exec on this engine; containers get no network (side daemons have none)."""
+        from conftest import cli
+
+        return cli("docker-dir-exec", "--engine", self.engine, "--network", "none", *args, env=self.env, cwd=cwd)
+
+    def save(self, ref, directory):
+        from conftest import cli
+
+        return cli("docker-dir-save", "--engine", self.engine, "-q", ref, directory, env=self.env)
+
+    def image_id(self, ref):
+        proc = self.cli("image", "inspect", "--format", "{{.Id}}", ref, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def has(self, ref):
+        return self.image_id(ref) is not None
+
+    def load_dir(self, directory):
+        """The engine's own `load` of a saved directory (tags as saved)."""
+        (local["tar"]["-C", str(directory), "-c", "."] | local[self.engine]["load"].with_env(**self.env))(
+            timeout=120)
+
+    def remove(self, *refs):
+        for ref in refs:
+            self.cli("rmi", "-f", ref, check=False)
+
+    def loads_since(self, since):
+        """How many image loads the engine recorded since `since`: a side daemon's
+        events or podman's private events log, so only this suite's loads count
+        (not for the shared main daemon)."""
+        if self.engine == "podman":
+            return podman_load_count(self.env) - since
+        proc = self.cli("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
+                        "--filter", "type=image", "--filter", "event=load", "--format", "{{.Action}}")
+        return len(proc.stdout.split())
+
+    def mark(self):
+        """A starting point for loads_since."""
+        return podman_load_count(self.env) if self.engine == "podman" else time.time()

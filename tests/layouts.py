@@ -77,6 +77,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from plumbum import local
+
 from engines import SideDockerd, Unavailable, podman_env, side_dockerd
 
 KINDS = (
@@ -128,17 +130,12 @@ def _run(argv, env=None, stdin=None, timeout=300):
 
 
 def _pipe(producer, consumer, env_producer=None, env_consumer=None):
-    """producer | consumer; both must succeed."""
-    first = subprocess.Popen([str(a) for a in producer], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=env_producer)
-    second = subprocess.run([str(a) for a in consumer], stdin=first.stdout, capture_output=True, text=True,
-                            env=env_consumer)
-    first.stdout.close()
-    error = first.stderr.read().decode(errors="replace")
-    if first.wait() or second.returncode:
-        raise AssertionError(f"{' '.join(map(str, producer))} | {' '.join(map(str, consumer))} failed: "
-                             f"{error.strip()} {second.stderr.strip()}")
-    return second.stdout
+    """producer | consumer (plumbum); both must succeed."""
+    def command(argv, env):
+        cmd = local[str(argv[0])][[str(a) for a in argv[1:]]]
+        return cmd.with_env(**env) if env else cmd
+
+    return (command(producer, env_producer) | command(consumer, env_consumer))(timeout=300)
 
 
 def _tag_of(ref):

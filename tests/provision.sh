@@ -4,7 +4,7 @@
 # Then the package goes into the project's own virtual environment, .venv.
 # Expects: the repository as the current directory, and say/die functions.
 
-SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo make iproute2 util-linux python3-venv"
+SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo umoci buildah make iproute2 util-linux python3-venv"
 
 install_system_packages() {
   [ "$(id -u)" = 0 ] || die "no Docker engine reachable; start Docker, or run this as root on Debian to install it"

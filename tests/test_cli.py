@@ -51,7 +51,7 @@ def test_help_exit_codes_are_the_readme_table(prog):
 
 WORDS = ["--verify", "--json", "--debug", "--repo-tag", "--repo-tag=x:1", "--config", "--config=abc", "-o",
          "--output", "--output=out", "--engine", "--engine=docker", "--engine=podman", "--engine=rkt", "--", "-",
-         "DIR", "other", "x:1", "abc", "docker", "-x", "--verif", "-ofile", "--json=1", "-o=f", "--help"]
+         "DIR", "other", "x:1", "abc", "docker", "-x", "--verif", "-ofile", "--json=1", "-o=f", "--help", "--platform", "linux/arm64", "--platform=linux/amd64"]
 
 
 @settings(max_examples=600, deadline=None)

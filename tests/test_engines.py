@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,106 +16,11 @@ import pytest
 from plumbum import local
 
 from conftest import cli, docker, import_image, manifest, private_ref, raw_save
-from engines import Unavailable, podman_env, podman_load_count, side_dockerd_or_skip
+from engines import Target, side_dockerd_or_skip
 
 from docker_dir.errors import EXIT_NOT_LOADED, EXIT_USAGE
 
 PARALLEL = 4
-
-
-# -- engines under test -----------------------------------------------------------
-
-class Target:
-    """One engine as docker-dir sees it: the environment to run in, the engine's own CLI."""
-
-    def __init__(self, name, engine, env, daemon=None):
-        self.name, self.engine, self.env, self.daemon = name, engine, env, daemon
-        self.created = []  # images a test gave this engine, removed with the fixture
-
-    def cli(self, *args, check=True):
-        proc = subprocess.run([self.engine, *map(str, args)], env=self.env, capture_output=True, text=True,
-                              timeout=120)
-        if check and proc.returncode:
-            raise AssertionError(f"{self.engine} {' '.join(map(str, args))} on {self.name}: {proc.stderr}")
-        return proc
-
-    def exec(self, *args, cwd=None):
-        """docker-dir-exec on this engine; containers get no network (side daemons have none)."""
-        return cli("docker-dir-exec", "--engine", self.engine, "--network", "none", *args, env=self.env, cwd=cwd)
-
-    def save(self, ref, directory):
-        return cli("docker-dir-save", "--engine", self.engine, "-q", ref, directory, env=self.env)
-
-    def image_id(self, ref):
-        proc = self.cli("image", "inspect", "--format", "{{.Id}}", ref, check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    def has(self, ref):
-        return self.image_id(ref) is not None
-
-    def load_dir(self, directory):
-        """The engine's own `load` of a saved directory (tags as saved)."""
-        (local["tar"]["-C", str(directory), "-c", "."] | local[self.engine]["load"].with_env(**self.env))(
-            timeout=120)
-
-    def remove(self, *refs):
-        for ref in refs:
-            self.cli("rmi", "-f", ref, check=False)
-
-    def loads_since(self, since):
-        """How many image loads the engine recorded since `since`: a side daemon's
-        events or podman's private events log, so only this suite's loads count
-        (not for the shared main daemon)."""
-        if self.engine == "podman":
-            return podman_load_count(self.env) - since
-        proc = self.cli("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
-                        "--filter", "type=image", "--filter", "event=load", "--format", "{{.Action}}")
-        return len(proc.stdout.split())
-
-    def mark(self):
-        """A starting point for loads_since."""
-        return podman_load_count(self.env) if self.engine == "podman" else time.time()
-
-
-def _side_target(kind, label):
-    """A side dockerd of `kind` as a test target, stopped when the module ends."""
-    daemon = side_dockerd_or_skip(kind)
-    yield Target(label, "docker", daemon.env(), daemon)
-    daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def side20():
-    yield from _side_target("20.10", "dockerd 20.10 (side)")
-
-
-@pytest.fixture(scope="module")
-def docker26():
-    yield from _side_target("26", "Docker 26 classic store")
-
-
-@pytest.fixture(scope="module")
-def docker26c():
-    yield from _side_target("26-containerd", "Docker 26 containerd store")
-
-
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory):
-    try:
-        env = podman_env(tmp_path_factory.mktemp("podman"))
-    except Unavailable as why:
-        pytest.skip(str(why))
-    target = Target("podman", "podman", env)
-    yield target
-    target.remove(*target.created)
-
-
-@pytest.fixture(scope="module")
-def main_docker(docker_engine):
-    """The daemon the rest of the suite uses (conftest's `docker`)."""
-    target = Target("main docker daemon", "docker", dict(os.environ))
-    yield target
-    target.remove(*target.created)
 
 
 @pytest.fixture

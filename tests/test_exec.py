@@ -368,7 +368,7 @@ def test_load_stream_holds_only_the_selected_image(images, tmp_path):
         names = tar.getnames()
         sent = json.load(tar.extractfile("manifest.json"))
     assert sent == [{"Config": saved_entry["Config"], "RepoTags": ["localhost/docker-dir:abc"],
-                     "Layers": saved_entry["Layers"]}]
+                     "Layers": saved_entry["Layers"]}]  # legacy names: <hex>.json, <v1 id>/layer.tar
     assert sorted(names) == sorted({"manifest.json", saved_entry["Config"], *saved_entry["Layers"]})
 
 

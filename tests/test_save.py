@@ -2,6 +2,7 @@
 
 Hostile archives and interruptions are in test_save_hostile.py and test_save_faults.py.
 """
+import json
 import os
 import subprocess
 import time
@@ -103,6 +104,31 @@ def test_several_images_in_one_dir(images, tmp_path):
     assert cli("docker-dir-id", "--config", images.one_id[7:19], d).stdout == images.one_id + "\n"
     run = cli("docker-dir-exec", "--repo-tag", images.multi, d, "wc", "-c", "/data/a.bin", cwd=tmp_path)
     assert run.returncode == 0 and run.stdout.split()[0] == str(4 << 20), run.stderr
+
+
+def test_multi_image_saves_are_byte_identical(images, tmp_path):
+    """Engines list the images of one archive in an order that changes from save to save."""
+    digests = []
+    for n in range(6):
+        proc = cli("docker-dir-save", "-q", images.one, images.multi, *images.two, tmp_path / f"img{n}")
+        assert proc.returncode == 0, proc.stderr
+        digests.append((tree_digest(tmp_path / f"img{n}"), proc.stdout))
+    assert all(d == digests[0] for d in digests), [d[1] for d in digests]
+
+
+def test_canonical_order_is_independent_of_the_engine_order(tmp_path):
+    from docker_dir.application.save import canonical_order
+
+    entries = [{"Config": f"{c * 64}.json", "RepoTags": [f"x/{c}:1"], "Layers": []} for c in "cab"]
+    outputs = set()
+    for shift in range(3):
+        d = tmp_path / f"d{shift}"
+        d.mkdir()
+        (d / "manifest.json").write_text(json.dumps(entries[shift:] + entries[:shift]))
+        canonical_order(str(d))
+        outputs.add((d / "manifest.json").read_text())
+    assert len(outputs) == 1
+    assert [e["RepoTags"] for e in json.loads(outputs.pop())] == [["x/a:1"], ["x/b:1"], ["x/c:1"]]
 
 
 def test_existing_empty_dir_is_used(images, tmp_path):

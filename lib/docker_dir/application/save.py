@@ -89,6 +89,25 @@ def move_into_place(tmp, path):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def canonical_order(directory):
+    """Put the images of a multi-image save in one order: engines list them in an order
+    that changes from save to save, and a DataLad user would see a change that is none."""
+    import json
+
+    for name, key in (("manifest.json", None), ("index.json", "manifests")):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        with open(path, "rb") as stream:
+            data = json.loads(stream.read())
+        entries = data if key is None else data.get(key) if isinstance(data, dict) else None
+        if not isinstance(entries, list) or len(entries) < 2:
+            continue
+        entries.sort(key=lambda entry: json.dumps(entry, sort_keys=True))
+        with open(path, "w", encoding="utf-8") as out:  # the engines' compact Go encoding
+            out.write(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+
+
 def gitattributes(image_dir):
     """Layers go to the annex; the small JSON files (manifest, config, index) stay in git."""
     lines = ["* annex.largefiles=nothing"]
@@ -134,6 +153,8 @@ def save(engine, refs, path, force=False, reporter=QUIET, write_gitattributes=Fa
         stream.finish()
         progress.close()
         os.chmod(tmp, 0o755)
+        _whole_image_ids(ImageDir(tmp), engine, tmp, path)  # checks the manifest before it is rewritten
+        canonical_order(tmp)
         saved = ImageDir(tmp)
         ids = _whole_image_ids(saved, engine, tmp, path)
         if write_gitattributes:

@@ -20,7 +20,7 @@ IMAGE_ENV = "DOCKER_DIR_IMAGE"
 class _NoOptions:
     """What argparse would return for a command line without options."""
 
-    engine = repo_tag = config = workdir = user = network = entrypoint = None
+    engine = repo_tag = config = platform = workdir = user = network = entrypoint = None
     no_load = load_only = quiet = debug = False
 
     def __init__(self, words):
@@ -107,7 +107,7 @@ def run_request(args, ref):
 
 def main(argv):
     args = parse(argv)
-    image = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config)
+    image = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config, platform=args.platform)
     engine = get_engine(args.engine)
     ref = engine.image_ref(image.config_digest())
     if not engine.has_image(ref):

@@ -43,6 +43,8 @@ def add_selectors(parser):
     parser.add_argument("--repo-tag", metavar="NAME:TAG", help="pick the image saved with this tag")
     parser.add_argument("--config", metavar="PREFIX",
                         help="pick the image whose config digest starts with PREFIX (sha256: optional)")
+    parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                        help="pick the image of this platform from a multi-platform index (default: this host's)")
 
 
 def add_engine_option(parser):

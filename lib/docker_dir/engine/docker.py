@@ -5,10 +5,13 @@ use it: the CLI takes tens of milliseconds to answer the same question.
 """
 import os
 
+from ..errors import EngineFailed
 from ..fastjson import loads_json
 from .base import CliEngine
 from .hot import unix_get
 
+# The first Docker release that loads zstd-compressed layers (20.10 fails: "archive/tar: invalid tar header").
+ZSTD_SINCE = 23
 # Characters of an image reference that need no escaping in an API path.
 _PLAIN_REF = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@")
 
@@ -38,6 +41,28 @@ class DockerEngine(CliEngine):
                 pass  # an answer we don't understand: ask the CLI
         return super().inspect_id(ref)
 
+    def load(self, image, ref, on_bytes=None):
+        if "zstd" in image.layer_compressions():
+            version = self.server_version()
+            if _major(version) < ZSTD_SINCE:
+                raise EngineFailed(f"dockerd {version} cannot load the zstd-compressed layers of "
+                                   f"{image.image_dir.path} (Docker >= {ZSTD_SINCE} and podman can); "
+                                   "recompress them, e.g. 'skopeo copy --dest-compress-format gzip oci:DIR oci:NEWDIR'")
+        super().load(image, ref, on_bytes)
+
+    def server_version(self):
+        sock = _local_socket()
+        answer = unix_get(sock, "/version") if sock else None
+        if answer and answer[0] == 200:
+            try:
+                return loads_json(answer[1])["Version"]
+            except (ValueError, KeyError, TypeError):
+                pass
+        from .process import command, run
+
+        return run(self, command(self.binary, "version", "--format", "{{.Server.Version}}"),
+                   "asking its version")[1].strip()
+
     def save_command(self, refs):
         from .process import command
 
@@ -45,6 +70,11 @@ class DockerEngine(CliEngine):
 
 
 ENGINE = DockerEngine
+
+
+def _major(version):
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def _local_socket():

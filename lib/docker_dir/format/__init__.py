@@ -2,13 +2,15 @@
 
 One reader module per layout; READERS lists them in the order they are asked
 whether they claim a directory (by what it holds). A reader module defines
-`claims(image_dir) -> bool` (cheap: a few stats) and `images(image_dir) -> [Image]`
-(see imagedir.Image for what an image carries). Adding a layout is one module plus
+NAME (for messages), `claims(image_dir) -> bool` (cheap: a few stats) and
+`images(image_dir) -> [Image]` (see imagedir.Image for what an image carries). Adding a layout is one module plus
 one line here.
 """
 
 READERS = (
+    "containers_dir",  # manifest.json object + version: skopeo dir:, podman --format docker-dir
     "docker_archive",  # manifest.json list: docker save (all versions), podman, skopeo docker-archive:
+    "oci_layout",      # index.json + blobs/sha256: skopeo/podman oci:, umoci, buildah, BuildKit
 )
 
 

@@ -9,8 +9,9 @@ import os
 
 from ..errors import BadImageDir, ContentMissing
 from .imagedir import Image, Layer
-from .names import check_relpath, digest_from_name, hex_of_digest
+from .names import check_relpath, digest_from_name, hex_of_digest, is_hex64
 
+NAME = "docker-archive"
 DAMAGED = "the manifest is damaged, save the image again"
 
 
@@ -20,7 +21,18 @@ def claims(image_dir):
 
 def images(image_dir):
     manifest_path = image_dir.join("manifest.json")
-    manifest = image_dir.read_json("manifest.json", f"{manifest_path}: missing")
+    try:
+        manifest = image_dir.read_json("manifest.json", f"{manifest_path}: missing")
+    except ContentMissing:
+        # DataLad annexes manifest.json too, but the configs' names (<hex>.json, links
+        # kept in git) still say which images the directory holds.
+        found = _images_by_config_name(image_dir, manifest_path)
+        if not found:
+            raise
+        return found
+    if isinstance(manifest, dict) and "schemaVersion" in manifest:
+        raise BadImageDir(f"{manifest_path}: one image manifest (as skopeo's and podman's dir: layout write), "
+                          "but the layout's 'version' file is missing; restore it, or save the image again")
     if not isinstance(manifest, list):
         raise BadImageDir(f"{manifest_path}: not a list of images; {DAMAGED}")
     if not manifest:
@@ -49,25 +61,33 @@ def _image(image_dir, where, raw):
     # Docker >= 25 names each layer file after its digest as stored (gzip on the containerd store).
     layers = [Layer(path, "sha256:" + digest_from_name(path) if path.startswith("blobs/") and digest_from_name(path)
                     else None) for path in paths]
-    return Image(image_dir, where, config, layers, tags, manifest_digest=_manifest_digest_in_index)
+    return Image(image_dir, where, config, layers, tags, manifest_digests=_manifest_digest_in_index)
+
+
+def _images_by_config_name(image_dir, manifest_path):
+    try:
+        names = sorted(n for n in os.listdir(image_dir.path) if n.endswith(".json") and is_hex64(n[:-5]))
+    except OSError:
+        return []
+    return [Image(image_dir, f"{manifest_path}: absent", name, None, []) for name in names]
 
 
 def _manifest_digest_in_index(image):
     """The digest of the manifest (or index) in index.json that describes `image` (Docker >= 25), if any."""
     image_dir = image.image_dir
     if not os.path.exists(os.path.join(image_dir.real, "index.json")):
-        return None
+        return []
     index = image_dir.read_json("index.json", "index.json missing")
     if not isinstance(index, dict):
-        return None
+        return []
     want = image.config_digest()
     # Each blob is read once: descriptors naming each other, fanned out, would
     # otherwise cost width**depth reads.
     seen = set()
     for desc in _descriptors(index):
         if _describes(image_dir, desc, want, 0, seen):
-            return desc.get("digest")
-    return None
+            return [desc.get("digest")]
+    return []
 
 
 def _descriptors(index):

@@ -13,7 +13,7 @@ outside git, inside the image directory.
 import os
 import stat
 
-from ..errors import BadImageDir, ContentMissing, SelectionError, VerifyError
+from ..errors import BadImageDir, ContentMissing, SelectionError
 from ..fastjson import TooLarge, loads_json, read_bounded
 from .names import check_relpath, digest_from_name, normalize_repo_tag, one_line, short, shown
 
@@ -99,21 +99,39 @@ class Layer:
 
 
 class Image:
-    """One image of an image directory, whatever its layout."""
+    """One image of an image directory, whatever its layout.
 
-    def __init__(self, image_dir, where, config_path, layers, repo_tags, config_hex=None, manifest_digest=None):
+    layers is None when the layout's manifest is not present (git-annex dropped it)
+    and the image is known only by its config's name: enough for its ID and for an
+    engine that already holds it, not for anything that reads the layers.
+    """
+
+    def __init__(self, image_dir, where, config_path, layers, repo_tags, config_hex=None, manifest_digests=(),
+                 platform=None, ref_names=(), json_blobs=()):
         self.image_dir = image_dir
         self.where = where                    # e.g. "DIR/manifest.json: entry 0", for messages
         self.config_path = config_path        # relative to DIR, checked
-        self.layers = layers                  # [Layer], in order, base first
+        self._layers = layers                 # [Layer], in order, base first; None: manifest not present
         self.repo_tags = repo_tags            # ["name:tag", ...] as the layout records them
+        self.ref_names = list(ref_names)      # OCI ref names that are a bare tag ("latest")
         self.config_hex = config_hex or digest_from_name(config_path)  # from a descriptor or the file name
-        self._manifest_digest = manifest_digest  # a digest, or a function finding it when asked
+        self._manifest_digests = manifest_digests  # digests, or a function finding them when asked
+        self.platform = platform              # a format.platform.Platform when an index names it
+        self.json_blobs = list(json_blobs)    # [(relpath, hex)]: manifests and indexes named by digest
+
+    @property
+    def layers(self):
+        if self._layers is None:
+            manifest = self.where.split(":")[0]
+            raise ContentMissing(f"{manifest} is not present, so the layers of {self.label()} are unknown; "
+                                 + GET_CONTENT_HINT.format(d=self.image_dir.path))
+        return self._layers
 
     # -- identity -----------------------------------------------------------
     def label(self):
-        name = ", ".join(self.repo_tags) or "<untagged>"
-        return shown(f"{name} ({short(self.config_hex or self.config_path)})")
+        name = ", ".join(self.repo_tags + self.ref_names) or "<untagged>"
+        where = f", {self.platform}" if self.platform else ""
+        return shown(f"{name} ({short(self.config_hex or self.config_path)}{where})")
 
     def config_digest(self):
         """Hex sha256 of the config. Engines name the file after that digest (or a
@@ -132,16 +150,28 @@ class Image:
     def image_id(self):
         return "sha256:" + self.config_digest()
 
+    def manifest_digests(self):
+        """Digests of the manifest, and of the indexes above it, that describe this image
+        in the layout, outermost first (an engine that imported the layout names the image
+        by one of them)."""
+        if callable(self._manifest_digests):
+            self._manifest_digests = self._manifest_digests(self)
+        return list(self._manifest_digests)
+
     def manifest_digest(self):
-        """Digest of the manifest (or index) that describes this image in the layout, if any."""
-        if callable(self._manifest_digest):
-            self._manifest_digest = self._manifest_digest(self)
-        return self._manifest_digest
+        """The digest index.json (or the layout's one manifest) names this image by, if any."""
+        return next(iter(self.manifest_digests()), None)
 
     def candidate_digests(self):
         """Digests an engine may know this image by: the config digest (classic stores,
-        podman) and the manifest digest (containerd's image store)."""
-        return [d for d in ("sha256:" + self.config_digest(), self.manifest_digest()) if d]
+        podman) and manifest digests (containerd's image store)."""
+        return ["sha256:" + self.config_digest(), *self.manifest_digests()]
+
+    def platform_of_config(self):
+        """The platform the config states (os, architecture, variant), or None."""
+        from .platform import Platform
+
+        return Platform.of(self.config_json())
 
     def matches_config(self, prefix):
         prefix = prefix[7:] if prefix.startswith("sha256:") else prefix
@@ -151,7 +181,10 @@ class Image:
 
     def matches_tag(self, tag):
         wanted = normalize_repo_tag(tag)
-        return any(normalize_repo_tag(t) == wanted for t in self.repo_tags)
+        if any(normalize_repo_tag(t) == wanted for t in self.repo_tags):
+            return True
+        # an OCI ref name that is only a tag matches that tag of any name
+        return tag in self.ref_names or wanted.rsplit(":", 1)[-1] in self.ref_names and ":" in tag
 
     # -- content --------------------------------------------------------------
     def config_bytes(self):
@@ -203,6 +236,22 @@ class Image:
         diff_ids = self.diff_ids() or []
         return [layer.digest or (diff_ids[i] if i < len(diff_ids) else None) for i, layer in enumerate(self.layers)]
 
+    def layer_compressions(self):
+        """"none", "gzip" or "zstd" (None: unknown) for each layer: from the file's first
+        bytes (skopeo's dir: layout calls uncompressed layers tar.gzip), else from the
+        media type the layout states."""
+        from .compression import media_type_compression, sniff_compression
+
+        kinds = []
+        for layer in self.layers:
+            try:
+                with open_regular(self.image_dir.resolve(layer.path)) as stream:
+                    kind = sniff_compression(stream.read(512))
+            except OSError:
+                kind = None
+            kinds.append(kind or (media_type_compression(layer.media_type) if layer.media_type else None))
+        return kinds
+
     def present_layer_size(self):
         total = 0
         for path in dict.fromkeys(layer.path for layer in self.layers):
@@ -213,34 +262,21 @@ class Image:
         return total
 
     def verify(self):
-        """Re-hash the config and every layer; raise on missing or mismatching content."""
-        self.require_content()
-        where = self.image_dir.path
-        config_path = self.image_dir.resolve(self.config_path)
-        actual = sha256_file(config_path)
-        if self.config_hex and actual != self.config_hex:
-            raise VerifyError(f"{config_path}: content sha256:{short(actual)} does not match its digest; "
-                              "the file is corrupt, save the image again")
-        diff_ids = self.diff_ids() or []
-        for i, layer in enumerate(self.layers):
-            path = self.image_dir.resolve(layer.path)
-            expected = layer.digest or (diff_ids[i] if i < len(diff_ids) else None)
-            if expected is None or not expected.startswith("sha256:"):
-                raise VerifyError(f"{where}: no digest to check layer {layer.path} against; "
-                                  "the config lacks rootfs.diff_ids, save the image again")
-            actual = sha256_file(path)
-            if actual != expected[7:]:
-                raise VerifyError(f"{path}: content sha256:{short(actual)} does not match "
-                                  f"expected sha256:{short(expected[7:])}; the file is corrupt, save the image again")
+        """Re-hash everything the image is made of; raise on missing or mismatching content."""
+        from .verify import verify
+
+        verify(self)
 
     def summary(self):
         return {
             "id": self.image_id(),
-            "repo_tags": self.repo_tags,
+            "repo_tags": self.repo_tags + self.ref_names,
             "config": self.config_path,
             "layers": self.layer_digests(),
             "size": self.present_layer_size(),
             "manifest_digest": self.manifest_digest(),
+            "platform": str(self.platform) if self.platform else None,
+            "layout": self.image_dir.reader.NAME,
         }
 
 
@@ -252,7 +288,9 @@ class ImageDir:
         if not os.path.lexists(path):
             raise BadImageDir(f"{path}: no such directory; save an image there with docker-dir-save")
         if not os.path.isdir(path):
-            raise BadImageDir(f"{path}: not a directory; give the directory docker-dir-save wrote")
+            from .refusals import not_a_directory
+
+            raise not_a_directory(path)
         self.real = os.path.realpath(path)
         self._roots = None
         self._images = None
@@ -298,6 +336,10 @@ class ImageDir:
                               "save the image again") from None
 
     def read_json(self, relpath, missing_message):
+        return self.parse_json(self.read_bytes(relpath, missing_message), relpath)
+
+    def read_bytes(self, relpath, missing_message):
+        """The content of a small file the layout names (a manifest, an index, a config)."""
         path = self.resolve(relpath)
         try:
             with open_regular(path) as stream:
@@ -310,15 +352,23 @@ class ImageDir:
             raise BadImageDir(f"{path}: {err}; refusing it") from None
         except OSError as err:
             raise BadImageDir(f"{path}: cannot read ({err.strerror})") from None
-        return self.parse_json(data, relpath)
+        return data
 
-    def select(self, repo_tag=None, config=None):
+    def select(self, repo_tag=None, config=None, platform=None):
+        """The one image the selectors leave. Several images differing only in platform
+        (a multi-platform index) leave the one of `platform` (a string os/arch[/variant]),
+        by default this host's."""
         images = self.images()
         chosen = images
         if repo_tag is not None:
+            if any(i._layers is None for i in chosen):
+                raise ContentMissing(f"{self.path}: the manifest is not present, so --repo-tag cannot be "
+                                     "matched; " + GET_CONTENT_HINT.format(d=self.path) + ", or use --config")
             chosen = [i for i in chosen if i.matches_tag(repo_tag)]
         if config is not None:
             chosen = [i for i in chosen if i.matches_config(config)]
+        if platform is not None or len(chosen) > 1 and all(i.platform for i in chosen):
+            chosen = self._of_platform(chosen, platform)
         if len(chosen) == 1:
             return chosen[0]
         candidates = "; ".join(i.label() for i in images)
@@ -326,22 +376,30 @@ class ImageDir:
             wanted = " and ".join(shown(s) for s in (repo_tag and f"--repo-tag {repo_tag}",
                                                      config and f"--config {config}") if s)
             raise SelectionError(f"{self.path}: no image matches {wanted}; it holds: {candidates}")
+        if any(i._layers is None for i in chosen):
+            raise SelectionError(f"{self.path}: the manifest is not present and {len(chosen)} configs are: "
+                                 f"{'; '.join(i.label() for i in chosen)}; choose one with --config, or "
+                                 + GET_CONTENT_HINT.format(d=self.path))
         raise SelectionError(f"{self.path}: holds {len(chosen)} images, choose one with --repo-tag or "
                              f"--config: {'; '.join(i.label() for i in chosen)}")
 
+    def _of_platform(self, images, wanted):
+        from .platform import Platform
+
+        request = Platform.parse(wanted) if wanted is not None else Platform.host()
+        offered = [(image, image.platform or image.platform_of_config()) for image in images]
+        matching = [image for image, offer in offered if offer and request.matches(offer)]
+        if not matching and images:
+            have = ", ".join(sorted({str(offer) for _, offer in offered if offer})) or "no platform named"
+            how = "" if wanted else " (this host's); choose one with --platform"
+            raise SelectionError(f"{self.path}: no image for platform {request}{how}; it holds: {have}")
+        return matching
+
     def unrecognized(self):
         """The error for a directory no reader claims."""
-        try:
-            empty = not os.listdir(self.path)
-        except OSError as err:
-            return BadImageDir(f"{self.path}: cannot list ({err.strerror})")
-        if empty:
-            return BadImageDir(f"{self.path}: empty directory; save an image there with docker-dir-save")
-        if os.path.exists(self.join("oci-layout")):
-            return BadImageDir(f"{self.path}: OCI layout without manifest.json; save it with docker-dir-save "
-                               "or 'podman save --format docker-archive'")
-        return BadImageDir(f"{self.path}: no manifest.json, not an image directory; "
-                           "save an image there with docker-dir-save")
+        from .refusals import unreadable_directory
+
+        return unreadable_directory(self.path)
 
 
 def image_id(path, repo_tag=None, config=None):

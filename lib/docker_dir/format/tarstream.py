@@ -172,13 +172,27 @@ def extract_stream(stream, dest):
     return total
 
 
+def load_stream_members(image):
+    """(member name, path in DIR) of the config and each distinct layer, in the order
+    a docker-archive lists them: config first. Files named by digest get docker's own
+    names (`<hex>.json`, `<hex>.tar`), whatever the layout called them."""
+    members = {(f"{image.config_hex}.json" if image.config_hex else image.config_path): image.config_path}
+    for layer in image.layers:
+        members.setdefault(_layer_member(layer), layer.path)
+    return list(members.items())
+
+
+def _layer_member(layer):
+    return f"{layer.digest[7:]}.tar" if layer.digest else layer.path
+
+
 def write_load_stream(image, out, repo_tags, on_bytes=None):
     """Write the docker-archive tar every engine's `load` takes for one image, whatever
-    layout it came from: a manifest.json naming only `repo_tags` and the files it
-    lists, dereferenced, under their paths in DIR."""
+    layout it came from: a manifest.json naming only `repo_tags`, and the files."""
     image_dir = image.image_dir
-    manifest = json.dumps([{"Config": image.config_path, "RepoTags": list(repo_tags) or None,
-                            "Layers": [layer.path for layer in image.layers]}]).encode()
+    members = load_stream_members(image)
+    manifest = json.dumps([{"Config": members[0][0], "RepoTags": list(repo_tags) or None,
+                            "Layers": [_layer_member(layer) for layer in image.layers]}]).encode()
     sink = _Sink(out)
     tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)
     try:
@@ -186,10 +200,9 @@ def write_load_stream(image, out, repo_tags, on_bytes=None):
         info.size = len(manifest)
         info.mode = 0o644
         tar.addfile(info, io.BytesIO(manifest))
-        for relpath in image.referenced_files():
-            path = image_dir.resolve(relpath)
-            with open_regular(path) as src:
-                info = tarfile.TarInfo(relpath)
+        for name, relpath in members:
+            with open_regular(image_dir.resolve(relpath)) as src:
+                info = tarfile.TarInfo(name)
                 info.size = os.fstat(src.fileno()).st_size
                 info.mode = 0o644
                 tar.addfile(info, _Counting(src, on_bytes) if on_bytes else src)
