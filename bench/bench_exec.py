@@ -16,7 +16,7 @@ import sys
 import time
 
 from benchlib import (CHECKOUT, adapter, bench_image, docker_dir, has_image, interleaved, median, quick_mode,
-                      raw_save, remove_image, row, run_timed, workdir, write_results)
+                      raw_save, rebuilt_image, remove_image, row, run_timed, workdir, write_results)
 
 PARALLEL = 8
 COMMAND = ["sh", "-c", "true"]
@@ -115,6 +115,29 @@ def main():
                                ("adapter", commands["adapter"])):
                 parallel_hot.setdefault(name, []).append(run_parallel(argv, cwd))
         med_par_hot = {n: median(v) for n, v in parallel_hot.items()}
+
+        # A new version of the image: one more 1 MiB layer, while the engine holds the old one.
+        with rebuilt_image(ref, 1) as (new_ref, new_id):
+            new_dir = os.path.join(work, "rebuilt")
+            raw_save(new_ref, new_dir)
+            rebuilt_cmds = {
+                "docker-dir": docker_dir("exec", new_dir, *COMMAND),
+                "raw docker": ["sh", "-c", 'tar -c -C "$1" . | docker load -q >/dev/null && '
+                               'docker run --rm "$2" sh -c true', "sh", new_dir, new_id],
+                "adapter": adapter("run", new_dir, *COMMAND),
+            }
+
+            def only_new_is_missing(name):
+                remove_image(new_id)
+                if not has_image(image_id):
+                    raise RuntimeError(f"the old image {image_id} went away; the run would not be what is timed")
+                if has_image(new_id):
+                    raise RuntimeError(f"{new_id} still in the engine; the cold run would be warm")
+
+            rebuilt_cpu = {}
+            rebuilt = interleaved({n: timed(a) for n, a in rebuilt_cmds.items()}, cold_runs,
+                                  before_each=only_new_is_missing, cpu=rebuilt_cpu)
+            med_rebuilt = {n: median(v) for n, v in rebuilt.items()}
         remove_image(image_id)
 
     cold_limit = 1.3 * med_cold["docker-dir"]
@@ -137,6 +160,11 @@ def main():
             note=f"{parallel_trials} trial(s), median; loads per trial: " +
                  ", ".join(f"{n} {max(v)}" for n, v in loads.items())),
     ]
+    rows.append(row("exec cold, image rebuilt with a 1 MiB top layer, old one in the engine", "s",
+                    med_rebuilt["docker-dir"], med_rebuilt["raw docker"], med_rebuilt["adapter"], goal=0.25,
+                    note=f"{cold_runs} runs, median; raw: tar -c DIR | docker load && docker run; docker-dir sends "
+                         "the new layer only; median client CPU time: "
+                         + ", ".join(f"{n} {median(v):.2f} s" for n, v in rebuilt_cpu.items())))
     rows.append(row(f"{PARALLEL} parallel hot execs (wall)", "s", med_par_hot["docker-dir"], med_par_hot["raw docker"],
                     med_par_hot["adapter"], note=f"{parallel_trials + 1} trials, median; image present: the engine's "
                                                  f"cost of starting {PARALLEL} containers at once, part of every "
@@ -144,7 +172,8 @@ def main():
     if max(loads["docker-dir"]) > 1:
         rows[-2]["met"] = False
     write_results("exec", rows, {"image_size": image_size, "layers_mib": layers, "hot": hot, "hot_cpu": hot_cpu, "cold": cold, "cold_cpu": cold_cpu,
-                                 "parallel": parallel, "loads": loads, "parallel_hot": parallel_hot})
+                                 "parallel": parallel, "loads": loads, "parallel_hot": parallel_hot,
+                                 "rebuilt": rebuilt, "rebuilt_cpu": rebuilt_cpu})
 
 
 if __name__ == "__main__":

@@ -87,6 +87,26 @@ def bench_image(layers_mib):
         shutil.rmtree(work, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def rebuilt_image(ref, top_mib):
+    """`ref` rebuilt with one more layer of `top_mib` MiB of random bytes, as a new
+    version of an image is; removed on exit. Yields (ref, image_id)."""
+    work = tempfile.mkdtemp(prefix="docker-dir-bench-rebuild-")
+    new_ref = ref.rsplit(":", 1)[0] + ":rebuilt"
+    image_id = None
+    try:
+        with open(os.path.join(work, "Dockerfile"), "w") as out:
+            out.write(f"FROM {ref}\nRUN head -c {top_mib * MiB} /dev/urandom > /top.bin\n")
+        subprocess.run(["docker", "build", "-q", "-t", new_ref, work], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+        image_id = sh("docker", "image", "inspect", "--format", "{{.Id}}", new_ref)
+        yield new_ref, image_id
+    finally:
+        if image_id:
+            remove_image(image_id)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def remove_image(image_id):
     """Forget the image entirely (all its tags), so the next exec is cold."""
     subprocess.run(["docker", "rmi", "-f", image_id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

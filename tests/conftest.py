@@ -42,7 +42,7 @@ def one_line_error(proc, code):
     return lines[0]
 
 
-def cli_on_tty(name, *args, cwd=None):
+def cli_on_tty(name, *args, cwd=None, env=None):
     """Run one of bin/ with a terminal as stdin, stdout and stderr; returns (status, output)."""
     import pty
 
@@ -50,7 +50,7 @@ def cli_on_tty(name, *args, cwd=None):
     if pid == 0:
         if cwd:
             os.chdir(cwd)
-        os.execv(sys.executable, [sys.executable, str(BIN / name), *map(str, args)])
+        os.execve(sys.executable, [sys.executable, str(BIN / name), *map(str, args)], env or os.environ)
     out = b""
     while True:
         try:

@@ -33,14 +33,27 @@ def ensure_loaded(engine, image, ref, reporter=QUIET):
             engine.tag(present, ref)
         else:
             image.require_content()  # before the engine sees a byte; not needed to tag
-            where = image.image_dir.path
-            progress = reporter.transfer(f"loading {where}")
-            try:
-                engine.load(image, ref, on_bytes=progress)
-            finally:
-                progress.close()
+            _load(engine, image, ref, reporter)
         if not engine.has_image(ref):
             raise EngineFailed(f"{engine.name} loaded {image.image_dir.path} but does not list {ref} afterwards: "
                                "another process removed it meanwhile, or the engine rejected it; run again")
     finally:
         os.close(lock_fd)
+
+
+def _load(engine, image, ref, reporter):
+    """Send the layers the engine lacks; if it refuses the short archive (the base went
+    away since it was asked, or it does not reuse layers after all), the whole image."""
+    held = engine.held_layers(image)
+    where = image.image_dir.path
+    label = f"loading {where}" + (f" ({held} of {len(image.layers)} layers already in {engine.name})" if held else "")
+    progress = reporter.transfer(label)
+    try:
+        try:
+            engine.load(image, ref, on_bytes=progress, held=held)
+        except EngineFailed:
+            if not held:
+                raise
+            engine.load(image, ref, on_bytes=progress)
+    finally:
+        progress.close()

@@ -172,25 +172,54 @@ def extract_stream(stream, dest):
     return total
 
 
-def load_stream_members(image):
+def load_stream_members(image, held=0, placeholders=False):
     """(member name, path in DIR) of the config and each distinct layer, in the order
     a docker-archive lists them: config first. Files named by digest get docker's own
-    names (`<hex>.json`, `<hex>.tar`), whatever the layout called them."""
+    names (`<hex>.json`, `<hex>.tar`), whatever the layout called them.
+
+    The first `held` layers are ones the engine already has: their files are left out,
+    or with `placeholders` sent as empty files (path None), unless a later layer uses
+    the same file."""
     members = {(f"{image.config_hex}.json" if image.config_hex else image.config_path): image.config_path}
-    for layer in image.layers:
-        members.setdefault(_layer_member(layer), layer.path)
+    needed = {_layer_member(layer) for layer in image.layers[held:]}
+    for i, layer in enumerate(image.layers):
+        name = _layer_member(layer)
+        if name in members:
+            continue
+        if i >= held or name in needed:
+            members[name] = layer.path
+        elif placeholders:
+            members[name] = None
     return list(members.items())
+
+
+def chain_ids(diff_ids):
+    """The chain ID of each prefix of a layer list: how engines name a stack of layers."""
+    import hashlib
+
+    chains = []
+    for diff_id in diff_ids:
+        chains.append(diff_id if not chains else
+                      "sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
+    return chains
+
+
+def bytes_to_send(image, held=0, placeholders=False):
+    """The size of the files a load stream of `image` carries (without tar headers)."""
+    return sum(os.stat(image.image_dir.resolve(relpath)).st_size
+               for _, relpath in load_stream_members(image, held, placeholders) if relpath)
 
 
 def _layer_member(layer):
     return f"{layer.digest[7:]}.tar" if layer.digest else layer.path
 
 
-def write_load_stream(image, out, repo_tags, on_bytes=None):
+def write_load_stream(image, out, repo_tags, on_bytes=None, held=0, placeholders=False):
     """Write the docker-archive tar every engine's `load` takes for one image, whatever
-    layout it came from: a manifest.json naming only `repo_tags`, and the files."""
+    layout it came from: a manifest.json naming only `repo_tags`, and the files
+    (see load_stream_members for `held` and `placeholders`)."""
     image_dir = image.image_dir
-    members = load_stream_members(image)
+    members = load_stream_members(image, held, placeholders)
     manifest = json.dumps([{"Config": members[0][0], "RepoTags": list(repo_tags) or None,
                             "Layers": [_layer_member(layer) for layer in image.layers]}]).encode()
     sink = _Sink(out)
@@ -201,6 +230,11 @@ def write_load_stream(image, out, repo_tags, on_bytes=None):
         info.mode = 0o644
         tar.addfile(info, io.BytesIO(manifest))
         for name, relpath in members:
+            if relpath is None:
+                info = tarfile.TarInfo(name)
+                info.mode = 0o644
+                tar.addfile(info)
+                continue
             with open_regular(image_dir.resolve(relpath)) as src:
                 info = tarfile.TarInfo(name)
                 info.size = os.fstat(src.fileno()).st_size
