@@ -150,6 +150,8 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
+# schedule as soon as a job ends (default: batch jobs wait up to 3 s, an 8-task array takes 10 s)
+SchedulerParameters=batch_sched_delay=0
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
