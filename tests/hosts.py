@@ -86,9 +86,12 @@ ch_run(user, tree, argv, options=(), **run_as_kwargs) -> CompletedProcess of
     `ch-run OPTIONS TREE -- ARGV` as the user. Facts about 0.31: it starts in / unless -c DIR
     is given (the host cwd is not kept); -b SRC[:DST] needs DST in the tree (it tries to
     mkdir it and fails: "can't mkdir: …: Read-only file system"); --home binds $HOME at
-    /home/$USER (not bound by default, while $HOME still names it); the host environment
-    passes through unless --unset-env=GLOB; --set-env=FILE and --set-env=NAME=VALUE both work,
-    expanding $NAME only as a whole colon-separated item ($PATH:/x yes, $HOME/x -> empty).
+    /home/$USER on a tmpfs /home (not bound by default, while $HOME still names it); the
+    host environment passes through unless --unset-env=GLOB (CH_RUNNING is always set);
+    --set-env=FILE and --set-env=NAME=VALUE both work, expanding $NAME only as a whole
+    colon-separated item ($PATH:/x yes; $HOME/x and ${HOME} give an empty value; no
+    expansion with --env-no-expand), quotes in FILE are kept literally; bare --set-env
+    reads /ch/environment in the tree. It needs $USER (and $HOME for --home) set.
 
 Slurm (Debian slurm-wlm 22.05, one node, accounting off):
 slurm_cluster() -> SlurmCluster(node, partition, started_here): runs provision_slurm (fast
@@ -109,7 +112,6 @@ or_skip(function, *args, **kwargs) -> its result, or pytest.skip(reason) on Unav
 """
 import contextlib
 import fcntl
-import grp
 import hashlib
 import os
 import pwd
@@ -307,12 +309,9 @@ def user_venv(repo=REPO):
                     shutil.copy2(path, target)
                 env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
                 env.pop("PYTHONDONTWRITEBYTECODE", None)  # the users cannot write bytecode later
-                proc = subprocess.run([str(USER_VENV / "bin" / "pip"), "install", "-q", "--force-reinstall",
-                                       "--no-deps", copy], capture_output=True, text=True, env=env, timeout=600)
-                if proc.returncode == 0:
-                    # dependencies apart, so a reinstall does not fetch plumbum again
-                    proc = subprocess.run([str(USER_VENV / "bin" / "pip"), "install", "-q", copy],
-                                          capture_output=True, text=True, env=env, timeout=600)
+                # pip always reinstalls a project given as a directory; plumbum stays
+                proc = subprocess.run([str(USER_VENV / "bin" / "pip"), "install", "-q", copy],
+                                      capture_output=True, text=True, env=env, timeout=600)
             if proc.returncode:
                 raise Unavailable(f"pip install into {USER_VENV} failed: {proc.stderr.strip()[-500:]}")
             stamp.write_text(wanted)

@@ -176,6 +176,7 @@ provision_slurm() {
   fi
   install -d -o munge -g munge -m 0755 /run/munge
   if ! _extra_pid_alive /run/munge/munged.pid munged; then
+    say "starting munged"
     rm -f /run/munge/munge.socket.2 /run/munge/munged.pid
     runuser -u munge -- /usr/sbin/munged || die "munged did not start (see /var/log/munge/munged.log)"
     started=1
