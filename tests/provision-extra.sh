@@ -26,6 +26,26 @@ SLURM_CONF=/etc/slurm/slurm.conf
 SLURM_LOG_DIR=/var/log/slurm
 SLURM_STATE_DIR=/var/lib/slurm
 
+_extra_lock_depth=0
+_extra_lock_fd=9 # daemons are started with it closed: they would hold the lock forever
+
+# Run "$@" holding the provisioning lock; re-entrant, released on exit too (die).
+_extra_locked() {
+  if [ "$_extra_lock_depth" -gt 0 ]; then
+    "$@"
+    return
+  fi
+  local status
+  exec {_extra_lock_fd}>>/run/lock/docker-dir-provision-extra.lock
+  flock "$_extra_lock_fd"
+  _extra_lock_depth=1
+  "$@"
+  status=$?
+  _extra_lock_depth=0
+  exec {_extra_lock_fd}>&-
+  return $status
+}
+
 _extra_installed() {
   dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'
 }
@@ -49,7 +69,7 @@ extra_apt_install() {
     die "apt-get install ${missing[*]} failed"
 }
 
-provision_rootless_packages() {
+_extra_provision_rootless_packages() {
   # python3-venv: the test users need a Python they can run; root's pyenv lives
   # under /root (0700), so their venv is made from Debian's /usr/bin/python3.
   extra_apt_install uidmap slirp4netns fuse-overlayfs dbus-user-session rootlesskit python3-venv
@@ -90,8 +110,8 @@ _extra_add_subids() {
   fi
 }
 
-provision_test_users() {
-  provision_rootless_packages
+_extra_provision_test_users() {
+  _extra_provision_rootless_packages
   local entry user uid groups
   for entry in $TEST_USERS; do
     IFS=: read -r user uid groups <<<"$entry"
@@ -114,7 +134,7 @@ provision_test_users() {
   done
 }
 
-provision_charliecloud() {
+_extra_provision_charliecloud() {
   extra_apt_install charliecloud-runtime
 }
 
@@ -163,7 +183,7 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
-provision_slurm() {
+_extra_provision_slurm() {
   local start=${EPOCHREALTIME/[.,]/} started=0
   extra_apt_install munge slurmd slurmctld slurm-client
   local installed=${EPOCHREALTIME/[.,]/}
@@ -178,7 +198,7 @@ provision_slurm() {
   if ! _extra_pid_alive /run/munge/munged.pid munged; then
     say "starting munged"
     rm -f /run/munge/munge.socket.2 /run/munge/munged.pid
-    runuser -u munge -- /usr/sbin/munged || die "munged did not start (see /var/log/munge/munged.log)"
+    runuser -u munge -- /usr/sbin/munged {_extra_lock_fd}>&- || die "munged did not start (see /var/log/munge/munged.log)"
     started=1
   fi
 
@@ -196,12 +216,12 @@ provision_slurm() {
   # -i: start even if the saved state is unreadable (e.g. from another slurm.conf)
   if ! _extra_pid_alive /run/slurmctld.pid slurmctld; then
     say "starting slurmctld (log: $SLURM_LOG_DIR/slurmctld.log)"
-    /usr/sbin/slurmctld -i || die "slurmctld did not start (see $SLURM_LOG_DIR/slurmctld.log)"
+    /usr/sbin/slurmctld -i {_extra_lock_fd}>&- || die "slurmctld did not start (see $SLURM_LOG_DIR/slurmctld.log)"
     started=1
   fi
   if ! _extra_pid_alive /run/slurmd.pid slurmd; then
     say "starting slurmd (log: $SLURM_LOG_DIR/slurmd.log)"
-    /usr/sbin/slurmd || die "slurmd did not start (see $SLURM_LOG_DIR/slurmd.log)"
+    /usr/sbin/slurmd {_extra_lock_fd}>&- || die "slurmd did not start (see $SLURM_LOG_DIR/slurmd.log)"
     started=1
   fi
 
@@ -240,11 +260,18 @@ _extra_stop_pidfile() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
-stop_slurm() {
+_extra_stop_slurm() {
   _extra_stop_pidfile /run/slurmd.pid slurmd
   _extra_stop_pidfile /run/slurmctld.pid slurmctld
   _extra_stop_pidfile /run/munge/munged.pid munged
 }
+
+# Public steps hold one lock, so two test runs provisioning at once take turns.
+provision_rootless_packages() { _extra_locked _extra_provision_rootless_packages; }
+provision_test_users() { _extra_locked _extra_provision_test_users; }
+provision_charliecloud() { _extra_locked _extra_provision_charliecloud; }
+provision_slurm() { _extra_locked _extra_provision_slurm; }
+stop_slurm() { _extra_locked _extra_stop_slurm; }
 
 provision_extra() {
   provision_test_users
