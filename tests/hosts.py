@@ -50,10 +50,13 @@ RootlessPodman(user)
     - stop(): removes the user's containers (`podman rm -af -t 0`) and ends podman's pause
       process (by the PID in its pidfile), so nothing of the user's podman is left running.
       Images stay in the user's storage; use unique tags. Also a context manager.
+    The podman command that starts the pause process (the first one, or the first after
+    stop()) prints 'level=warning msg="\"/\" is not a shared mount, …"' on stderr ("/" is
+    a private mount here): run something (e.g. import_rootfs) first before checking stderr.
     Owners on the host of a file the container writes in a bind mount: container root
     (default) -> the user; --userns=keep-id (runs as the user) -> the user;
-    --user UID:GID without keep-id -> subordinate ID 100000+UID-1 (and the user cannot
-    write into its own 0755 directories that way).
+    --user UID:GID without keep-id -> subordinate ID (start of the user's range)+UID-1,
+    e.g. 101000 for UID 1001 (so it cannot write into the user's own 0755 directories).
 
 RootlessDockerd(user)
     One `dockerd-rootless.sh --bridge=none --iptables=false --ip6tables=false` as the user
@@ -100,8 +103,9 @@ slurm_cluster() -> SlurmCluster(node, partition, started_here): runs provision_s
 sbatch(script=None, wrap=None, user=None, array=None, cwd=None, options=(), env=None,
        wait=True, timeout=120) -> SlurmJob
     Submits with `sbatch --parsable` (the script goes on stdin; or --wrap) as `user` (root
-    when None) from `cwd` (default: a new user_dir), output to cwd/slurm-%A_%a.out (arrays)
-    or cwd/slurm-%j.out. With wait it polls scontrol every 0.1 s (sbatch --wait polls far
+    when None) from `cwd` (default: a new user_dir; remove_tree(job.cwd) when done), output
+    to cwd/slurm-%A_%a.out (arrays) or cwd/slurm-%j.out. Jobs get the submitter's environment
+    (user_env for a user, so XDG_RUNTIME_DIR too) updated by `env`. With wait it polls scontrol every 0.1 s (sbatch --wait polls far
     more slowly: 10 s for an 8-task array that is done in 4) and on timeout cancels the
     job and raises TimeoutError.
 SlurmJob: job_id, cwd; wait(timeout); tasks() -> {task_id or None: SlurmTask(state, exit_code,
