@@ -33,9 +33,10 @@ user_dir(user, prefix="dd") -> Path of a new directory under /var/tmp/docker-dir
 
 user_venv(repo=REPO) -> Path of the bin dir of a virtualenv that the test users can run:
     made from Debian's /usr/bin/python3 (root's pyenv python sits under /root, 0700) at
-    /opt/docker-dir-tests/venv, world-readable, with `pip install` of a copy of the repo's
-    setup.py, README.md, lib/ and bin/ (non-editable: the users never read the checkout,
-    which may be under /root, and the checkout gets no build/ dir). Reinstalled only when
+    /opt/docker-dir-tests/venv, world-readable, with `pip install` of a fresh copy of the
+    repo's packaging files (setup.py, pyproject.toml, … whichever exist), README.md, lib/ and
+    bin/ (non-editable: the users never read the checkout, which may be under /root; the
+    checkout gets no build/ dir, and no stale build/ is ever reused). Reinstalled only when
     the hash of those files changed. Holds docker-dir-save, docker-dir-id, docker-dir-exec.
 
 RootlessPodman(user)
@@ -266,7 +267,8 @@ def remove_tree(path):
 # -- the package for other users -----------------------------------------------------
 
 def _source_files(repo):
-    files = [repo / "setup.py", repo / "README.md"]
+    files = [repo / name for name in ("setup.py", "pyproject.toml", "setup.cfg", "MANIFEST.in", "README.md", "LICENSE")
+             if (repo / name).is_file()]
     for top in ("lib", "bin"):
         for path in sorted((repo / top).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and not any(
