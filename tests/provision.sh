@@ -1,20 +1,15 @@
-# Provision what docker-dir needs to run for real, for the test suite and the demo.
-# Sourced, not run: on Debian as root with no Docker engine reachable it installs
-# and starts one; where an engine already answers it installs nothing system-wide.
-# Then the package goes into the project's own virtual environment, .venv.
+# Provision what docker-dir's tests need to run for real, for the test suite and the demo.
+# Sourced, not run. As root on Debian it installs what is missing (engines, tools, test
+# users, rootless engines' prerequisites, Charliecloud, a one-node Slurm cluster) and
+# starts dockerd when no Docker engine answers; elsewhere (a laptop with Docker) it
+# installs nothing system-wide and uses what is there. Then the package goes into the
+# project's own virtual environment, .venv.
 # Expects: the repository as the current directory, and say/die functions.
 
-SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo umoci buildah make iproute2 util-linux python3-venv"
+SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo umoci buildah make iproute2 util-linux
+python3-venv"
 
-install_system_packages() {
-  [ "$(id -u)" = 0 ] || die "no Docker engine reachable; start Docker, or run this as root on Debian to install it"
-  command -v apt-get >/dev/null || die "no Docker engine reachable and no apt-get to install one; start Docker"
-  say "installing $SYSTEM_PACKAGES"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  # shellcheck disable=SC2086
-  apt-get install -y -q $SYSTEM_PACKAGES >/dev/null
-}
+. tests/provision-extra.sh
 
 start_dockerd() {
   say "starting dockerd (log: /var/log/dockerd-docker-dir.log)"
@@ -27,9 +22,17 @@ start_dockerd() {
   die "dockerd did not answer 'docker info' within 60 s (see /var/log/dockerd-docker-dir.log)"
 }
 
-if ! docker info >/dev/null 2>&1; then
-  install_system_packages
-  start_dockerd
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # With recommends: podman needs some of them (as it was tried here).
+  without_recommends=("${EXTRA_APT_OPTIONS[@]}")
+  EXTRA_APT_OPTIONS=(-o DPkg::Lock::Timeout=600 -y -q)
+  # shellcheck disable=SC2086
+  _extra_locked extra_apt_install $SYSTEM_PACKAGES
+  EXTRA_APT_OPTIONS=("${without_recommends[@]}")
+  provision_extra
+  docker info >/dev/null 2>&1 || start_dockerd
+elif ! docker info >/dev/null 2>&1; then
+  die "no Docker engine reachable; start Docker, or run this as root on Debian to install and start one"
 fi
 command -v busybox >/dev/null || die "busybox is needed to build fixture images offline: install busybox-static"
 
@@ -47,4 +50,3 @@ fi
 # An editable install leaves no bytecode, and PYTHONDONTWRITEBYTECODE may forbid
 # writing it at run time: compile once, so the commands start as they would installed.
 .venv/bin/python -m compileall -q lib
-

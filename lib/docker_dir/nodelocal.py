@@ -1,9 +1,15 @@
-"""Node-local directories docker-dir keeps for itself: the load locks.
+"""Node-local directories docker-dir keeps for itself, safe on a machine shared by users.
 
 Never inside the image directory: it may be read-only, shared between nodes, or a
-git-annex tree. Used by the application layer (locks) and by tests.
+git-annex tree. A directory here is used only if it is a real directory (not a link),
+owned by the caller and closed to everyone else; one in /tmp that another user made
+first (to hold our lock, or to plant links) is refused, never waited on.
+Used by the application layer (load locks) and the engines that keep files (caches).
 """
 import os
+import stat
+
+from .errors import CantWrite
 
 
 def runtime_dir():
@@ -15,3 +21,38 @@ def runtime_dir():
     if os.geteuid() == 0 and os.path.isdir("/run"):
         return "/run/docker-dir"
     return os.path.join("/tmp", f"docker-dir-{os.geteuid()}")
+
+
+def private_dir(path, what="lock directory"):
+    """`path`, made if missing; refused unless it is a directory of the caller's own that
+    nobody else may enter (a looser mode on the caller's own directory is tightened)."""
+    uid = os.geteuid()
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise CantWrite(f"{path}: cannot create the {what} ({err.strerror}); set XDG_RUNTIME_DIR to a "
+                        "directory of your own") from None
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise CantWrite(f"{path}: the {what} is a symlink or not a directory; someone else may have put it "
+                        "there: remove it, or set XDG_RUNTIME_DIR to a directory of your own")
+    if st.st_uid != uid:
+        raise CantWrite(f"{path}: the {what} belongs to uid {st.st_uid}, not to you ({uid}); another user "
+                        "made it first: have it removed, or set XDG_RUNTIME_DIR to a directory of your own")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def open_lock(directory, name):
+    """A lock file in a private directory, opened without following a link and owned by
+    the caller (a file planted while the directory was open is refused)."""
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise CantWrite(f"{path}: not a lock file of yours; remove it")
+    return fd

@@ -3,27 +3,45 @@ import fcntl
 import os
 
 from ..errors import EngineFailed
-from ..nodelocal import runtime_dir
+from ..nodelocal import open_lock, private_dir, runtime_dir
 from . import QUIET
 
 
 def _lock(config_hex, reporter):
-    """An exclusive lock per image, node-local: parallel execs wait for one load."""
-    directory = runtime_dir()
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(directory, f"load-{config_hex}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        reporter.waiting("waiting for another process loading this image")
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    """An exclusive lock per image, node-local: parallel execs wait for one load.
+    The holder removes the file before it lets go (so lock files do not pile up, one
+    per image ever loaded); a waiter that then finds its file gone takes the new one."""
+    directory = private_dir(runtime_dir())
+    name = f"load-{config_hex}.lock"
+    waited = False
+    while True:
+        fd = open_lock(directory, name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not waited:
+                reporter.waiting("waiting for another process loading this image")
+                waited = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(os.path.join(directory, name), follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd, os.path.join(directory, name)
+        os.close(fd)  # its holder removed it: lock the file that is there now
+
+
+def _unlock(lock):
+    fd, path = lock
+    os.unlink(path)
+    os.close(fd)
 
 
 def ensure_loaded(engine, image, ref, reporter=QUIET):
     """Make `engine` hold `image` (a format.Image) under the private reference `ref`."""
     config_hex = image.config_digest()
-    lock_fd = _lock(config_hex, reporter)
+    lock = _lock(config_hex, reporter)
     try:
         if engine.has_image(ref):
             return  # another process loaded it while we waited
@@ -38,7 +56,7 @@ def ensure_loaded(engine, image, ref, reporter=QUIET):
             raise EngineFailed(f"{engine.name} loaded {image.image_dir.path} but does not list {ref} afterwards: "
                                "another process removed it meanwhile, or the engine rejected it; run again")
     finally:
-        os.close(lock_fd)
+        _unlock(lock)
 
 
 def _load(engine, image, ref, reporter):

@@ -8,7 +8,7 @@ import os
 from ..errors import EngineFailed
 from ..fastjson import loads_json
 from .base import CliEngine
-from .hot import unix_get
+from .hot import find_program, unix_get
 
 # The first Docker release that loads zstd-compressed layers (20.10 fails: "archive/tar: invalid tar header").
 ZSTD_SINCE = 23
@@ -18,11 +18,38 @@ _PLAIN_REF = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 class DockerEngine(CliEngine):
     name = program = "docker"
-    start_hint = ("start the daemon (e.g. 'sudo systemctl start docker', or run 'dockerd' as root) "
-                  "or point DOCKER_HOST at a running one")
     unreachable_markers = ("cannot connect to the docker daemon", "is the docker daemon running",
                            "error during connect", "permission denied while trying to connect")
     not_found_markers = ("no such image", "reference does not exist", "not found")
+
+    @property
+    def start_hint(self):
+        """What to do about an engine that does not answer, for the situation at hand."""
+        sock, rootless = _local_socket(), _rootless_socket()
+        podman = " or use podman, which is installed: --engine podman" if find_program("podman") else ""
+        if sock and os.path.exists(sock) and not os.access(sock, os.R_OK | os.W_OK):
+            own = f", use your rootless daemon (export DOCKER_HOST=unix://{rootless})," if rootless else ""
+            return f"you may not use {sock}: ask to be put in the docker group{own}{podman}"
+        if rootless and sock != rootless:
+            return f"a rootless Docker daemon listens at {rootless}: export DOCKER_HOST=unix://{rootless}"
+        return ("start the daemon (e.g. 'sudo systemctl start docker', or run 'dockerd' as root), point "
+                f"DOCKER_HOST at a running one,{podman or ' or'} choose another engine with --engine")
+
+    def rootless(self):
+        """A rootless daemon (rootlesskit) runs as the user, whose socket it owns; the
+        rootful one's belongs to root. One stat, so the hot path can afford it."""
+        sock = _local_socket()
+        try:
+            return sock is not None and os.stat(sock).st_uid != 0
+        except OSError:
+            return False
+
+    def user_args(self, user):
+        # A rootless daemon maps container root to the caller: files it writes are the
+        # caller's, and --user UID:GID would be a subordinate ID (or fail above the range).
+        if user is None and self.rootless():
+            return []
+        return super().user_args(user)
 
     def has_image(self, ref):
         answer = _api_image(ref)
@@ -120,23 +147,59 @@ def _major(version):
     return int(head) if head.isdigit() else 0
 
 
+DEFAULT_SOCKET = "/var/run/docker.sock"
+
+
+_found = {}
+
+
 def _local_socket():
-    """The daemon's unix socket when the CLI would use it without a context; else None
-    (then the CLI answers, so DOCKER_HOST=tcp://, ssh:// and contexts keep working)."""
+    """The daemon's unix socket as the CLI would choose it (DOCKER_HOST, DOCKER_CONTEXT,
+    the current context of the client config, else the default); None when that is not
+    a unix socket (then the CLI answers, so tcp:// and ssh:// keep working)."""
+    key = tuple(os.environ.get(name) for name in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "HOME"))
+    if key not in _found:
+        _found[key] = _find_socket()
+    return _found[key]
+
+
+def _find_socket():
     host = os.environ.get("DOCKER_HOST")
     if host:
         return host[7:] if host.startswith("unix://") else None
-    if os.environ.get("DOCKER_CONTEXT"):
-        return None
     config_dir = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    context = os.environ.get("DOCKER_CONTEXT")
+    if not context:
+        try:
+            with open(os.path.join(config_dir, "config.json"), "rb") as stream:
+                context = loads_json(stream.read()).get("currentContext")
+        except (OSError, ValueError, AttributeError):
+            context = None
+    if context in (None, "", "default"):
+        return DEFAULT_SOCKET
+    host = _context_host(config_dir, context)
+    return host[7:] if host and host.startswith("unix://") else None
+
+
+def _context_host(config_dir, name):
+    """The docker endpoint of a CLI context (`docker context create`; rootless Docker's
+    setup tool makes one named "rootless"), from its metadata file."""
+    import hashlib  # here: only context users pay for it
+
+    meta = os.path.join(config_dir, "contexts", "meta", hashlib.sha256(name.encode()).hexdigest(), "meta.json")
     try:
-        with open(os.path.join(config_dir, "config.json"), "rb") as stream:
-            context = loads_json(stream.read()).get("currentContext")
-    except (OSError, ValueError, AttributeError):
-        context = None
-    if context not in (None, "", "default"):
+        with open(meta, "rb") as stream:
+            host = loads_json(stream.read())["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return "/var/run/docker.sock"
+    return host if isinstance(host, str) else None
+
+
+def _rootless_socket():
+    """Where a rootless Docker daemon of this user listens, if one does."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    path = os.path.join(runtime, "docker.sock") if runtime else None
+    return path if path and os.path.exists(path) else None
 
 
 def _api_image(ref):

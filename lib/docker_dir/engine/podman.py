@@ -1,4 +1,6 @@
 """The podman CLI (daemonless)."""
+import os
+
 from .base import CliEngine
 
 
@@ -9,6 +11,14 @@ class PodmanEngine(CliEngine):
     not_found_markers = ("image not known", "no such image", "not found")
     # podman needs every layer file a manifest names, but reuses layers it has by diff ID.
     short_archive = "placeholder"
+
+    def user_args(self, user):
+        # Rootless podman maps the caller to container root: --user UID:GID would be a
+        # subordinate ID (files it writes are not the caller's; above the subuid range it
+        # cannot even start). keep-id maps the caller to itself instead.
+        if user is None and os.geteuid() != 0:
+            return ["--userns=keep-id"]
+        return super().user_args(user)
 
     def has_image(self, ref):
         status, _, stderr = self._quick("image", "exists", ref)
