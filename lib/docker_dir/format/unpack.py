@@ -21,8 +21,9 @@ The tree:
   `.wh..wh..opq` in D removes everything earlier layers put in D and below it,
   but nothing the same layer adds there, whether the tar lists that before or
   after the marker; at the layer's root it changes nothing (overlayfs never
-  hides the lower roots). Other `.wh..wh.*` entries, and members below a `.wh.*`
-  directory, are ignored: no `.wh.` name is ever created. Within one layer a
+  hides the lower roots). Other `.wh..wh.*` entries (AUFS metadata) hide
+  nothing, and members below a `.wh.*` directory are ignored: no `.wh.` name is
+  ever created. Within one layer a
   later member wins over an earlier one at the same path, a whiteout included.
 - A member replaces what is at its path, unless both are directories: then they
   merge and the directory takes the member's mode and mtime. A member (whiteouts
@@ -357,16 +358,15 @@ class _Tree:
 
     def _whiteout(self, parts, member):
         name = parts[-1]
-        if name != _OPAQUE and name.startswith(_META) or name == _OPAQUE and len(parts) == 1:
-            return  # AUFS metadata; an opaque root, which overlayfs does not hide either
         parent = self._walk(parts[:-1], create=True)
         if name == _OPAQUE:
-            self._opaque(parent, "/".join(parts[:-1]))
-            return
-        hidden = name[len(_WHITEOUT):]
-        if hidden in ("", ".", ".."):
-            raise self._unsafe(member, "is a whiteout of no entry, '.' or '..'")
-        self._remove(parent, hidden, "/".join(parts[:-1] + [hidden]))
+            if len(parts) > 1:  # an opaque root hides nothing: overlayfs merges the roots whatever
+                self._opaque(parent, "/".join(parts[:-1]))
+        elif not name.startswith(_META):  # other `.wh..wh.` names: AUFS metadata
+            hidden = name[len(_WHITEOUT):]
+            if hidden in ("", ".", ".."):
+                raise self._unsafe(member, "is a whiteout of no entry, '.' or '..'")
+            self._remove(parent, hidden, "/".join(parts[:-1] + [hidden]))
 
     def _opaque(self, fd, path):
         """Remove below fd what this layer did not add."""
