@@ -619,6 +619,14 @@ def test_hostile_layer(arena, case):
     assert not tree.exists() and snapshot(arena / "outside") == before
 
 
+def test_remove_tree_removes_links_not_their_targets(arena):
+    before = snapshot(arena / "outside")
+    (arena / "link").symlink_to(arena / "outside")
+    remove_tree(arena / "link")
+    remove_tree(arena / "missing/deeper")
+    assert not os.path.lexists(arena / "link") and snapshot(arena / "outside") == before
+
+
 # -- errors ------------------------------------------------------------------------
 
 def test_destination_must_be_empty(tmp_path):

@@ -110,7 +110,10 @@ def remove_tree(path):
     parent, name = os.path.split(os.path.abspath(path))
     if not name:
         raise ValueError(f"remove_tree({path!r}): refusing to remove the root directory")
-    parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
     try:
         _remove_entry(parent_fd, name)
     finally:
