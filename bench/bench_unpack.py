@@ -24,7 +24,8 @@ APPLY = """import json, os, sys
 sys.path.insert(0, os.path.join(sys.argv[1], "lib"))
 from docker_dir.format.unpack import apply_layers
 saved, dest = sys.argv[2], sys.argv[3]
-layers = [open(os.path.join(saved, name), "rb") for name in json.load(open(os.path.join(saved, "manifest.json")))[0]["Layers"]]
+manifest = json.load(open(os.path.join(saved, "manifest.json")))
+layers = [open(os.path.join(saved, name), "rb") for name in manifest[0]["Layers"]]
 os.mkdir(dest)
 apply_layers(layers, dest)
 """

@@ -72,8 +72,8 @@ RUN mkdir -p /etc /del/sub /deldir/a/b /opq/keep /opq/sub /ro/sub /d2f /sym2dir-
     mkdir /sticky && chmod 1777 /sticky && echo p > /private && chmod 0600 /private && \
     echo z > /zero/in/z && mkdir /zero/in/deeper && chmod 0750 /zero/in/deeper && chmod 0 /zero/in && \
     echo in > /d2f/in && echo f > /f2d && mkfifo /fifo && mknod /chardev c 1 3 && echo soon-fifo > /to-fifo && \
-    mkdir -p /long/directory-name-that-is-long-enough-to-need-a-pax-or-gnu-header-in-the-tar && \
-    echo l > /long/directory-name-that-is-long-enough-to-need-a-pax-or-gnu-header-in-the-tar/file-with-a-long-name-too && \
+    n=0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz && \
+    mkdir /long && echo l > /long/$n-$n && \
     echo u > '/unicode é ü'
 RUN rm /del/file && rm -rf /deldir && rm -rf /opq && mkdir /opq && echo new > /opq/f && mkdir /opq/sub && \
     echo n > /opq/sub/n
