@@ -247,3 +247,67 @@ def test_usage_errors_exit_2(saved):
 def test_debug_shows_traceback(tmp_path):
     proc = cli("docker-dir-id", "--debug", tmp_path / "missing")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+# -- what is missing: dropped content (66) or a broken directory (65) ---------------------
+
+@pytest.mark.parametrize("how, code, words", [
+    ("symlink loop", EXIT_BAD_DIR, "symlink loop"),
+    ("dangling link elsewhere", EXIT_BAD_DIR, "dangling symlink"),
+    ("deleted", EXIT_BAD_DIR, "missing"),
+    ("dangling link into an annex", EXIT_CONTENT_MISSING, "datalad get"),
+    ("unlocked annex pointer", EXIT_CONTENT_MISSING, "datalad get"),
+])
+def test_absent_layer_is_content_missing_only_when_git_annex_would_provide_it(cold_dir, tmp_path, how, code,
+                                                                             words):
+    d, _ = cold_dir()
+    layer = d / manifest(d)[0]["Layers"][0]
+    layer.unlink()
+    if how == "symlink loop":
+        os.symlink(layer.name, layer)
+    elif how == "dangling link elsewhere":
+        os.symlink("../gone/elsewhere.tar", layer)
+    elif how == "dangling link into an annex":
+        os.symlink("../.git/annex/objects/Xx/Yy/SHA256E-s1--ab/SHA256E-s1--ab", layer)
+    elif how == "unlocked annex pointer":
+        layer.write_text("/annex/objects/SHA256E-s10240--" + "a" * 64 + "\n")
+    line = one_line_error(cli("docker-dir-id", "--verify", d), code)
+    assert words in line, line
+    exec_line = one_line_error(cli("docker-dir-exec", d, "true", cwd=tmp_path), code)  # cold: needs the layers
+    assert words in exec_line, exec_line
+    assert cli("docker-dir-id", d).returncode == 0  # the ID needs no layer
+
+
+# -- every command, the same verdict on a path the manifest names -------------------------
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "a\x00b", "\ud800", "x/../../y", "a\nb"])
+def test_a_bad_layer_path_gets_the_same_verdict_from_every_command(saved, tmp_path, bad):
+    d = copy(saved.one, tmp_path / "img")
+    entries = manifest(d)
+    entries[0]["Layers"].append(bad)
+    (d / "manifest.json").write_text(json.dumps(entries))  # \ud800 and NUL as JSON escapes
+    for options in ([], ["--json"], ["--verify"]):
+        one_line_error(cli("docker-dir-id", *options, d), EXIT_BAD_DIR)
+    one_line_error(cli("docker-dir-exec", "--engine", "docker", d, "true",
+                       env=dict(os.environ, DOCKER_HOST="unix:///nonexistent.sock")), EXIT_BAD_DIR)
+
+
+def test_a_huge_manifest_is_refused_before_it_is_read(saved, tmp_path):
+    """78 MB of manifest took 4.5 s and 585 MB of memory; refused at once now."""
+    import resource
+    import time
+
+    d = copy(saved.one, tmp_path / "img")
+    entry = manifest(d)[0]
+    with open(d / "manifest.json", "w") as out:  # written in pieces: a 78 MB string here would
+        out.write(json.dumps([entry])[:-3])  # make this process (and its forks) as large
+        for _ in range(1200):
+            out.write(', "' + '", "'.join(["x" * 64 + "/layer.tar"] * 1000) + '"')
+        out.write("]}]")
+    assert (d / "manifest.json").stat().st_size > 78 << 20
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.monotonic()
+    line = one_line_error(cli("docker-dir-id", d), EXIT_BAD_DIR)
+    assert "larger than 16 MiB" in line
+    assert time.monotonic() - started < 3
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(before, 100_000)  # kB: under 100 MB

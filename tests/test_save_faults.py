@@ -303,6 +303,25 @@ def test_rename_exchange_swaps_whole_trees(tmp_path):
     assert os.listdir(tmp_path / "a") == ["y"] and os.listdir(tmp_path / "b") == ["x"]
 
 
+def test_engine_save_dies_with_a_killed_docker_dir_save(images, tmp_path):
+    """kill -9 of docker-dir-save left its `docker save` exporting for nobody for up to
+    3.7 s; it has the parent-death signal now."""
+    proc = start_save(images.multi, tmp_path / "img")
+    deadline = time.monotonic() + 60
+    engine = None
+    while engine is None and time.monotonic() < deadline and proc.poll() is None:
+        engine = next((c for c in children(proc.pid) if is_docker_save(c)), None)
+        time.sleep(0.001)
+    assert engine is not None, "no docker save child seen"
+    stop(engine)  # it can neither finish nor notice the closed pipe
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 2
+    while stat_of(engine) and stat_of(engine)[0] != "Z":
+        assert time.monotonic() < deadline, "docker save outlived docker-dir-save by 2 s"
+        time.sleep(0.01)
+
+
 # -- random kills (issue 7) ---------------------------------------------------
 
 def test_random_sigkills_leave_dir_absent_or_complete(images, tmp_path):

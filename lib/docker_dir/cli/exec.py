@@ -10,7 +10,7 @@ from ..engine import get_engine
 from ..engine.base import Mount, RunRequest
 from ..engine.hot import replace_process
 from ..errors import EngineUnavailable, NotLoaded, UsageError
-from ..format.imagedir import ImageDir
+from ..format.imagedir import read_consistently
 from .common import run
 
 PROG = "docker-dir-exec"
@@ -92,6 +92,23 @@ def shebang_script(command):
     return None
 
 
+def present_image(image_dir, args):
+    """The engine, and its reference of the selected image, which it holds once this returns."""
+    image = image_dir.select(repo_tag=args.repo_tag, config=args.config, platform=args.platform)
+    engine = get_engine(args.engine)  # after the directory: its errors come first
+    ref = engine.image_ref(image.config_digest())
+    if not engine.has_image(ref):
+        if args.no_load:
+            raise NotLoaded(f"{engine.name} does not have the image of {args.dir} and --no-load was given; "
+                            f"load it with '{PROG} --load-only {args.dir}'")
+        from ..application.load import ensure_loaded
+        from .common import TerminalReporter, trap_signals
+
+        trap_signals()
+        ensure_loaded(engine, image, ref, TerminalReporter(PROG, args.quiet))
+    return engine, ref
+
+
 def run_request(args, ref):
     """What to run: like a local command, in the caller's directory, as the caller."""
     cwd = os.getcwd()
@@ -107,18 +124,7 @@ def run_request(args, ref):
 
 def main(argv):
     args = parse(argv)
-    image = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config, platform=args.platform)
-    engine = get_engine(args.engine)
-    ref = engine.image_ref(image.config_digest())
-    if not engine.has_image(ref):
-        if args.no_load:
-            raise NotLoaded(f"{engine.name} does not have the image of {args.dir} and --no-load was given; "
-                            f"load it with '{PROG} --load-only {args.dir}'")
-        from ..application.load import ensure_loaded
-        from .common import TerminalReporter, trap_signals
-
-        trap_signals()
-        ensure_loaded(engine, image, ref, TerminalReporter(PROG, args.quiet))
+    engine, ref = read_consistently(args.dir, lambda image_dir: present_image(image_dir, args))
     if args.load_only:
         return 0
     argv = engine.run_argv(run_request(args, ref))

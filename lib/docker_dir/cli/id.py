@@ -3,7 +3,7 @@ import os
 
 from ..engine import ENGINES
 from ..errors import CantWrite
-from ..format.imagedir import ImageDir
+from ..format.imagedir import read_consistently
 from .common import run
 
 PROG = "docker-dir-id"
@@ -112,17 +112,21 @@ def _umask():
     return mask
 
 
-def main(argv):
-    args = parse(argv)
-    image = ImageDir(args.dir).select(repo_tag=args.repo_tag, config=args.config, platform=args.platform)
+def describe(image_dir, args):
+    """What docker-dir-id prints for the image the options select."""
+    image = image_dir.select(repo_tag=args.repo_tag, config=args.config, platform=args.platform)
     if args.verify:
         image.verify()
     if args.json:
         import json
 
-        text = json.dumps(image.summary(), indent=2) + "\n"
-    else:
-        text = image.image_id() + "\n"
+        return json.dumps(image.summary(), indent=2) + "\n"
+    return image.image_id() + "\n"
+
+
+def main(argv):
+    args = parse(argv)
+    text = read_consistently(args.dir, lambda image_dir: describe(image_dir, args))
     if args.output:
         write_if_changed(args.output, text)
     else:

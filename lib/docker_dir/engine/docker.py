@@ -33,7 +33,7 @@ class DockerEngine(CliEngine):
         if rootless and sock != rootless:
             return f"a rootless Docker daemon listens at {rootless}: export DOCKER_HOST=unix://{rootless}"
         return ("start the daemon (e.g. 'sudo systemctl start docker', or run 'dockerd' as root), point "
-                f"DOCKER_HOST at a running one,{podman or ' or'} choose another engine with --engine")
+                "DOCKER_HOST at a running one," + (podman or " or choose another engine with --engine"))
 
     def rootless(self):
         """A rootless daemon (rootlesskit) runs as the user, whose socket it owns; the

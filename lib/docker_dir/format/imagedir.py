@@ -10,6 +10,7 @@ followed only while their target stays inside the enclosing git work tree (git-a
 keeps content in .git/annex/objects, or in a submodule's gitdir/annex/objects) or,
 outside git, inside the image directory.
 """
+import errno
 import os
 import stat
 
@@ -52,6 +53,38 @@ def sha256_file(path):
         raise BadImageDir(f"{path}: cannot read ({err.strerror})") from None
     with stream:
         return sha256_stream(stream)
+
+
+_ANNEX_OBJECTS = "annex/objects/"
+_POINTER_MAX = 1024
+
+
+def content_state(path):
+    """"present"; "annexed" when git-annex would provide the content (a dangling link into
+    an annex, or an unlocked file's pointer); else what is wrong: "missing", "a dangling
+    symlink", "a symlink loop"."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        target = path
+        for _ in range(40):  # the kernel's own limit on a chain of links
+            try:
+                target = os.path.join(os.path.dirname(target), os.readlink(target))
+            except OSError:
+                break
+            if _ANNEX_OBJECTS in target:
+                return "annexed"
+        return "a dangling symlink" if os.path.islink(path) else "missing"
+    except OSError as err:
+        return "a symlink loop" if err.errno == errno.ELOOP else f"unreadable ({err.strerror})"
+    if stat.S_ISREG(st.st_mode) and st.st_size < _POINTER_MAX:
+        try:
+            with open_regular(path) as stream:
+                if stream.read(_POINTER_MAX).startswith(b"/" + _ANNEX_OBJECTS.encode()):
+                    return "annexed"
+        except OSError:
+            pass
+    return "present"
 
 
 def _enclosing_roots(real_dir):
@@ -224,12 +257,22 @@ class Image:
         return [p for p in self.referenced_files() if not os.path.exists(self.image_dir.resolve(p))]
 
     def require_content(self):
-        missing = self.missing_files()
-        if missing:
+        """Every file is here; else ContentMissing if git-annex would provide the missing
+        ones (dropped content), BadImageDir if the directory itself is broken."""
+        annexed = []
+        for relpath in self.referenced_files():
+            path = self.image_dir.resolve(relpath)
+            state = content_state(path)
+            if state == "annexed":
+                annexed.append(relpath)
+            elif state != "present":
+                raise BadImageDir(f"{path}: {state}; the image directory is damaged or incompletely copied, "
+                                  "save the image again")
+        if annexed:
             total = len(self.referenced_files())
             raise ContentMissing(
-                f"{self.image_dir.path}: {len(missing)} of {total} image files are not present "
-                f"(first: {missing[0]}); " + GET_CONTENT_HINT.format(d=self.image_dir.path))
+                f"{self.image_dir.path}: {len(annexed)} of {total} image files are not present "
+                f"(first: {annexed[0]}); " + GET_CONTENT_HINT.format(d=self.image_dir.path))
 
     def layer_digests(self):
         """Digest of each layer: as stored where the layout names it, else the config's diff_id."""
@@ -345,8 +388,11 @@ class ImageDir:
             with open_regular(path) as stream:
                 data = read_bounded(stream)
         except FileNotFoundError:
-            if os.path.lexists(path):
+            state = content_state(path)
+            if state == "annexed":
                 raise ContentMissing(f"{path} is not present; " + GET_CONTENT_HINT.format(d=self.path)) from None
+            if os.path.lexists(path):
+                raise BadImageDir(f"{path}: {state}; the image directory is damaged, save the image again") from None
             raise BadImageDir(missing_message) from None
         except TooLarge as err:
             raise BadImageDir(f"{path}: {err}; refusing it") from None
@@ -402,6 +448,38 @@ class ImageDir:
         return unreadable_directory(self.path)
 
 
-def image_id(path, repo_tag=None, config=None):
+def _identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def read_consistently(path, work, attempts=10):
+    """work(ImageDir(path)), seeing one image although `docker-dir-save --force` may
+    replace DIR meanwhile (an atomic swap): when DIR is another directory after the work
+    than before it, the work starts again on the new one (a failure seen meanwhile, such
+    as a file of the old image gone, is not reported)."""
+    from ..errors import DockerDirError, Interrupted
+
+    failure = None
+    for _ in range(attempts):
+        before = _identity(path)
+        try:
+            result = work(ImageDir(path))
+        except (DockerDirError, OSError) as err:
+            if isinstance(err, Interrupted) or _identity(path) == before:
+                raise
+            failure = err
+            continue
+        if _identity(path) == before:
+            return result
+    if failure is not None:
+        raise failure
+    raise BadImageDir(f"{path}: replaced {attempts} times while it was read; try again")
+
+
+def image_id(path, repo_tag=None, config=None, platform=None):
     """The config digest (`sha256:<hex>`) of the image saved in directory `path`."""
-    return ImageDir(path).select(repo_tag=repo_tag, config=config).image_id()
+    return read_consistently(path, lambda image_dir: image_dir.select(repo_tag, config, platform).image_id())
