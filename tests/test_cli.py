@@ -111,3 +111,27 @@ def test_loads_json_refuses_what_no_engine_writes(text):
     json.loads(text)
     with pytest.raises(ValueError):
         loads_json(text)
+
+
+# -- the small things ----------------------------------------------------------------
+
+@pytest.mark.parametrize("prog", PROGS)
+def test_version_from_a_checkout_and_installed(prog):
+    import os
+    import subprocess
+    import sys
+
+    from docker_dir import __version__
+
+    proc = cli(prog, "--version")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"{prog} {__version__}\n", "")
+    installed = os.path.join(os.path.dirname(sys.executable), prog)  # pip install -e put it there
+    proc = subprocess.run([installed, "--version"], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (0, f"{prog} {__version__}\n"), proc.stderr
+
+
+def test_errors_show_dir_normalised(tmp_path):
+    typed = f"{tmp_path}//missing/./"
+    for prog, extra in (("docker-dir-id", []), ("docker-dir-exec", ["true"])):
+        proc = cli(prog, typed, *extra)
+        assert proc.stderr.startswith(f"{prog}: {tmp_path}/missing: no such directory"), proc.stderr

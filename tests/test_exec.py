@@ -182,10 +182,17 @@ def test_no_load_and_load_only(cold_dir, tmp_path):
 
 
 def test_load_progress_on_a_tty(cold_dir, tmp_path):
-    d, _ = cold_dir()
-    status, out = cli_on_tty("docker-dir-exec", "--load-only", d, cwd=tmp_path)
+    """The files to send are the total; percent; one final line kept."""
+    d, image = cold_dir()
+    status, out = cli_on_tty("docker-dir-exec", "--load-only", f"{d}/", cwd=tmp_path)
     assert status == 0, out
-    assert b"\rloading " in out and b"MB" in out
+    text = out.decode().replace("\x1b[K", "")
+    final = text.replace("\r", "\n").strip().splitlines()[-1]
+    sent = sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and f.name != "manifest.json"
+               and f.name not in ("VERSION", "json", "repositories"))
+    total = f"{sent / 1e6:.1f} MB" if sent >= 1e6 else f"{sent / 1e3:.1f} kB"
+    assert final.startswith(f"loading {d}: ") and f"of {total} (100%)" in final, (final, total)
+    assert text.endswith("\n")
 
 
 # -- read-only and git-annex directories -----------------------------------

@@ -54,3 +54,7 @@ def test_second_install_into_a_debian_python_venv_has_runnable_scripts(tmp_path)
         assert script.read_text().splitlines()[0] == f"#!{bin_dir / 'python3'}", name
         proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "exit status:" in proc.stdout, (name, proc.stderr)
+        from docker_dir import __version__
+
+        proc = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+        assert proc.stdout == f"{name} {__version__}\n", (name, proc.stderr)

@@ -4,13 +4,14 @@ Hostile archives and interruptions are in test_save_hostile.py and test_save_fau
 """
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
 
 import pytest
 
-from conftest import cli, cli_on_tty, manifest, one_line_error, tree_digest
+from conftest import cli, cli_on_tty, docker, manifest, one_line_error, tree_digest
 
 from docker_dir.cli.save import normalize_ref
 from docker_dir.errors import EXIT_CANT_WRITE, EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE, EXIT_USAGE
@@ -164,10 +165,25 @@ def test_gitattributes(images, tmp_path):
     assert cli("docker-dir-exec", d, "true", cwd=tmp_path).returncode == 0
 
 
+def progress_lines(out):
+    """The states a progress line went through on a terminal, and the lines printed after."""
+    text = out.decode(errors="replace").replace("\x1b[K", "")
+    return [part.strip() for part in text.replace("\n", "\r").split("\r") if part.strip()]
+
+
 def test_progress_only_on_a_tty(images, tmp_path):
+    """A total (the engine's image size), percent and time left; what the first byte waits
+    for; one final line kept when done."""
     status, out = cli_on_tty("docker-dir-save", images.multi, tmp_path / "t")
     assert status == 0, out
-    assert b"\rsaving " in out and b"MB/s" in out
+    states = progress_lines(out)
+    size = docker("image", "inspect", "--format", "{{.Size}}", images.multi).stdout.strip()
+    total = f"{int(size) / 1e6:.1f} MB"
+    assert states[0] == f"saving {images.multi}: the engine is preparing the export ({total})", states
+    final = [s for s in states if s.startswith("saving ") and "%" in s][-1]
+    assert re.fullmatch(rf"saving {re.escape(images.multi)}: [\d.]+ MB of {re.escape(total)} \(\d+%\), "
+                        r"[\d.]+ [kMG]?B/s, [\d.]+ s", final), final
+    assert out.count(b"\n") >= 2  # the final progress line stays, then the summary
     plain = cli("docker-dir-save", images.multi, tmp_path / "p")
     assert "\r" not in plain.stderr and "MB/s" not in plain.stderr
 

@@ -13,8 +13,10 @@ class Reporter:
     def waiting(self, message):
         """A wait on another process began (e.g. its load of the same image)."""
 
-    def transfer(self, label, total=None):
-        """A byte stream began; returns a callable taking byte counts, with close() and cancel()."""
+    def transfer(self, label, total=None, waiting=None):
+        """A byte stream of about `total` bytes begins, its first byte waiting for what
+        `waiting` says; returns a callable taking byte counts, with reset(total), close()
+        and cancel()."""
         return _Uncounted()
 
 
@@ -23,6 +25,9 @@ class _Uncounted:
 
     def __call__(self, nbytes):
         self.done += nbytes
+
+    def reset(self, total):
+        self.done = 0
 
     def close(self):
         """The stream ended."""

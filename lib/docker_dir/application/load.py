@@ -3,6 +3,7 @@ import fcntl
 import os
 
 from ..errors import EngineFailed
+from ..format.tarstream import bytes_to_send
 from ..nodelocal import open_lock, private_dir, runtime_dir
 from . import QUIET
 
@@ -65,13 +66,14 @@ def _load(engine, image, ref, reporter):
     held = engine.held_layers(image)
     where = image.image_dir.path
     label = f"loading {where}" + (f" ({held} of {len(image.layers)} layers already in {engine.name})" if held else "")
-    progress = reporter.transfer(label)
+    progress = reporter.transfer(label, total=bytes_to_send(image, held))
     try:
         try:
             engine.load(image, ref, on_bytes=progress, held=held)
         except EngineFailed:
             if not held:
                 raise
+            progress.reset(bytes_to_send(image))
             engine.load(image, ref, on_bytes=progress)
     finally:
         progress.close()

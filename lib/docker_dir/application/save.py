@@ -140,7 +140,8 @@ def save(engine, refs, path, force=False, reporter=QUIET, write_gitattributes=Fa
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _CATCHABLE)
         raise
-    progress = reporter.transfer(f"saving {' '.join(refs)}")
+    progress = reporter.transfer(f"saving {' '.join(refs)}", total=engine.image_size(refs),
+                                 waiting="the engine is preparing the export")
     started = time.monotonic()
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _CATCHABLE)  # a pending signal raises here

@@ -72,6 +72,7 @@ def parse(argv):
         args.dir, words = words[0], words[1:]
     else:
         raise UsageError(f"missing DIR (or set ${IMAGE_ENV}) (see '{PROG} --help')")
+    args.dir = os.path.normpath(args.dir)  # as messages show it: no trailing slash
     args.command = words[1:] if words[:1] == ["--"] else words
     return args
 

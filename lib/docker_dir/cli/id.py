@@ -49,13 +49,16 @@ def quick_parse(argv):
             return None
     if len(positional) != 1:
         return None
-    args.dir = positional[0]
+    args.dir = os.path.normpath(positional[0])
     return args
 
 
 def parse(argv):
     args = quick_parse(argv)
-    return full_parse(argv) if args is None else args
+    if args is None:
+        args = full_parse(argv)
+        args.dir = os.path.normpath(args.dir)  # as messages show it: no trailing slash
+    return args
 
 
 def full_parse(argv):

@@ -3,6 +3,7 @@ import argparse
 import os
 import sys
 
+from .. import __version__
 from ..engine import ENGINES
 from ..errors import EXIT_CODES, UsageError
 
@@ -34,6 +35,8 @@ class Parser(argparse.ArgumentParser):
         super().__init__(prog=prog, description=description, epilog=exit_codes_help(),
                          formatter_class=_Formatter, **kwargs)
         self.add_argument("--debug", action="store_true", help="show a traceback on errors")
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                          help="print the version and exit")
 
     def error(self, message):
         raise UsageError(f"{message} (see '{self.prog} --help')")

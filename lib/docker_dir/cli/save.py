@@ -1,4 +1,5 @@
 """docker-dir-save: stream `docker save` into a directory, atomically and safely."""
+import os
 import re
 import sys
 
@@ -36,6 +37,7 @@ def normalize_ref(ref):
 
 def main(argv):
     args = parse(argv)
+    args.dir = os.path.normpath(args.dir)  # as messages show it: no trailing slash
     trap_signals()
     engine = get_engine(args.engine)
     refs = [normalize_ref(ref) for ref in args.images]

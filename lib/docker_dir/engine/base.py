@@ -14,6 +14,7 @@ engine/__init__.py ENGINES. It implements:
 - `load(image, ref, on_bytes, held)`: put a format.Image into the store under `ref`,
   sending only the layers after the first `held`;
 - `save_command(refs)`: the plumbum command whose stdout is a docker-archive tar;
+  `image_size(refs)`: about how many bytes that stream carries (for the progress line);
 - `run_argv(request) -> argv`: the command line that runs a `RunRequest` (execv'd);
 - `error(stderr, doing) -> DockerDirError`: an engine complaint, classified.
 
@@ -152,6 +153,14 @@ class CliEngine(Engine):
         if self.is_not_found(stderr):
             return None
         raise self.error(stderr, f"inspecting {ref}")
+
+    def image_size(self, refs):
+        """About how many bytes a save of `refs` streams (their sizes as the engine reports them)."""
+        from .process import command, run
+
+        out = run(self, command(self.binary, "image", "inspect", "--format", "{{.Size}}", *refs),
+                  "asking image sizes", retcode=None)[1]
+        return sum(int(word) for word in out.split() if word.isdigit()) or None
 
     def stored_digest(self, digests):
         """Classic stores and podman know an image by its config digest, the containerd

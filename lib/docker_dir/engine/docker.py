@@ -133,6 +133,16 @@ class DockerEngine(CliEngine):
         except ValueError:
             return None
 
+    def image_size(self, refs):
+        sizes = []
+        for ref in refs:
+            answer = _api_image(ref)
+            try:
+                sizes.append(int(loads_json(answer[1])["Size"]))
+            except (TypeError, ValueError, KeyError):
+                return super().image_size(refs)  # no socket, or an answer we don't understand
+        return sum(sizes) or None
+
     def save_command(self, refs):
         from .process import command
 
