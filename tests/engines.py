@@ -157,6 +157,17 @@ def docker26_bin_dir():
 
 # -- side dockerd ---------------------------------------------------------------
 
+def log_tail(path, lines=8, skip=()):
+    """A daemon's complaints (warnings and worse) and its last lines: enough to see why it failed."""
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    complaints = [line for line in text if "level=info" not in line and "level=debug" not in line
+                  and not line.startswith(skip)]
+    return "\n".join(dict.fromkeys(complaints[-20:] + text[-lines:]))
+
+
 class SideDockerd:
     """A dockerd beside the main one; see the module docstring for the API."""
 
@@ -266,14 +277,8 @@ class SideDockerd:
                                    f"{self._log_tail()}")
             time.sleep(0.2)
 
-    def _log_tail(self, lines=8):
-        """Its complaints (warnings and worse) and its last lines: enough to see why it failed."""
-        try:
-            text = Path(self.log_path).read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        complaints = [line for line in text if "level=info" not in line and "level=debug" not in line]
-        return "\n".join(dict.fromkeys(complaints[-20:] + text[-lines:]))
+    def _log_tail(self):
+        return log_tail(self.log_path)
 
     def kill(self, signum=signal.SIGKILL):
         os.kill(self.pid, signum)

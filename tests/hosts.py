@@ -130,7 +130,9 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from engines import Unavailable
+from plumbum import local
+
+from engines import Unavailable, log_tail
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -328,10 +330,18 @@ def user_venv(repo=REPO):
 
 # -- rootless podman -------------------------------------------------------------------
 
-def _tar_stream(rootfs):
+def _import_as(user, env, engine, rootfs, ref, changes):
+    """`engine import` of a tar of rootfs as the user (plumbum pipeline); its output."""
     # go+rX: conftest's rootfs is a pytest temp dir (0700), and a 0700 "/" in the image
     # stops every non-root container user ("executable file not found in $PATH")
-    return subprocess.Popen(["tar", "-C", str(rootfs), "-c", "--mode=go+rX", "."], stdout=subprocess.PIPE)
+    tar = local["tar"]["-C", str(rootfs), "-c", "--mode=go+rX", "."]
+    argv = _as_user_argv(user, [engine, "import", *(["-q"] if engine == "podman" else []), *_import_argv(changes),
+                                "-", ref])
+    with local.cwd(user.home):
+        status, out, err = (tar | local[argv[0]][argv[1:]].with_env(**env)).run(retcode=None, timeout=120)
+    if status:
+        raise AssertionError(f"{engine} import as {user.name} failed: {err}")
+    return out.strip().splitlines()[-1]
 
 
 def _import_argv(changes):
@@ -356,18 +366,7 @@ class RootlessPodman:
         return run_as(self.user, ["podman", *args], input=input, timeout=timeout, cwd=cwd, check=check)
 
     def import_rootfs(self, rootfs, ref, changes=("ENV PATH=/bin", 'CMD ["sh"]')):
-        tar = _tar_stream(rootfs)
-        try:
-            proc = subprocess.run(_as_user_argv(self.user, ["podman", "import", "-q", *_import_argv(changes), "-",
-                                                            ref]),
-                                  stdin=tar.stdout, env=self.env(), cwd=self.user.home, capture_output=True,
-                                  text=True, timeout=120)
-        finally:
-            tar.stdout.close()
-            tar.wait()
-        if proc.returncode:
-            raise AssertionError(f"podman import as {self.user.name} failed: {proc.stderr}")
-        return proc.stdout.strip().splitlines()[-1]
+        return _import_as(self.user, self.env(), "podman", rootfs, ref, changes)
 
     def stop(self):
         self.podman("rm", "-af", "-t", "0", check=False)
@@ -423,17 +422,7 @@ class RootlessDockerd:
                       check=check)
 
     def import_rootfs(self, rootfs, ref, changes=("ENV PATH=/bin", 'CMD ["sh"]')):
-        tar = _tar_stream(rootfs)
-        try:
-            proc = subprocess.run(_as_user_argv(self.user, ["docker", "import", *_import_argv(changes), "-", ref]),
-                                  stdin=tar.stdout, env=self.env(), cwd=self.user.home, capture_output=True,
-                                  text=True, timeout=120)
-        finally:
-            tar.stdout.close()
-            tar.wait()
-        if proc.returncode:
-            raise AssertionError(f"docker import as {self.user.name} failed: {proc.stderr}")
-        return proc.stdout.strip()
+        return _import_as(self.user, self.env(), "docker", rootfs, ref, changes)
 
     def start(self, timeout=60):
         if self.runtime_dir is not None:
@@ -489,14 +478,8 @@ class RootlessDockerd:
                                    f"{self._log_tail()}")
             time.sleep(0.1)
 
-    def _log_tail(self, lines=8):
-        try:
-            text = Path(self.log_path).read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        complaints = [line for line in text if "level=info" not in line and "level=debug" not in line
-                      and not line.startswith("+ ")]
-        return "\n".join(dict.fromkeys(complaints[-20:] + text[-lines:]))
+    def _log_tail(self):
+        return log_tail(self.log_path, skip=("+ ",))  # dockerd-rootless.sh traces its shell
 
     def _own_pids(self):
         """Every process in the daemon's user namespace (dockerd, containerd, shims, containers),
