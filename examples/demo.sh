@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "demo: $*" >&2; }
 die() { say "error: $*"; exit 1; }
-DOCKER_DIR_EXTRAS=${DOCKER_DIR_EXTRAS-} . tests/provision.sh
+PROVISION_FOR=demo DOCKER_DIR_EXTRAS=${DOCKER_DIR_EXTRAS-} . tests/provision.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 work=$(mktemp -d)

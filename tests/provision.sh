@@ -5,9 +5,14 @@
 # installs nothing system-wide and uses what is there. Then the package goes into the
 # project's own virtual environment, .venv.
 # Expects: the repository as the current directory, and say/die functions.
+# PROVISION_FOR=demo provisions only what the demo needs (docker and busybox).
 
-SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo umoci buildah make iproute2 util-linux
+if [ "${PROVISION_FOR:-tests}" = demo ]; then
+  SYSTEM_PACKAGES="docker.io busybox-static"
+else
+  SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo umoci buildah make iproute2 util-linux
 python3-venv"
+fi
 
 . tests/provision-extra.sh
 
@@ -29,7 +34,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # shellcheck disable=SC2086
   _extra_locked extra_apt_install $SYSTEM_PACKAGES
   EXTRA_APT_OPTIONS=("${without_recommends[@]}")
-  provision_extra
+  [ "${PROVISION_FOR:-tests}" = demo ] || provision_extra
   docker info >/dev/null 2>&1 || start_dockerd
 elif ! docker info >/dev/null 2>&1; then
   die "no Docker engine reachable; start Docker, or run this as root on Debian to install and start one"
