@@ -8,7 +8,6 @@ import os
 
 from ..errors import BadImageDir
 from .imagedir import Image
-from .oci import Walker
 
 NAME = "containers dir: layout"
 
@@ -23,6 +22,8 @@ def blob_path(hexd):
 
 def images(image_dir):
     import hashlib  # the layout names its top manifest by no digest: hash it
+
+    from .oci import Walker  # here: claims() is asked of every directory, on the hot path too
 
     where = image_dir.join("manifest.json")
     data = image_dir.read_bytes("manifest.json", f"{where}: missing")

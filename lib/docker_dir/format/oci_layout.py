@@ -9,7 +9,6 @@ manifest.json (docker_archive), which carries the tags as docker knows them.
 import os
 
 from .imagedir import Image
-from .oci import Walker, descriptors, tags_of
 
 NAME = "OCI image layout"
 
@@ -23,6 +22,8 @@ def blob_path(hexd):
 
 
 def images(image_dir):
+    from .oci import Walker, descriptors, tags_of  # here: claims() is asked on the hot path too
+
     index = image_dir.read_json("index.json", f"{image_dir.join('index.json')}: missing")
     where = image_dir.join("index.json")
 
