@@ -26,6 +26,7 @@ git = local["git"]["-C", CHECKOUT]
 def checkout(rev):
     """bin/ of `rev` in a temporary worktree; the working tree itself when rev is None."""
     if rev is None:
+        local[PY]["-m", "compileall", "-q", os.path.join(CHECKOUT, "lib")]()
         yield os.path.join(CHECKOUT, "bin"), measured_at()["commit"]
         return
     path = tempfile.mkdtemp(prefix="docker-dir-rev-")
