@@ -15,6 +15,10 @@ engine/__init__.py ENGINES. It implements:
   sending only the layers after the first `held`;
 - `save_command(refs)`: the plumbum command whose stdout is a docker-archive tar;
 - `run_argv(request) -> argv`: the command line that runs a `RunRequest` (execv'd);
+- `unsupported(request) -> message | None`: why this engine cannot run the request as
+  asked (checked before anything is loaded; the default accepts everything);
+- `prune_cache(days) -> (entries, bytes, where)`: remove what the engine keeps for
+  docker-dir and did not use for `days` days (only engines that keep such a cache);
 - `error(stderr, doing) -> DockerDirError`: an engine complaint, classified.
 
 `CliEngine` implements all of it for engines with a docker-like CLI (`image inspect`,
@@ -23,7 +27,7 @@ short commands off the hot path go through plumbum (process.py).
 """
 import os
 
-from ..errors import EngineFailed, EngineUnavailable
+from ..errors import EngineFailed, EngineUnavailable, UsageError
 from .hot import find_program, quick_run
 
 PRIVATE_REPO = "localhost/docker-dir"
@@ -113,6 +117,13 @@ class Engine:
 
     def run_argv(self, request):
         raise NotImplementedError
+
+    def unsupported(self, request):
+        return None
+
+    def prune_cache(self, days):
+        raise UsageError(f"{self.name} keeps no cache of its own for docker-dir; --prune-cache is for "
+                         "--engine charliecloud")
 
     def error(self, stderr, doing):
         raise NotImplementedError
