@@ -44,7 +44,8 @@ ADDED = ("dev", "proc", "sys", "tmp", "home", "mnt", "etc/passwd", "etc/group", 
 RUNTIME_DOCKERFILE = r"""FROM scratch
 COPY rootfs/ /
 ENV PATH=/bin FOO=img GONE=img QUOTED="it's \"q\"" DOLLAR=\$PATH:/x SPACES="a  b" EQ=a=b
-RUN mkdir -p /opt/real /work && ln -s /opt/real /abs-link && ln -s ../../../../../../var/dd-escape /esc
+RUN mkdir -p /opt/real /work && ln -s /opt/real /abs-link && ln -s ../../../../../../var/dd-escape /esc && \
+    ln -s loop-b /loop-a && ln -s loop-a /loop-b
 WORKDIR /work
 ENTRYPOINT ["echo", "ep"]
 CMD ["c1", "c2"]
@@ -568,10 +569,94 @@ def test_full_disk(venv, shared, work, big):
         mountpoint.rmdir()
 
 
-def test_workdir_below_a_file_of_the_image(venv, shared, cache, work, oracle):
-    line = one_line_error(exec_as(venv, shared, cache, "-w", "/d2f/sub", oracle.dir, "true", cwd=work),
+@pytest.mark.parametrize("workdir, message", [
+    ("/d2f/sub", "/d2f is not a directory there"),  # a file of the image in the way
+    ("/zero/in/new", "/zero/in/new: Permission denied"),  # below a 0000 directory
+    ("/ro/other", "/ro/other: Permission denied"),  # in a 0555 one
+    ("/ro/new", "/ro/new is not a directory there"),  # a file where the workdir goes
+])
+def test_workdir_the_tree_cannot_hold(venv, shared, cache, work, oracle, workdir, message):
+    line = one_line_error(exec_as(venv, shared, cache, "-w", workdir, oracle.dir, "true", cwd=work),
                           EXIT_ENGINE_FAILED)
-    assert "/d2f is not a directory there" in line
+    assert f"cannot make {workdir} in the unpacked image" in line and message in line
+
+
+def test_file_bound_onto_a_directory_of_the_image(venv, shared, cache, work, runtime):
+    line = one_line_error(exec_as(venv, shared, cache, "-v", f"{shared}/bin/ch-run:/work", runtime.dir, "true",
+                                  cwd=work), EXIT_ENGINE_FAILED)
+    assert "/work is a directory there" in line
+
+
+def test_symlink_loop_in_a_destination(venv, shared, cache, work, runtime):
+    line = one_line_error(exec_as(venv, shared, cache, "-w", "/loop-a/x", runtime.dir, "true", cwd=work),
+                          EXIT_ENGINE_FAILED)
+    assert "too many symlinks" in line
+
+
+def test_without_user_variable(venv, shared, cache, work, runtime):
+    """ch-run needs $USER; cron and some batch systems do not set it."""
+    user = user_info(USER)
+    env = {"PATH": str(shared / "bin"), "DOCKER_DIR_CACHE": str(cache), "DOCKER_HOST": NO_DAEMON}
+    proc = subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--",
+                           str(venv / "docker-dir-exec"), "--engine", "charliecloud", "--entrypoint", "echo",
+                           str(runtime.dir), "no USER"], env=env, cwd=work, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (0, "no USER\n"), proc.stderr
+
+
+def test_cwd_with_a_colon_and_a_bind_on_root_are_refused(venv, shared, cache, work, runtime):
+    odd = work / "a:b"
+    odd.mkdir()
+    os.chown(odd, user_info(USER).uid, user_info(USER).gid)
+    line = one_line_error(exec_as(venv, shared, cache, runtime.dir, "true", cwd=odd), EXIT_USAGE)
+    assert "cannot bind a path with ':'" in line
+    line = one_line_error(exec_as(venv, shared, cache, "-v", f"{work}:/", runtime.dir, "true", cwd=work),
+                          EXIT_USAGE)
+    assert "absolute path other than /" in line
+    assert entries(cache) == []
+
+
+def test_env_value_with_a_newline(venv, shared, cache, work, rootfs):
+    """A value ch-run's environment file cannot hold as a line goes on its command line;
+    entries without a name are left out, as they cannot be set."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    directory = Path(tempfile.mkdtemp(dir=shared))
+    directory.chmod(0o755)
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        tar.add(rootfs, arcname=".")
+    layer = layer.getvalue()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Env": ["PATH=/bin", "NL=line1\nline2", "NOEQ", "=nameless"]},
+                         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]}
+                         }).encode()
+    config_hex = hashlib.sha256(config).hexdigest()
+    (directory / f"{config_hex}.json").write_bytes(config)
+    (directory / "layer").mkdir()
+    (directory / "layer/layer.tar").write_bytes(layer)
+    (directory / "manifest.json").write_text(json.dumps([{"Config": f"{config_hex}.json", "RepoTags": None,
+                                                          "Layers": ["layer/layer.tar"]}]))
+    subprocess.run(["chmod", "-R", "a+rX", str(directory)], check=True)
+    proc = exec_as(venv, shared, cache, directory, "sh", "-c", 'printf "%s|" "$NL"; env | grep -c NOEQ', cwd=work)
+    assert proc.stdout == "line1\nline2|0\n", proc.stderr
+
+
+def test_entry_made_meanwhile_by_another_node_is_kept(monkeypatch, tmp_path, runtime, ch_run):
+    """Two nodes sharing a cache take no common lock: the second rename finds the first's
+    complete entry, keeps it and drops its own."""
+    from docker_dir.engine.charliecloud import CharliecloudEngine
+    from docker_dir.format.imagedir import ImageDir
+
+    monkeypatch.setenv("DOCKER_DIR_CACHE", str(tmp_path / "cache"))
+    engine, image = CharliecloudEngine(), ImageDir(str(runtime.dir)).select()
+    engine.load(image, runtime.hex)
+    first = os.stat(tmp_path / "cache" / runtime.hex).st_ino
+    engine.load(image, runtime.hex)
+    assert os.stat(tmp_path / "cache" / runtime.hex).st_ino == first
+    assert os.listdir(tmp_path / "cache") == [runtime.hex]
 
 
 def test_entry_gone_between_check_and_run(monkeypatch, tmp_path, ch_run):

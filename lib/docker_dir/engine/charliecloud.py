@@ -519,8 +519,9 @@ def make_path(root_fd, path, directory=True):
                 done = []
             todo.extend(target.split("/")[::-1])
             continue
-        if not last and not stat.S_ISDIR(st.st_mode):
-            raise EngineFailed(f"cannot make {path} in the unpacked image: /{rel} is not a directory there")
+        if (directory or not last) != stat.S_ISDIR(st.st_mode):
+            kind = "is a directory" if stat.S_ISDIR(st.st_mode) else "is not a directory"
+            raise EngineFailed(f"cannot make {path} in the unpacked image: /{rel} {kind} there")
         done.append(name)
     return "/" + "/".join(done)
 
