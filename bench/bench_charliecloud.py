@@ -87,7 +87,8 @@ def main():
                                                  image_dir]),
             }, cold_runs, before_each=make_cold, cpu=cold_cpu)
             med_cold = {n: median(v) for n, v in cold.items()}
-            flags = " ".join(a for a in same_flags_argv(cache, hex_id, cwd)[1:] if a.startswith("-"))
+            argv = same_flags_argv(cache, hex_id, cwd)
+            flags = " ".join(a for a in argv[1:argv.index("--") - 1] if a.startswith("-"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
