@@ -23,24 +23,24 @@ def runtime_dir():
     return os.path.join("/tmp", f"docker-dir-{os.geteuid()}")
 
 
-def private_dir(path, what="lock directory"):
+def private_dir(path, what="lock directory", hint="set XDG_RUNTIME_DIR to a directory of your own"):
     """`path`, made if missing; refused unless it is a directory of the caller's own that
-    nobody else may enter (a looser mode on the caller's own directory is tightened)."""
+    nobody else may enter (a looser mode on the caller's own directory is tightened).
+    `hint` ends the refusals: how to choose another directory."""
     uid = os.geteuid()
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
     except OSError as err:
-        raise CantWrite(f"{path}: cannot create the {what} ({err.strerror}); set XDG_RUNTIME_DIR to a "
-                        "directory of your own") from None
+        raise CantWrite(f"{path}: cannot create the {what} ({err.strerror}); {hint}") from None
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise CantWrite(f"{path}: the {what} is a symlink or not a directory; someone else may have put it "
-                        "there: remove it, or set XDG_RUNTIME_DIR to a directory of your own")
+                        f"there: remove it, or {hint}")
     if st.st_uid != uid:
         raise CantWrite(f"{path}: the {what} belongs to uid {st.st_uid}, not to you ({uid}); another user "
-                        "made it first: have it removed, or set XDG_RUNTIME_DIR to a directory of your own")
+                        f"made it first: have it removed, or {hint}")
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
     return path

@@ -20,7 +20,7 @@ IMAGE_ENV = "DOCKER_DIR_IMAGE"
 class _NoOptions:
     """What argparse would return for a command line without options."""
 
-    engine = repo_tag = config = platform = workdir = user = network = entrypoint = None
+    engine = repo_tag = config = platform = workdir = user = network = entrypoint = prune_cache = None
     no_load = load_only = quiet = debug = False
 
     def __init__(self, words):
@@ -55,9 +55,22 @@ def _parse_options(argv):
     parser.add_argument("--entrypoint", metavar="CMD")
     parser.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                         help="passed to '<engine> run' verbatim (repeatable)")
+    parser.add_argument("--prune-cache", type=_days, metavar="DAYS",
+                        help="remove the images unpacked for charliecloud that no exec used for DAYS days, "
+                             "then exit (no DIR)")
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="DIR [--] CMD [ARGS...]",
                         help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def _days(text):
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1
+    if not days >= 0:
+        raise UsageError(f"--prune-cache {text}: give a number of days >= 0")
+    return days
 
 
 def parse(argv):
@@ -70,9 +83,12 @@ def parse(argv):
         args.dir = env_dir
     elif words:
         args.dir, words = words[0], words[1:]
+    elif args.prune_cache is not None:
+        args.dir = None
     else:
         raise UsageError(f"missing DIR (or set ${IMAGE_ENV}) (see '{PROG} --help')")
-    args.dir = os.path.normpath(args.dir)  # as messages show it: no trailing slash
+    if args.dir is not None:
+        args.dir = os.path.normpath(args.dir)  # as messages show it: no trailing slash
     args.command = words[1:] if words[:1] == ["--"] else words
     return args
 
@@ -94,10 +110,14 @@ def shebang_script(command):
 
 
 def present_image(image_dir, args):
-    """The engine, and its reference of the selected image, which it holds once this returns."""
+    """The engine, and the request to run the selected image, which it holds once this returns."""
     image = image_dir.select(repo_tag=args.repo_tag, config=args.config, platform=args.platform)
     engine = get_engine(args.engine)  # after the directory: its errors come first
     ref = engine.image_ref(image.config_digest())
+    request = run_request(args, ref)
+    problem = engine.unsupported(request)  # before anything is loaded
+    if problem:
+        raise UsageError(problem)
     if not engine.has_image(ref):
         if args.no_load:
             raise NotLoaded(f"{engine.name} does not have the image of {args.dir} and --no-load was given; "
@@ -107,7 +127,7 @@ def present_image(image_dir, args):
 
         trap_signals()
         ensure_loaded(engine, image, ref, TerminalReporter(PROG, args.quiet))
-    return engine, ref
+    return engine, request
 
 
 def run_request(args, ref):
@@ -123,12 +143,24 @@ def run_request(args, ref):
                       entrypoint=args.entrypoint, extra_args=args.engine_arg)
 
 
+def prune(args):
+    from .common import human
+
+    removed, freed, where = get_engine(args.engine).prune_cache(args.prune_cache)
+    if not args.quiet:
+        print(f"{PROG}: removed {removed} unpacked image(s), {human(freed)}, unused for {args.prune_cache:g} days, "
+              f"from {where}", file=sys.stderr)
+    return 0
+
+
 def main(argv):
     args = parse(argv)
-    engine, ref = read_consistently(args.dir, lambda image_dir: present_image(image_dir, args))
+    if args.prune_cache is not None:
+        return prune(args)
+    engine, request = read_consistently(args.dir, lambda image_dir: present_image(image_dir, args))
     if args.load_only:
         return 0
-    argv = engine.run_argv(run_request(args, ref))
+    argv = engine.run_argv(request)
     try:
         replace_process(argv)
     except OSError as err:

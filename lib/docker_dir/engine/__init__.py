@@ -8,7 +8,7 @@ to implement), plus its name in ENGINES.
 """
 import os
 
-ENGINES = ("docker", "podman")
+ENGINES = ("docker", "podman", "charliecloud")
 
 
 def engine_class(name):

@@ -13,9 +13,15 @@ engine/__init__.py ENGINES. It implements:
   already holds and need not be sent (0 where it cannot take a short load);
 - `load(image, ref, on_bytes, held)`: put a format.Image into the store under `ref`,
   sending only the layers after the first `held`;
+- `inspect_id(ref) -> ID | None`: the engine's ID of an image reference (docker-dir-save
+  asks it of every IMAGE first), None when it has no such image;
 - `save_command(refs)`: the plumbum command whose stdout is a docker-archive tar;
   `image_size(refs)`: about how many bytes that stream carries (for the progress line);
 - `run_argv(request) -> argv`: the command line that runs a `RunRequest` (execv'd);
+- `unsupported(request) -> message | None`: why this engine cannot run the request as
+  asked (checked before anything is loaded; the default accepts everything);
+- `prune_cache(days) -> (entries, bytes, where)`: remove what the engine keeps for
+  docker-dir and did not use for `days` days (only engines that keep such a cache);
 - `error(stderr, doing) -> DockerDirError`: an engine complaint, classified.
 
 `CliEngine` implements all of it for engines with a docker-like CLI (`image inspect`,
@@ -24,7 +30,7 @@ short commands off the hot path go through plumbum (process.py).
 """
 import os
 
-from ..errors import EngineFailed, EngineUnavailable
+from ..errors import EngineFailed, EngineUnavailable, UsageError
 from .hot import find_program, quick_run
 
 PRIVATE_REPO = "localhost/docker-dir"
@@ -109,11 +115,21 @@ class Engine:
     def load(self, image, ref, on_bytes=None, held=0):
         raise NotImplementedError
 
+    def inspect_id(self, ref):
+        raise NotImplementedError
+
     def save_command(self, refs):
         raise NotImplementedError
 
     def run_argv(self, request):
         raise NotImplementedError
+
+    def unsupported(self, request):
+        return None
+
+    def prune_cache(self, days):
+        raise UsageError(f"{self.name} keeps no cache of its own for docker-dir; --prune-cache is for "
+                         "--engine charliecloud")
 
     def error(self, stderr, doing):
         raise NotImplementedError

@@ -13,13 +13,6 @@ stdin/stdout/stderr, signals and exit status without a process in between.
 """
 import os
 
-try:
-    # The C module under socket.py, which costs the hot path 5 ms (enum, selectors).
-    from _socket import AF_UNIX, SOCK_STREAM, socket as _socket
-except ImportError:  # not CPython
-    from socket import AF_UNIX, SOCK_STREAM, socket as _socket
-
-
 def find_program(name):
     """shutil.which, without the import of shutil (and bz2, lzma)."""
     for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
@@ -45,8 +38,14 @@ def unix_get(sock_path, path, timeout=10):
     """(status, body) of an HTTP GET over a unix socket, or None if it cannot be asked.
     A bare HTTP/1.0 request (the server closes after answering): engine CLIs take tens
     of milliseconds to answer the same question."""
+    try:
+        # The C module under socket.py, which costs the hot path 5 ms (enum, selectors).
+        from _socket import AF_UNIX, SOCK_STREAM, socket
+    except ImportError:  # not CPython
+        from socket import AF_UNIX, SOCK_STREAM, socket
+
     chunks = []
-    conn = _socket(AF_UNIX, SOCK_STREAM)
+    conn = socket(AF_UNIX, SOCK_STREAM)
     try:
         conn.settimeout(timeout)
         conn.connect(sock_path)
