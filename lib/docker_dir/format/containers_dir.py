@@ -4,16 +4,11 @@ One manifest object in manifest.json (Docker v2s2 or OCI; with `--all`, an index
 instances are `<hex>.manifest.json`), blobs named by their hex digest, and a `version`
 file ("Directory Transport Version: 1.1"). It records no tags.
 """
-import os
-
 from ..errors import BadImageDir
 from .imagedir import Image
+from .oci import Walker
 
 NAME = "containers dir: layout"
-
-
-def claims(image_dir):
-    return os.path.lexists(image_dir.join("version")) and os.path.lexists(image_dir.join("manifest.json"))
 
 
 def blob_path(hexd):
@@ -22,8 +17,6 @@ def blob_path(hexd):
 
 def images(image_dir):
     import hashlib  # the layout names its top manifest by no digest: hash it
-
-    from .oci import Walker  # here: claims() is asked of every directory, on the hot path too
 
     where = image_dir.join("manifest.json")
     data = image_dir.read_bytes("manifest.json", f"{where}: missing")

@@ -15,10 +15,6 @@ NAME = "docker-archive"
 DAMAGED = "the manifest is damaged, save the image again"
 
 
-def claims(image_dir):
-    return os.path.lexists(image_dir.join("manifest.json"))
-
-
 def images(image_dir):
     manifest_path = image_dir.join("manifest.json")
     try:

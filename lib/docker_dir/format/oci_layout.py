@@ -6,15 +6,10 @@ annotations of index.json's descriptors; a multi-platform index gives one image 
 platform. Docker >= 25 saves also hold this layout, but are read through their
 manifest.json (docker_archive), which carries the tags as docker knows them.
 """
-import os
-
 from .imagedir import Image
+from .oci import Walker, descriptors, tags_of
 
 NAME = "OCI image layout"
-
-
-def claims(image_dir):
-    return os.path.lexists(image_dir.join("index.json"))
 
 
 def blob_path(hexd):
@@ -22,8 +17,6 @@ def blob_path(hexd):
 
 
 def images(image_dir):
-    from .oci import Walker, descriptors, tags_of  # here: claims() is asked on the hot path too
-
     index = image_dir.read_json("index.json", f"{image_dir.join('index.json')}: missing")
     where = image_dir.join("index.json")
 
