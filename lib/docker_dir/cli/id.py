@@ -1,7 +1,6 @@
 """docker-dir-id: print the image ID stored in a directory; no daemon, no layer content needed."""
 import os
 
-from ..engine import ENGINES
 from ..errors import CantWrite
 from ..format.imagedir import read_consistently
 from .common import run
@@ -42,8 +41,11 @@ def quick_parse(argv):
                 value = next(words, None)
                 if value is None or value.startswith("-"):
                     return None
-            if name == "--engine" and value not in ENGINES:
-                return None  # argparse names the choices
+            if name == "--engine":
+                from ..engine import ENGINES  # only then: 0.06 ms of the usual run
+
+                if value not in ENGINES:
+                    return None  # argparse names the choices
             setattr(args, _VALUED[name], value)
         else:
             return None
@@ -68,6 +70,8 @@ def full_parse(argv):
                           "daemon and no layer content, so it works on git-annex trees with content dropped.")
     add_selectors(parser)
     # Accepted so one set of options works for all three commands; the ID needs no engine.
+    from ..engine import ENGINES
+
     parser.add_argument("--engine", choices=ENGINES,
                         help="accepted like in save and exec, and ignored: reading the ID needs no engine")
     parser.add_argument("--verify", action="store_true",

@@ -10,7 +10,6 @@ followed only while their target stays inside the enclosing git work tree (git-a
 keeps content in .git/annex/objects, or in a submodule's gitdir/annex/objects) or,
 outside git, inside the image directory.
 """
-import errno
 import os
 import stat
 
@@ -76,6 +75,8 @@ def content_state(path):
                 return "annexed"
         return "a dangling symlink" if os.path.islink(path) else "missing"
     except OSError as err:
+        import errno
+
         return "a symlink loop" if err.errno == errno.ELOOP else f"unreadable ({err.strerror})"
     if stat.S_ISREG(st.st_mode) and st.st_size < _POINTER_MAX:
         try:
