@@ -206,8 +206,9 @@ def snakemake_on_slurm(work, image):
     with Loads(image) as loads, SlurmWatch(work, together={"smk-count_words"}) as watch:
         proc = subprocess.run(argv, cwd=work, env=tool_env(), capture_output=True, text=True, timeout=240)
     log = proc.stdout + proc.stderr
+    jobs = re.findall(r"Submitted job \d+ with external jobid '(\d+)'", log)
     logs = {f"slurm-{job}.out": (work / f"slurm-{job}.out").read_text(errors="replace")
-            for job in re.findall(r"Submitted job \d+ with external jobid '(\d+)'", log)}
+            if (work / f"slurm-{job}.out").exists() else "(no log)\n" for job in jobs}
     assert proc.returncode == 0, log + show(logs)
     return log, logs, watch, loads.count
 
