@@ -9,12 +9,14 @@ submitter exported it.
 
 "Loaded once" proves something only if two jobs met a cold engine at the same moment. The
 node has 2 CPUs and a job takes one; jobs are submitted with --hold and released together
-once both CPUs are free (other test sessions may share the cluster), and each test checks
-that two ran at once and that one of them waited on the load lock. Without docker-dir's lock
-every test here fails (two loads).
+once both CPUs are free and no other job waits for one (two test runs sharing the cluster
+take turns releasing), and each test checks that two ran at once and that one of them
+waited on the load lock. Without docker-dir's lock every test here fails (two loads).
 
 Skipped, with the reason, only when Slurm cannot be brought up here.
 """
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -28,7 +30,7 @@ import uuid
 import pytest
 
 from conftest import cli, docker, manifest
-from hosts import or_skip, sbatch, slurm_cluster
+from hosts import USER_DIRS, or_skip, sbatch, slurm_cluster
 from test_buildsystems import SNAKEFILE, check_counts, outputs, tool_env, write_inputs
 
 # {rule} is filled in by snakemake for each job; the job's log is slurm-<id>.out in the workflow dir.
@@ -49,29 +51,43 @@ def squeue(*args):
     return proc.stdout.splitlines()
 
 
-def idle_cpus():
-    """Idle CPUs of the cluster (sinfo's allocated/idle/other/total)."""
+def free_for_two():
+    """Two CPUs idle (sinfo's allocated/idle/other/total) and no job of anyone's waiting to take one."""
     proc = subprocess.run(["sinfo", "-h", "-o", "%C"], capture_output=True, text=True, timeout=30)
     try:
-        return sum(int(line.split("/")[1]) for line in proc.stdout.split())
+        idle = sum(int(line.split("/")[1]) for line in proc.stdout.split())
     except (IndexError, ValueError):
-        return 0
+        return False
+    waiting = [reason for reason in squeue("-t", "PENDING", "-o", "%r")
+               if not reason.startswith(("JobHeld", "Dependency", "BeginTime"))]
+    return idle >= 2 and not waiting
+
+
+@contextlib.contextmanager
+def release_turn():
+    """Between test processes sharing the cluster (two checkouts' suites at once): one at a
+    time releases jobs, so another's jobs never take a CPU the moment ours should start."""
+    USER_DIRS.mkdir(parents=True, exist_ok=True)
+    with open(USER_DIRS / "slurm-release.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 class SlurmWatch:
-    """Watches, every 0.05 s while the block runs, the Slurm jobs started from `workdir`.
+    """Releases the held Slurm jobs started from `workdir` while the block runs (polling
+    every 0.05 s), so that two of the jobs named in `together` start at the same moment.
 
-    Jobs submitted with --hold are released: the first batch once no new one has come for 1 s
-    and two CPUs are idle (waiting up to 2 min for other users' jobs), the jobs named in
-    `together` at once and before the others, so two of them start at the same moment instead
-    of whenever a CPU frees; jobs held later, as soon as they appear. `most` is the largest
-    number of the `together` jobs (array tasks count one each) seen running at the same moment.
-    At the end, jobs of `workdir` still queued or running are cancelled (a failed test)."""
+    The first batch, once no new job has come for 1 s: when two CPUs are idle and no other
+    job waits for one (waiting up to 2 min), the `together` jobs at once and before the others; `together`
+    tells whether two of them then ran within 3 s, `busy` what else ran when they did not.
+    Jobs held later are released as soon as they appear. At the end, jobs of `workdir` still
+    queued or running are cancelled (a failed test)."""
 
     def __init__(self, workdir, together):
         self.workdir = str(workdir)
-        self.together = set(together)
-        self.most = 0
+        self.names = set(together)
+        self.together = False
+        self.busy = ""
         self.error = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -85,20 +101,29 @@ class SlurmWatch:
         return [(job, name) for job, name, reason in self._ours("PENDING") if reason.startswith("JobHeld")]
 
     @staticmethod
-    def _release(jobs):
+    def _release_now(jobs):
         if jobs:  # "123_[1-8]" (a held array) releases as "123"
             subprocess.run(["scontrol", "release", ",".join(job.split("_")[0] for job in jobs)],
                            capture_output=True, timeout=30)
 
-    def _running(self):
-        running = len([name for _, name, _ in self._ours("RUNNING") if name in self.together])
-        self.most = max(self.most, running)
-        return running
+    def _release(self, jobs):
+        if jobs:
+            with release_turn():
+                self._release_now(jobs)
 
     def _until(self, condition, timeout):
+        """Whether condition() came true within timeout s (and before the block ended)."""
         deadline = time.monotonic() + timeout
-        while not self._stop.is_set() and not condition() and time.monotonic() < deadline:
+        while not self._stop.is_set():
+            if condition():
+                return True
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.05)
+        return False
+
+    def _two_running(self):
+        return len([name for _, name, _ in self._ours("RUNNING") if name in self.names]) >= 2
 
     def _run(self):
         try:
@@ -110,12 +135,16 @@ class SlurmWatch:
                 elif batch and time.monotonic() - since >= 1:
                     break
                 time.sleep(0.05)
-            self._until(lambda: idle_cpus() >= 2, 120)
-            self._release([job for job, name in batch if name in self.together])
-            self._until(lambda: self._running() >= 2, 10)  # before the others can take a CPU
-            self._release([job for job, name in batch if name not in self.together])
+            if batch:
+                with release_turn():
+                    self._until(free_for_two, 120)
+                    self._release_now([job for job, name in batch if name in self.names])
+                    self.together = self._until(self._two_running, 3)
+                    if not self.together:
+                        self.busy = "\n".join(squeue("-t", "RUNNING", "-o", "%i %j %u %Z"))
+                        self._until(self._two_running, 10)  # before the others could take a CPU
+                self._release([job for job, name in batch if name not in self.names])
             while not self._stop.wait(0.05):
-                self._running()
                 self._release([job for job, _ in self._held()])
         except Exception as error:  # noqa: BLE001 -- raised again by __exit__
             self.error = error
@@ -169,22 +198,24 @@ def snakemake_on_slurm(work, image):
     """Snakefile.example with every job but `all` (a localrule) submitted through sbatch, as the
     README shows, plus --hold: SlurmWatch releases two count_words jobs together. Status checks
     every second, not every 10 s (snakemake's default), to keep the test short.
-    Returns snakemake's output, the Slurm logs of its jobs, the most count_words jobs that ran
-    at once and how many times `image` was loaded meanwhile."""
+    Returns snakemake's output, the Slurm logs of its jobs, the SlurmWatch and how many times
+    `image` was loaded meanwhile."""
     argv = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE),
             "--executor", "cluster-generic", "--cluster-generic-submit-cmd", SUBMIT_CMD + " --hold",
             "--cluster-generic-cancel-cmd", "scancel", "--jobs", "4", "--seconds-between-status-checks", "1"]
     with Loads(image) as loads, SlurmWatch(work, together={"smk-count_words"}) as watch:
         proc = subprocess.run(argv, cwd=work, env=tool_env(), capture_output=True, text=True, timeout=240)
     log = proc.stdout + proc.stderr
+    jobs = re.findall(r"Submitted job \d+ with external jobid '(\d+)'", log)
     logs = {f"slurm-{job}.out": (work / f"slurm-{job}.out").read_text(errors="replace")
-            for job in re.findall(r"Submitted job \d+ with external jobid '(\d+)'", log)}
+            if (work / f"slurm-{job}.out").exists() else "(no log)\n" for job in jobs}
     assert proc.returncode == 0, log + show(logs)
-    return log, logs, watch.most, loads.count
+    return log, logs, watch, loads.count
 
 
-def check_loaded_once(most, loads, logs):
-    assert most >= 2, f"two jobs never ran at the same time (most: {most}), so nothing raced to load" + show(logs)
+def check_loaded_once(watch, loads, logs):
+    assert watch.together, ("two jobs did not start together, so nothing raced to load; the node was busy with:\n"
+                            + watch.busy)
     assert loads == 1, f"{loads} loads" + show(logs)
     # two jobs started together on a cold engine met at the lock: one loaded, the other waited
     assert any(WAITED in text for text in logs.values()), "no job waited for the load" + show(logs)
@@ -195,10 +226,10 @@ def test_snakemake_cluster_generic_loads_once_and_reruns_only_for_a_new_image(sl
     directory, first = cold_dir("image")
     counts = write_inputs(tmp_path, 4)
 
-    log, logs, most, loads = snakemake_on_slurm(tmp_path, first)
+    log, logs, watch, loads = snakemake_on_slurm(tmp_path, first)
     # image exists, so save_image does not run: write_image_id and the 4 count_words jobs do
     assert len(logs) == 5, log
-    check_loaded_once(most, loads, logs)
+    check_loaded_once(watch, loads, logs)
     check_counts(tmp_path, counts)
     assert (tmp_path / "image.id").read_text() == first + "\n"
     built = outputs(tmp_path)
@@ -217,9 +248,9 @@ def test_snakemake_cluster_generic_loads_once_and_reruns_only_for_a_new_image(sl
     proc = cli("docker-dir-save", "-q", "--force", second, directory)
     assert proc.returncode == 0, proc.stderr
     docker("rmi", "-f", second)
-    log, logs, most, loads = snakemake_on_slurm(tmp_path, second)
+    log, logs, watch, loads = snakemake_on_slurm(tmp_path, second)
     assert "Params have changed" in log and len(logs) == 5, log
-    check_loaded_once(most, loads, logs)
+    check_loaded_once(watch, loads, logs)
     after = outputs(tmp_path)
     assert all(after[name][0] != built[name][0] for name in built), "every job should have run again"
     assert (tmp_path / "image.id").read_text() == second + "\n"
@@ -240,7 +271,7 @@ while [ "$(ls here.* | wc -l)" -lt 2 ]; do
   sleep 0.02
 done
 exec docker-dir-exec -e TASK="$SLURM_ARRAY_TASK_ID" IMAGE_DIR \\
-  sh -c 'cat; echo "task $TASK in $(cat /docker-dir-test)"; if [ -t 0 ] || [ -t 1 ]; then echo tty; else echo no tty; fi'
+  sh -c 'cat; echo "task $TASK in $(cat /docker-dir-test)"; { [ -t 0 ] || [ -t 1 ]; } && echo tty || echo no tty'
 """
 
 
@@ -275,7 +306,7 @@ def test_sbatch_array_of_cold_execs_loads_once(slurm, cold_dir, tmp_path, monkey
         job.wait(timeout=240)
     logs = {f"task {task}": job.output(task) for task in range(1, 9)}
     assert job.succeeded(), f"{job.tasks()}" + show(logs)
-    check_loaded_once(watch.most, loads.count, logs)
+    check_loaded_once(watch, loads.count, logs)
 
     expected_xdg = "unset" if xdg == "unset" else str(xdg_dir)
     for task in range(1, 9):
