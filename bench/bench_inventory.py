@@ -84,10 +84,11 @@ def main():
         print(f"  {name}: {IMAGES} images, {calls} engine calls, {seconds * 1000:.1f} ms (median of {RUNS}), "
               f"{chains} chain IDs", flush=True)
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "inventory.json"), "w") as out:
-        json.dump({"images": IMAGES, "runs": RUNS, "measured": measured_at(),
-                   "results": {n: {"ms": s * 1000, "calls": c, "chains": h} for n, (s, c, h) in results.items()}},
-                  out, indent=1)
+    with open(os.path.join(RESULTS, "inventory.json"), "w") as out:  # no table row: "rows" is empty
+        json.dump({"bench": "inventory", "quick": quick_mode(), "rows": [],
+                   "info": {"images": IMAGES, "runs": RUNS, "measured": measured_at(),
+                            "results": {n: {"ms": s * 1000, "calls": c, "chains": h}
+                                        for n, (s, c, h) in results.items()}}}, out, indent=1)
 
 
 if __name__ == "__main__":
