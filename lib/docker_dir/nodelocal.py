@@ -46,6 +46,31 @@ def private_dir(path, what="lock directory", hint="set XDG_RUNTIME_DIR to a dire
     return path
 
 
+def remove_abandoned(parent, is_temp, remove):
+    """Remove the temporary directories in `parent` (names `is_temp` accepts) whose
+    builder was killed: a live builder holds a flock on its directory, so it is left alone.
+    `remove(path)` deletes a tree."""
+    import fcntl
+
+    for name in os.listdir(parent):
+        if not is_temp(name):
+            continue
+        try:
+            fd = os.open(os.path.join(parent, name), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            if os.fstat(fd).st_nlink:  # not removed meanwhile by another cleaner
+                remove(os.path.join(parent, name))
+        finally:
+            os.close(fd)
+
+
 def open_lock(directory, name):
     """A lock file in a private directory, opened without following a link and owned by
     the caller (a file planted while the directory was open is refused)."""

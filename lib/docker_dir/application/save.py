@@ -13,6 +13,7 @@ import time
 from ..errors import BadImageDir, CantWrite, DockerDirError, EngineFailed, Interrupted
 from ..format.imagedir import ImageDir
 from ..format.tarstream import counting_reader, extract_stream
+from ..nodelocal import remove_abandoned
 from . import QUIET
 
 TEMP_MARK = ".docker-dir-save-"
@@ -36,21 +37,8 @@ def remove_stale_temps(parent, name):
     """Remove hidden temp dirs of earlier saves to the same DIR that were killed.
     A running save holds a lock on its temp dir, so it is left alone."""
     prefix = f".{name}{TEMP_MARK}"
-    for entry in os.listdir(parent):
-        if not entry.startswith(prefix):
-            continue
-        path = os.path.join(parent, entry)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        os.close(fd)
+    remove_abandoned(parent, lambda entry: entry.startswith(prefix),
+                     lambda path: shutil.rmtree(path, ignore_errors=True))
 
 
 _RENAME_EXCHANGE = 2

@@ -31,7 +31,7 @@ import time
 
 from ..errors import BadImageDir, CantWrite, EngineFailed, EngineUnavailable, UsageError
 from ..fastjson import loads_json
-from ..nodelocal import private_dir
+from ..nodelocal import private_dir, remove_abandoned
 from .base import Engine
 from .hot import find_program
 
@@ -402,29 +402,12 @@ def _move_aside(cache, name):
 
 
 def remove_stale(cache):
-    """Remove the temporary entries of unpacks and prunes that were killed: those whose
-    flock nobody holds. A live one is left alone."""
-    import fcntl
-
+    """Remove the temporary entries of unpacks and prunes that were killed (nobody holds
+    their flock); a live one is left alone."""
     from ..format.unpack import remove_tree
 
-    for name in os.listdir(cache):
-        if not name.startswith(".") or (UNPACKING not in name and PRUNING not in name):
-            continue
-        try:
-            fd = os.open(os.path.join(cache, name), _DIR)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        try:
-            if os.fstat(fd).st_nlink:
-                remove_tree(os.path.join(cache, name))
-        finally:
-            os.close(fd)
+    remove_abandoned(cache, lambda name: name.startswith(".") and (UNPACKING in name or PRUNING in name),
+                     remove_tree)
 
 
 def _allocated(path):
