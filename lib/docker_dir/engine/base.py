@@ -200,7 +200,8 @@ class CliEngine(Engine):
         holds, from the layer lists of the images it has."""
         from ..format.tarstream import chain_ids
 
-        if not self.short_archive or len(image.layers) < 2 or self._skippable_bytes(image) < SKIP_WORTH:
+        if (not self.short_archive or len(image.layers) < 2
+                or image.size_of(layer.path for layer in image.layers[:-1]) < SKIP_WORTH):
             return 0
         diff_ids = image.diff_ids()
         if not diff_ids or len(diff_ids) != len(image.layers):
@@ -208,16 +209,6 @@ class CliEngine(Engine):
         held = self.held_chains()
         chains = chain_ids(diff_ids)
         return next((n for n in range(len(chains), 0, -1) if chains[n - 1] in held), 0)
-
-    @staticmethod
-    def _skippable_bytes(image):
-        total = 0
-        for layer in image.layers[:-1]:
-            try:
-                total += os.stat(image.image_dir.resolve(layer.path)).st_size
-            except OSError:
-                pass
-        return total
 
     def held_chains(self):
         """The chain IDs of every prefix of every image the engine holds."""

@@ -221,27 +221,14 @@ class Image:
         return tag in self.ref_names or wanted.rsplit(":", 1)[-1] in self.ref_names and ":" in tag
 
     # -- content --------------------------------------------------------------
-    def config_bytes(self):
-        """The config's content, or None when it is not present (dangling annex link)."""
-        path = self.image_dir.resolve(self.config_path)
-        try:
-            with open_regular(path) as stream:
-                return read_bounded(stream)
-        except FileNotFoundError:
-            return None
-        except TooLarge as err:
-            raise BadImageDir(f"{path}: {err}; refusing it") from None
-        except OSError as err:
-            raise BadImageDir(f"{path}: cannot read the config ({err.strerror})") from None
-
     def config_json(self):
-        data = self.config_bytes()
-        if data is None:
+        """The config, or None when its content is not present (a dangling annex link)."""
+        if not os.path.exists(self.image_dir.resolve(self.config_path)):
             return None
-        return self.image_dir.parse_json(data, self.config_path)
+        return self.image_dir.read_json(self.config_path, f"{self.image_dir.join(self.config_path)}: missing")
 
-    def diff_ids(self, config=None):
-        config = self.config_json() if config is None else config
+    def diff_ids(self):
+        config = self.config_json()
         if not isinstance(config, dict):
             return None
         rootfs = config.get("rootfs")
@@ -297,10 +284,14 @@ class Image:
         return kinds
 
     def present_layer_size(self):
+        return self.size_of(layer.path for layer in self.layers)
+
+    def size_of(self, relpaths):
+        """Bytes of the distinct files among `relpaths` that are present."""
         total = 0
-        for path in dict.fromkeys(layer.path for layer in self.layers):
+        for relpath in dict.fromkeys(relpaths):
             try:
-                total += os.stat(self.image_dir.resolve(path)).st_size
+                total += os.stat(self.image_dir.resolve(relpath)).st_size
             except OSError:  # absent, a link loop, a file where a directory belongs: nothing present
                 pass
         return total

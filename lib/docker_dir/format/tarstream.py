@@ -206,8 +206,7 @@ def chain_ids(diff_ids):
 
 def bytes_to_send(image, held=0, placeholders=False):
     """The size of the files a load stream of `image` carries (without tar headers)."""
-    return sum(os.stat(image.image_dir.resolve(relpath)).st_size
-               for _, relpath in load_stream_members(image, held, placeholders) if relpath)
+    return image.size_of(relpath for _, relpath in load_stream_members(image, held, placeholders) if relpath)
 
 
 def _layer_member(layer):
