@@ -265,8 +265,8 @@ def test_temp_dir_removed_by_a_concurrent_cleanup_is_made_again(tmp_path, monkey
             os.rmdir(made[0])
         return real_flock(fd, op)
 
-    monkeypatch.setattr(save_module.tempfile, "mkdtemp", mkdtemp)
-    monkeypatch.setattr(save_module.fcntl, "flock", flock)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(fcntl, "flock", flock)
     tmp, fd = save_module._locked_temp(str(tmp_path), "img", str(tmp_path / "img"))
     try:
         assert len(made) == 2 and tmp == made[1] and os.path.isdir(tmp)

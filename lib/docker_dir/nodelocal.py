@@ -46,17 +46,49 @@ def private_dir(path, what="lock directory", hint="set XDG_RUNTIME_DIR to a dire
     return path
 
 
+# Temporary directories of a build (a save, an unpack): their builder holds a flock on
+# the directory, so remove_abandoned() removes only those whose builder was killed.
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def lock_dir(path):
+    """A descriptor of the directory at `path` holding its flock, or None when the
+    directory went away before that (a cleaner took it)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, _DIR)
+    except FileNotFoundError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    if os.fstat(fd).st_nlink:  # a removed directory has no links left
+        return fd
+    os.close(fd)
+    return None
+
+
+def locked_temp_dir(parent, prefix):
+    """(path, locked descriptor) of a new empty directory in `parent`. A cleaner can
+    strike between its making and the flock: then another is made."""
+    import tempfile
+
+    while True:
+        path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        fd = lock_dir(path)
+        if fd is not None:
+            return path, fd
+
+
 def remove_abandoned(parent, is_temp, remove):
     """Remove the temporary directories in `parent` (names `is_temp` accepts) whose
-    builder was killed: a live builder holds a flock on its directory, so it is left alone.
-    `remove(path)` deletes a tree."""
+    builder was killed; a live one is left alone. `remove(path)` deletes a tree."""
     import fcntl
 
     for name in os.listdir(parent):
         if not is_temp(name):
             continue
         try:
-            fd = os.open(os.path.join(parent, name), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(os.path.join(parent, name), _DIR)
         except OSError:
             continue
         try:

@@ -1,19 +1,17 @@
 """Save images into a directory: streamed, extracted safely, moved into place only when complete."""
 import ctypes
 import errno
-import fcntl
 import os
 import shutil
 import signal
 import sys
 import tarfile
-import tempfile
 import time
 
 from ..errors import BadImageDir, CantWrite, DockerDirError, EngineFailed, Interrupted
 from ..format.imagedir import ImageDir
 from ..format.tarstream import counting_reader, extract_stream
-from ..nodelocal import remove_abandoned
+from ..nodelocal import locked_temp_dir, remove_abandoned
 from . import QUIET
 
 TEMP_MARK = ".docker-dir-save-"
@@ -162,21 +160,11 @@ def save(engine, refs, path, force=False, reporter=QUIET, write_gitattributes=Fa
 
 
 def _locked_temp(parent, name, path):
-    """A hidden temp dir beside DIR and a lock on it, so other saves' cleanup leaves it
-    alone. Their cleanup can strike between mkdtemp and flock: then make another."""
-    while True:
-        try:
-            tmp = tempfile.mkdtemp(prefix=f".{name}{TEMP_MARK}", dir=parent)
-        except OSError as err:
-            raise CantWrite(f"{path}: cannot create a temporary directory in {parent} ({err.strerror})") from None
-        try:
-            lock_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            continue
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        if os.fstat(lock_fd).st_nlink:  # a removed directory has no links left
-            return tmp, lock_fd
-        os.close(lock_fd)
+    """A hidden temp dir beside DIR and a lock on it, so other saves' cleanup leaves it alone."""
+    try:
+        return locked_temp_dir(parent, f".{name}{TEMP_MARK}")
+    except OSError as err:
+        raise CantWrite(f"{path}: cannot create a temporary directory in {parent} ({err.strerror})") from None
 
 
 def _whole_image_ids(saved, engine, tmp, path):

@@ -31,7 +31,7 @@ import time
 
 from ..errors import BadImageDir, CantWrite, EngineFailed, EngineUnavailable, UsageError
 from ..fastjson import loads_json
-from ..nodelocal import private_dir, remove_abandoned
+from ..nodelocal import lock_dir, locked_temp_dir, private_dir, remove_abandoned
 from .base import Engine
 from .hot import find_program
 
@@ -104,7 +104,7 @@ class CharliecloudEngine(Engine):
         catchable = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
         signal.pthread_sigmask(signal.SIG_BLOCK, catchable)
         try:
-            tmp, lock_fd = _new_temp(cache, f".{ref}{UNPACKING}")
+            tmp, lock_fd = locked_temp_dir(cache, f".{ref}{UNPACKING}")
         except BaseException:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, catchable)
             raise
@@ -362,34 +362,6 @@ def _open_dir(dir_fd, name):
 
 # -- the cache -----------------------------------------------------------------
 
-def _lock(path):
-    """A descriptor of the directory at path holding its flock (so remove_stale() leaves
-    it alone), or None when it went away before that."""
-    import fcntl
-
-    try:
-        fd = os.open(path, _DIR)
-    except FileNotFoundError:
-        return None
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    if os.fstat(fd).st_nlink:  # not removed while we waited
-        return fd
-    os.close(fd)
-    return None
-
-
-def _new_temp(cache, prefix):
-    """(path, locked descriptor) of a new empty directory in the cache."""
-    import tempfile
-
-    while True:
-        path = tempfile.mkdtemp(prefix=prefix, dir=cache)
-        fd = _lock(path)
-        if fd is not None:
-            return path, fd
-        # another exec's remove_stale() took it between mkdtemp and the flock
-
-
 def _move_aside(cache, name):
     """(path, locked descriptor) of entry `name` renamed to a temporary name, or (None, None)."""
     path = os.path.join(cache, f".{name}{PRUNING}{os.urandom(6).hex()}")
@@ -397,7 +369,7 @@ def _move_aside(cache, name):
         os.rename(os.path.join(cache, name), path)
     except FileNotFoundError:
         return None, None
-    fd = _lock(path)
+    fd = lock_dir(path)
     return (path, fd) if fd is not None else (None, None)
 
 
