@@ -215,6 +215,20 @@ def test_an_own_lock_directory_open_to_others_is_closed(venv, image_dir, victim_
     assert list(victim_lock_dir.iterdir()) == []  # the lock file went with the load
 
 
+@pytest.mark.parametrize("planted", ["symlink", "another user's file"])
+def test_a_lock_file_planted_in_the_lock_directory_is_refused(venv, image_dir, victim_lock_dir, planted):
+    docker("rmi", "-f", private_ref(image_dir[1]), check=False)
+    run_as(DOCKER_GROUP, ["mkdir", "-m", "0700", victim_lock_dir], check=True)
+    lock = victim_lock_dir / f"load-{image_dir[1][7:]}.lock"
+    if planted == "symlink":
+        run_as(DOCKER_GROUP, ["ln", "-s", "/etc/passwd", lock], check=True)
+    else:
+        lock.touch()  # root's (nobody else can write there but root)
+    proc, _ = cold_exec_without_runtime_dir(venv, image_dir)
+    assert proc.returncode == EXIT_CANT_WRITE, proc.stderr
+    assert str(lock) in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
 def test_lock_files_do_not_pile_up(rootfs, tmp_path):
     """One lock file per image ever loaded used to stay in the lock directory."""
     from conftest import cli

@@ -107,7 +107,10 @@ def open_lock(directory, name):
     """A lock file in a private directory, opened without following a link and owned by
     the caller (a file planted while the directory was open is refused)."""
     path = os.path.join(directory, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:  # ELOOP: a symlink
+        raise CantWrite(f"{path}: cannot open the lock file ({err.strerror}); remove it") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
         os.close(fd)
