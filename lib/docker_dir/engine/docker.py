@@ -18,6 +18,7 @@ _PLAIN_REF = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 class DockerEngine(CliEngine):
     name = program = "docker"
+    _containerd_store = None
     unreachable_markers = ("cannot connect to the docker daemon", "is the docker daemon running",
                            "error during connect", "permission denied while trying to connect")
     not_found_markers = ("no such image", "reference does not exist", "not found")
@@ -93,6 +94,11 @@ class DockerEngine(CliEngine):
         return None if self.containerd_store() else "omit"
 
     def containerd_store(self):
+        if self._containerd_store is None:  # asked by held_layers and by load
+            self._containerd_store = self._ask_containerd_store()
+        return self._containerd_store
+
+    def _ask_containerd_store(self):
         info = self._api_json("/info")
         if info is None:
             from .process import command, run
