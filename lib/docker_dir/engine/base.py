@@ -198,7 +198,7 @@ class CliEngine(Engine):
     def held_layers(self, image):
         """The length of the longest prefix of the image's layers whose chain the engine
         holds, from the layer lists of the images it has."""
-        from ..format.tarstream import chain_ids
+        from ..format.names import chain_ids
 
         if (not self.short_archive or len(image.layers) < 2
                 or image.size_of(layer.path for layer in image.layers[:-1]) < SKIP_WORTH):
@@ -212,7 +212,7 @@ class CliEngine(Engine):
 
     def held_chains(self):
         """The chain IDs of every prefix of every image the engine holds."""
-        from ..format.tarstream import chain_ids
+        from ..format.names import chain_ids
 
         return {chain for layers in self.image_layers() for chain in chain_ids(layers)}
 

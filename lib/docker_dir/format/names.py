@@ -34,6 +34,17 @@ def hex_of_digest(digest):
     return None
 
 
+def chain_ids(diff_ids):
+    """The chain ID of each prefix of a list of diff IDs: how engines name a stack of layers."""
+    import hashlib
+
+    chains = []
+    for diff_id in diff_ids:
+        chains.append(diff_id if not chains else
+                      "sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
+    return chains
+
+
 def check_relpath(relpath, where):
     """Refuse a path a manifest names unless it is a plain relative path inside DIR."""
     # No engine writes control characters or lone surrogates (which cannot even be encoded) in a name.

@@ -193,17 +193,6 @@ def load_stream_members(image, held=0, placeholders=False):
     return list(members.items())
 
 
-def chain_ids(diff_ids):
-    """The chain ID of each prefix of a layer list: how engines name a stack of layers."""
-    import hashlib
-
-    chains = []
-    for diff_id in diff_ids:
-        chains.append(diff_id if not chains else
-                      "sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
-    return chains
-
-
 def bytes_to_send(image, held=0, placeholders=False):
     """The size of the files a load stream of `image` carries (without tar headers)."""
     return image.size_of(relpath for _, relpath in load_stream_members(image, held, placeholders) if relpath)
