@@ -1,6 +1,6 @@
 """Exceptions that carry their exit code; the cli layer prints them as one line.
 
-The codes are shared by all three commands and documented in each --help and
+The codes are shared by all the commands and documented in each --help and
 in the README, so scripts can tell "fix your input" from "start the daemon".
 """
 
@@ -13,20 +13,24 @@ EXIT_ENGINE_UNAVAILABLE = 69
 EXIT_ENGINE_FAILED = 70
 EXIT_NOT_LOADED = 71
 EXIT_CANT_WRITE = 73
+EXIT_NO_PERMISSION = 77
 
 # (code, meaning): every --help and the README's table say exactly this (a test compares them).
 EXIT_CODES = (
     ("0", "success (docker-dir-exec: the command's own status)"),
-    ("1", "--verify found a file whose content does not match its digest"),
+    ("1", "content does not match its digest: a file --verify checked, or a blob downloaded from a registry"),
     ("2", "usage error (unknown option, missing argument)"),
     ("65", "not an image directory: missing, empty, of a layout docker-dir does not read, or a damaged "
-           "manifest, or a path that leaves the directory"),
+           "manifest, or a path that leaves the directory; or a registry sent a manifest that breaks the rules"),
     ("66", "image content not present (git-annex dropped it): run 'datalad get DIR' or 'git annex get DIR'"),
-    ("67", "no image matches --repo-tag/--config, or several do and none was chosen"),
-    ("69", "container engine not installed, or its daemon not reachable"),
+    ("67", "no image matches --repo-tag/--config/--platform, or several do and none was chosen; or the "
+           "registry has no such repository, tag or platform"),
+    ("69", "a service docker-dir needs is unavailable: container engine not installed or its daemon not "
+           "reachable, registry not reachable or its TLS certificate refused, a Python module missing (zstd)"),
     ("70", "the engine refused an operation (image not found, save or load failed)"),
     ("71", "image not loaded in the engine and --no-load was given"),
     ("73", "cannot write the output (DIR not empty, parent missing or not writable, disk full)"),
+    ("77", "permission denied: a registry refused the credentials, or they do not cover the repository"),
     ("128+N", "interrupted by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)"),
 )
 
@@ -71,6 +75,22 @@ class NotLoaded(DockerDirError):
 
 class CantWrite(DockerDirError):
     exit_code = EXIT_CANT_WRITE
+
+
+class RegistryUnavailable(DockerDirError):
+    """A registry that cannot be reached, speaks no TLS we accept, or keeps failing (5xx)."""
+
+    exit_code = EXIT_ENGINE_UNAVAILABLE
+
+
+class AuthRefused(DockerDirError):
+    """A registry refused the credentials, or the token does not cover what was asked."""
+
+    exit_code = EXIT_NO_PERMISSION
+
+
+class DigestMismatch(VerifyError):
+    """Content whose sha256 differs from the digest that names it."""
 
 
 class Interrupted(DockerDirError):
