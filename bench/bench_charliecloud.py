@@ -36,7 +36,7 @@ def same_flags_argv(cache, hex_id, cwd):
     from docker_dir.engine.base import Mount, RunRequest
     from docker_dir.engine.charliecloud import CharliecloudEngine
 
-    return CharliecloudEngine().run_argv(RunRequest(hex_id, COMMAND, cwd, [Mount(cwd, cwd)]))
+    return CharliecloudEngine().run_command(RunRequest(hex_id, COMMAND, cwd, [Mount(cwd, cwd)])).argv
 
 
 def main():

@@ -51,7 +51,7 @@ def same_flags_argv(image_id, cwd):
     from docker_dir.engine.docker import DockerEngine
 
     request = RunRequest(image_id, COMMAND, cwd, [Mount(cwd, cwd)])
-    return ["docker", *DockerEngine().run_argv(request)[1:]]
+    return ["docker", *DockerEngine().run_command(request).argv[1:]]
 
 
 def main():

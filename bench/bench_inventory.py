@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(CHECKOUT, "lib"))
 sys.path.insert(0, os.path.join(CHECKOUT, "tests"))
 from engines import podman_env, side_dockerd  # noqa: E402
 
-from docker_dir.engine import docker as docker_module  # noqa: E402
-from docker_dir.engine import process  # noqa: E402
+from docker_dir.engine import docker_api  # noqa: E402
+from docker_dir import process  # noqa: E402
 from docker_dir.engine.docker import DockerEngine  # noqa: E402
 from docker_dir.engine.podman import PodmanEngine  # noqa: E402
 
@@ -55,10 +55,10 @@ def main():
             os.environ["DOCKER_HOST"] = daemon.host
             fill(lambda tar, ref: (tar | local["docker"]["import", "-", ref])())
             requests = []
-            real = docker_module.unix_get
-            docker_module.unix_get = lambda sock, path, **kw: requests.append(path) or real(sock, path, **kw)
+            real = docker_api.get
+            docker_api.get = lambda sock, path, **kw: requests.append(path) or real(sock, path, **kw)
             results["dockerd 20.10"] = timed(DockerEngine(), requests)
-            docker_module.unix_get = real
+            docker_api.get = real
             del os.environ["DOCKER_HOST"]
     finally:
         daemon.stop()
@@ -74,7 +74,7 @@ def main():
         processes = []
         engine = PodmanEngine()
         original = process.run  # podman's calls are processes: count them there
-        process.run = lambda *a, **k: processes.append(a[1]) or original(*a, **k)
+        process.run = lambda argv, *a, **k: processes.append(argv) or original(argv, *a, **k)
         try:
             results["podman 4.3"] = timed(engine, processes)
         finally:

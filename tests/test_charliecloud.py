@@ -666,7 +666,7 @@ def test_entry_gone_between_check_and_run(monkeypatch, tmp_path, ch_run):
 
     monkeypatch.setenv("DOCKER_DIR_CACHE", str(tmp_path / "cache"))
     with pytest.raises(EngineFailed, match="went away"):
-        CharliecloudEngine().run_argv(RunRequest("ab" * 32, ["true"], "/"))
+        CharliecloudEngine().run_command(RunRequest("ab" * 32, ["true"], "/"))
 
 
 def test_save_is_refused(tmp_path):

@@ -3,6 +3,7 @@ read-only and git-annex dirs, run defaults and options, shebang use, exit codes,
 
 Signals and engine faults are in test_exec_faults.py.
 """
+import json
 import os
 import pty
 import shutil
@@ -18,7 +19,7 @@ import pytest
 from conftest import (BIN, REPO, cli, cli_on_tty, count_events, docker, image_id_of, manifest, one_line_error,
                       private_ref, raw_save)
 
-from docker_dir.cli.exec import parse, run_request
+from docker_dir.application.exec import ExecOptions, run_request
 from docker_dir.engine import get_engine
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE,
                                EXIT_NOT_LOADED, EXIT_USAGE)
@@ -70,7 +71,7 @@ def test_cwd_is_mounted_at_same_path_and_is_workdir(saved, tmp_path):
 
 def test_default_user_is_caller(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = get_engine("docker").run_argv(run_request(parse([str(tmp_path), "true"]), "img"))
+    argv = get_engine("docker").run_command(run_request(ExecOptions(str(tmp_path), ["true"]), "img")).argv
     assert argv[argv.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
     assert {"--rm", "--interactive", "--init"} <= set(argv)
     assert argv[argv.index("--pull") + 1] == "never"
@@ -362,7 +363,7 @@ def test_load_stream_holds_only_the_selected_image(images, tmp_path):
     import tarfile
 
     from docker_dir.format.imagedir import ImageDir
-    from docker_dir.format.tarstream import write_load_stream
+    from docker_dir.format.loadstream import write_load_stream
 
     d = raw_save([images.one, images.multi], tmp_path / "both")
     (d / "unrelated.bin").write_bytes(b"x" * 1000)
@@ -406,3 +407,39 @@ def test_command_line_without_options_parses_as_argparse_would(argv):
     full = vars(_parse_options(argv))
     quick = _NoOptions(argv)
     assert {key: getattr(quick, key) for key in full} == full
+
+
+# -- standard streams closed, options after DIR -------------------------------------------
+
+@pytest.mark.parametrize("closed", [0, 1, 2], ids=["stdin", "stdout", "stderr"])
+def test_closed_standard_stream_runs_as_raw_docker_does(saved, tmp_path, closed):
+    """Cron, some schedulers and daemons start programs with a standard stream closed:
+    `docker run -i` then exits 0, and so does docker-dir-exec (the stream is /dev/null)."""
+    raw = subprocess.run(["docker", "run", "--rm", "-i", "--init", images_ref(saved), "sh", "-c", "echo hi; true"],
+                         capture_output=closed != 1, preexec_fn=lambda: os.close(closed), timeout=120)
+    proc = subprocess.run([sys.executable, str(BIN / "docker-dir-exec"), str(saved.one), "sh", "-c", "echo hi; true"],
+                          stdout=None if closed == 1 else subprocess.PIPE,
+                          stderr=None if closed == 2 else subprocess.PIPE, cwd=tmp_path,
+                          preexec_fn=lambda: os.close(closed), timeout=120)
+    assert raw.returncode == 0
+    assert proc.returncode == 0, proc.stderr
+    if closed != 2:
+        assert b"Traceback" not in proc.stderr and proc.stderr == b""
+    if closed != 1:
+        assert proc.stdout == b"hi\n"
+
+
+def images_ref(saved):
+    """The ID of the image saved in saved.one, for raw docker."""
+    return json.loads((saved.one / "manifest.json").read_text())[0]["Config"].split(".")[0]
+
+
+@pytest.mark.parametrize("where", ["after the command", "as the command's argument"])
+def test_debug_after_dir_belongs_to_the_command(tmp_path, where):
+    """Only docker-dir's own options count: a `--debug` in CMD leaves errors one line."""
+    argv = [tmp_path / "missing", "tool", "--debug"] if where == "after the command" else \
+        [tmp_path / "missing", "--", "--debug"]
+    line = one_line_error(cli("docker-dir-exec", *argv), EXIT_BAD_DIR)
+    assert "no such directory" in line
+    traced = cli("docker-dir-exec", "--debug", tmp_path / "missing", "tool")
+    assert traced.returncode != 0 and "Traceback" in traced.stderr

@@ -41,7 +41,7 @@ from conftest import REPO, cli
 
 import docker_dir
 from docker_dir.cli.common import run
-from docker_dir.cli.id import PROG, main as id_main
+from docker_dir.cli.id import PROG, main as id_main, parse as id_parse
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_SELECTION, EXIT_VERIFY, BadImageDir,
                                DockerDirError)
 from docker_dir.format.imagedir import ImageDir
@@ -703,7 +703,7 @@ def exercise_cli_in_process(directory, select_kwargs):
     for extra in ([], ["--json"], ["--verify"], ["--verify", "--json"]):
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = run(PROG, id_main, extra + argv)
+            code = run(PROG, id_parse, id_main, extra + argv)
         check_cli_result(code, out.getvalue(), err.getvalue(), extra)
         event(f"cli {' '.join(extra) or 'plain'}: exit {code}")
         shown += [out.getvalue(), err.getvalue()]

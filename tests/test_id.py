@@ -315,3 +315,29 @@ def test_a_huge_manifest_is_refused_before_it_is_read(saved, tmp_path):
     peak_kb = int(subprocess.run([sys.executable, "-c", measure, sys.executable, str(BIN / "docker-dir-id"), str(d)],
                                  capture_output=True, text=True, check=True).stdout)
     assert peak_kb < 60_000, peak_kb
+
+
+def _closing(fd):
+    """A preexec_fn closing `fd` in the child: a program started with it closed (`>&-`)."""
+    return lambda: os.close(fd)
+
+
+def test_closed_stdout_is_an_error_not_a_silent_success(saved):
+    proc = subprocess.run([sys.executable, str(BIN / "docker-dir-id"), str(saved.one)], stdin=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, preexec_fn=_closing(1))
+    assert proc.returncode == 73, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "standard output is closed" in proc.stderr
+
+
+def test_write_error_on_stdout_is_an_error(saved):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, str(BIN / "docker-dir-id"), str(saved.one)], stdout=full,
+                              stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 73, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "No space left" in proc.stderr
+
+
+def test_closed_stderr_and_stdin_change_nothing(images, saved):
+    proc = subprocess.run([sys.executable, str(BIN / "docker-dir-id"), str(saved.one)], stdout=subprocess.PIPE,
+                          text=True, preexec_fn=lambda: (os.close(0), os.close(2)))
+    assert (proc.returncode, proc.stdout) == (0, images.one_id + "\n")

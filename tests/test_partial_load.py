@@ -193,16 +193,16 @@ def test_base_removed_while_the_short_load_runs(stack, main_docker, tmp_path):
 
 def test_the_engine_is_asked_once_per_image_it_holds(stack, docker26, tmp_path):
     """How the held layers are found: one list and one inspect per image, over the API."""
-    from docker_dir.engine import docker as docker_module
+    from docker_dir.engine import docker_api
 
     asked = []
-    real = docker_module.unix_get
-    docker_module.unix_get = lambda sock, path, **kw: asked.append(path) or real(sock, path, **kw)
+    real = docker_api.get
+    docker_api.get = lambda sock, path, **kw: asked.append(path) or real(sock, path, **kw)
     try:
         with _Env(docker26.env):
             images = len(get_engine("docker").image_layers())
     finally:
-        docker_module.unix_get = real
+        docker_api.get = real
     assert images >= 1
     assert asked.count("/images/json?all=1") == 1 and len(asked) == images + 1, asked
 

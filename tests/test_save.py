@@ -5,6 +5,7 @@ Hostile archives and interruptions are in test_save_hostile.py and test_save_fau
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -249,7 +250,7 @@ def test_temp_dir_removed_by_a_concurrent_cleanup_is_made_again(tmp_path, monkey
     import fcntl
     import tempfile
 
-    from docker_dir.application import save as save_module
+    from docker_dir.nodelocal import BuildDir
 
     real_mkdtemp, real_flock = tempfile.mkdtemp, fcntl.flock
     made = []
@@ -267,8 +268,5 @@ def test_temp_dir_removed_by_a_concurrent_cleanup_is_made_again(tmp_path, monkey
 
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     monkeypatch.setattr(fcntl, "flock", flock)
-    tmp, fd = save_module._locked_temp(str(tmp_path), "img", str(tmp_path / "img"))
-    try:
+    with BuildDir(str(tmp_path), ".img.docker-dir-save-", shutil.rmtree) as tmp:
         assert len(made) == 2 and tmp == made[1] and os.path.isdir(tmp)
-    finally:
-        os.close(fd)

@@ -293,7 +293,7 @@ def test_force_replaces_only_once_new_content_is_complete(images, multi_files, t
 
 
 def test_rename_exchange_swaps_whole_trees(tmp_path):
-    from docker_dir.application.save import exchange
+    from docker_dir.fs import exchange
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x").write_text("a")
@@ -487,7 +487,7 @@ def save_with_a_dropped_signal(refs):
 
 engine.save = save_with_a_dropped_signal
 trap_signals()
-sys.exit(run("docker-dir-save", lambda argv: save.save(engine, [{ref!r}], {dir!r}) and 0))
+sys.exit(run("docker-dir-save", lambda argv: argv, lambda args: save.save(engine, [{ref!r}], {dir!r}) and 0))
 """
 
 

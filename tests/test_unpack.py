@@ -339,7 +339,8 @@ def test_nonroot_user(oracle):
         (package / "__init__.py").write_text("")
         (package / "format/__init__.py").write_text("")
         source = REPO / "lib/docker_dir"
-        for name in ("errors.py", "format/compression.py", "format/unpack.py"):
+        for name in ("errors.py", "fs.py", "format/compression.py", "format/names.py", "format/streams.py",
+                     "format/unpack.py"):
             shutil.copy(source / name, package / name)
         for index, path in enumerate(layers):
             shutil.copy(path, base / f"{index}.tar")

@@ -35,6 +35,28 @@ EXIT_CODES = (
 )
 
 
+# An engine's or a registry's message is shown cut to this many characters.
+MESSAGE_LIMIT = 300
+
+
+def first_line(text, limit=MESSAGE_LIMIT):
+    """The first meaningful line of a program's or a server's message: warnings skipped
+    when something else was said, non-printable characters escaped, cut to `limit`."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = [line for line in lines if not _is_warning(line)] or lines
+    line = said[0] if said else ""
+    if not line.isprintable():
+        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _is_warning(line):
+    lowered = line.lower()
+    return lowered.startswith(("warning", "warn[")) or " level=warning " in lowered
+
+
 class DockerDirError(Exception):
     """Base class: str(err) is the one line the user sees."""
 

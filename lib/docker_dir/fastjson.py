@@ -2,13 +2,14 @@
 
 Shared by the format layer (manifests, configs) and the engine layer (the docker
 API's answers, the client config): both sit on hot paths where importing json (and
-with it re and enum: 5 ms) would cost as much as docker-dir-id's whole run.
+with it re and enum) would cost about as much as docker-dir-id's whole run
+(bench/RESULTS.md has that run's time). `import json` in a function below is that saving.
 """
 import os
 
 # No engine writes a manifest, index or config anywhere near this size (a config with
-# a thousand history entries is under 1 MB); a larger file is refused before it is read,
-# since parsing a 78 MB one took 4.5 s and 585 MB of memory.
+# a thousand history entries is under 1 MB); a larger file is refused before it is read:
+# parsing one costs seconds and many times its size in memory.
 MAX_JSON_BYTES = 16 << 20
 
 

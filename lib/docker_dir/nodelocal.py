@@ -5,11 +5,15 @@ git-annex tree. A directory here is used only if it is a real directory (not a l
 owned by the caller and closed to everyone else; one in /tmp that another user made
 first (to hold our lock, or to plant links) is refused, never waited on.
 Used by the application layer (load locks) and the engines that keep files (caches).
+The charliecloud engine's hot path imports this module: signal (with enum) and tempfile
+are imported only where a build starts.
 """
+import fcntl
 import os
 import stat
 
 from .errors import CantWrite
+from .fs import OPEN_DIR
 
 
 def runtime_dir():
@@ -48,16 +52,12 @@ def private_dir(path, what="lock directory", hint="set XDG_RUNTIME_DIR to a dire
 
 # Temporary directories of a build (a save, an unpack): their builder holds a flock on
 # the directory, so remove_abandoned() removes only those whose builder was killed.
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
 
 def lock_dir(path):
     """A descriptor of the directory at `path` holding its flock, or None when the
     directory went away before that (a cleaner took it)."""
-    import fcntl
-
     try:
-        fd = os.open(path, _DIR)
+        fd = os.open(path, OPEN_DIR)
     except FileNotFoundError:
         return None
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -67,28 +67,59 @@ def lock_dir(path):
     return None
 
 
-def locked_temp_dir(parent, prefix):
-    """(path, locked descriptor) of a new empty directory in `parent`. A cleaner can
-    strike between its making and the flock: then another is made."""
-    import tempfile
+class BuildDir:
+    """A new empty directory in `parent`, locked while the `with` block runs and
+    removed (by `remove_tree`) if the block raises: a signal cannot strike between its
+    making and the cleanup taking charge of it. A cleaner can strike between its making
+    and the flock: then another is made. Failing to make it is CantWrite, ending with `hint`.
 
-    while True:
-        path = tempfile.mkdtemp(prefix=prefix, dir=parent)
-        fd = lock_dir(path)
-        if fd is not None:
-            return path, fd
+        with BuildDir(parent, prefix, remove_tree) as path: ...
+    """
+
+    def __init__(self, parent, prefix, remove_tree, hint=""):
+        self.parent, self.prefix, self.remove_tree, self.hint = parent, prefix, remove_tree, hint
+        self.path = self._fd = None
+
+    def __enter__(self):
+        import signal
+        import tempfile
+
+        catchable = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        signal.pthread_sigmask(signal.SIG_BLOCK, catchable)
+        try:
+            while self._fd is None:
+                self.path = tempfile.mkdtemp(prefix=self.prefix, dir=self.parent)
+                self._fd = lock_dir(self.path)
+        except OSError as err:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, catchable)
+            raise CantWrite(f"{self.parent}: cannot create a temporary directory there ({err.strerror})"
+                            f"{self.hint}") from None
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, catchable)
+            raise
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, catchable)  # a pending signal raises here
+        except BaseException as err:
+            self.__exit__(type(err), err, None)  # removes it, lets go of it
+            raise
+        return self.path
+
+    def __exit__(self, kind, value, traceback):
+        try:
+            if kind is not None:
+                self.remove_tree(self.path)
+        finally:
+            os.close(self._fd)
 
 
 def remove_abandoned(parent, is_temp, remove):
     """Remove the temporary directories in `parent` (names `is_temp` accepts) whose
     builder was killed; a live one is left alone. `remove(path)` deletes a tree."""
-    import fcntl
-
     for name in os.listdir(parent):
         if not is_temp(name):
             continue
         try:
-            fd = os.open(os.path.join(parent, name), _DIR)
+            fd = os.open(os.path.join(parent, name), OPEN_DIR)
         except OSError:
             continue
         try:

@@ -10,12 +10,13 @@ finish in time NoAnswer.
 Every child dies with us (PR_SET_PDEATHSIG): a `docker save` or `load` left behind
 by a killed docker-dir would keep the daemon exporting or importing for nobody.
 """
+import errno
 import os
 import subprocess
 import tempfile
 
 from plumbum import local
-from plumbum.commands.processes import ProcessTimedOut
+from plumbum.commands.processes import CommandNotFound, ProcessTimedOut
 
 # Short commands (inspect, tag, a credential helper) answer in well under a second;
 # this only bounds a stuck daemon or program.
@@ -42,10 +43,18 @@ def _die_with_parent(parent_pid):
     return preexec
 
 
+def _command(argv):
+    """plumbum's command value for argv; a program not on PATH is OSError, like a path that is not there."""
+    try:
+        return local[argv[0]][tuple(argv[1:])]
+    except CommandNotFound:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0]) from None
+
+
 def run(argv, timeout=SHORT_TIMEOUT, input=None):
     """(exit status, stdout, stderr) of a short command, as text; `input` (text) is its
     stdin, else /dev/null. Any exit status returns: the caller knows which are failures."""
-    cmd = local[argv[0]][tuple(argv[1:])]
+    cmd = _command(argv)
     kwargs = {"preexec_fn": _die_with_parent(os.getpid())}
     if input is None:
         kwargs["stdin"] = subprocess.DEVNULL
@@ -65,7 +74,7 @@ class Stream:
     def __init__(self, argv, feed):
         self._outputs = [tempfile.TemporaryFile() for _ in range(2 if feed else 1)]
         try:
-            self.proc = local[argv[0]][tuple(argv[1:])].popen(
+            self.proc = _command(argv).popen(
                 stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
                 stdout=self._outputs[1] if feed else subprocess.PIPE, stderr=self._outputs[0],
                 preexec_fn=_die_with_parent(os.getpid()))

@@ -1,9 +1,11 @@
 """Application layer: what the commands do, between argument parsing (cli) and engines.
 
 save.py: save images into a directory (temp dir, safe extraction, atomic swap,
-stale-temp cleanup). load.py: give an engine an image once (node-local lock,
-presence check, tag or load). Neither prints: they tell a `Reporter` (the cli
-passes one that writes to the terminal) and raise docker-dir's errors.
+stale-temp cleanup). exec.py: read the directory, choose and check the engine, make it
+hold the image. load.py: give an engine an image once (node-local lock, presence check,
+tag or load). id.py: describe an image directory, write the ID only when it changed.
+None prints: they tell a `Reporter` (the cli passes one that writes to the terminal),
+return what the cli shows, and raise docker-dir's errors.
 """
 
 

@@ -3,7 +3,7 @@ import fcntl
 import os
 
 from ..errors import EngineFailed
-from ..format.tarstream import bytes_to_send
+from ..format.loadstream import bytes_to_send
 from ..nodelocal import open_lock, private_dir, runtime_dir
 from . import QUIET
 

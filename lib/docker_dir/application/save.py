@@ -1,17 +1,18 @@
 """Save images into a directory: streamed, extracted safely, moved into place only when complete."""
-import ctypes
 import errno
+import json
 import os
 import shutil
-import signal
-import sys
 import tarfile
 import time
 
-from ..errors import BadImageDir, CantWrite, DockerDirError, EngineFailed, Interrupted
+from ..errors import BadImageDir, CantWrite, DockerDirError, EngineFailed, Interrupted, UsageError
+from ..format.extract import extract_stream
 from ..format.imagedir import ImageDir
-from ..format.tarstream import counting_reader, extract_stream
-from ..nodelocal import locked_temp_dir, remove_abandoned
+from ..format.streams import CountingReader
+from ..fs import move_into_place
+from ..nodelocal import BuildDir, remove_abandoned
+from ..signals import SignalLatch
 from . import QUIET
 
 TEMP_MARK = ".docker-dir-save-"
@@ -31,55 +32,20 @@ def check_target(path, force):
     return parent
 
 
+def _remove_tree(path):
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_stale_temps(parent, name):
     """Remove hidden temp dirs of earlier saves to the same DIR that were killed.
     A running save holds a lock on its temp dir, so it is left alone."""
     prefix = f".{name}{TEMP_MARK}"
-    remove_abandoned(parent, lambda entry: entry.startswith(prefix),
-                     lambda path: shutil.rmtree(path, ignore_errors=True))
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def exchange(a, b):
-    """Atomically swap two paths (Linux renameat2); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), b)
-
-
-def move_into_place(tmp, path):
-    """Make `tmp` appear at `path`; an existing non-empty `path` is swapped out whole."""
-    try:
-        os.rename(tmp, path)  # works when path is absent or an empty directory
-        return
-    except OSError as err:
-        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-    if not exchange(tmp, path):
-        # No atomic swap here: move the old one aside first, so it is never half-deleted.
-        aside = tmp + "-old"
-        os.rename(path, aside)
-        os.rename(tmp, path)
-        tmp = aside
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_abandoned(parent, lambda entry: entry.startswith(prefix), _remove_tree)
 
 
 def canonical_order(directory):
     """Put the images of a multi-image save in one order: engines list them in an order
     that changes from save to save, and a DataLad user would see a change that is none."""
-    import json
-
     for name, key in (("manifest.json", None), ("index.json", "manifests")):
         path = os.path.join(directory, name)
         if not os.path.isfile(path) or os.path.islink(path):
@@ -112,59 +78,51 @@ class Saved:
 
 def save(engine, refs, path, force=False, reporter=QUIET, write_gitattributes=False):
     """Save `refs` (as the engine names them) into directory `path`."""
+    if not engine.can_save:
+        raise UsageError(f"{engine.name} keeps no images to save {' '.join(refs)} from: it runs image "
+                         "directories; save with another engine (--engine)")
     parent = check_target(path, force)
     name = os.path.basename(os.path.abspath(path))
     for ref in refs:
         if engine.inspect_id(ref) is None:
             raise EngineFailed(f"image {ref} not found in {engine.name}; list images with '{engine.name} images'")
+    total = engine.image_size(refs)
     remove_stale_temps(parent, name)
-    received = _remember_signals()
-    # A signal between mkdtemp and the `try` below would leave the temp dir behind.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
-    try:
-        tmp, lock_fd = _locked_temp(parent, name, path)
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CATCHABLE)
-        raise
-    progress = reporter.transfer(f"saving {' '.join(refs)}", total=engine.image_size(refs),
-                                 waiting="the engine is preparing the export")
     started = time.monotonic()
-    try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CATCHABLE)  # a pending signal raises here
-        stream = engine.save(refs)
+    with SignalLatch() as latch, BuildDir(parent, f".{name}{TEMP_MARK}", _remove_tree) as tmp:
+        progress = reporter.transfer(f"saving {' '.join(refs)}", total=total,
+                                     waiting="the engine is preparing the export")
         try:
-            extract_stream(counting_reader(stream.stdout, progress), tmp)
-        except BaseException as err:
-            stream.abort()
-            raise _stream_error(err, stream, path) from None
-        stream.finish()
-        progress.close()
-        os.chmod(tmp, 0o755)
-        _whole_image_ids(ImageDir(tmp), engine, tmp, path)  # checks the manifest before it is rewritten
-        canonical_order(tmp)
-        saved = ImageDir(tmp)
-        ids = _whole_image_ids(saved, engine, tmp, path)
-        if write_gitattributes:
-            with open(os.path.join(tmp, ".gitattributes"), "w", encoding="utf-8") as out:
-                out.write(gitattributes(saved))
-        if received:  # the signal's exception was dropped (see _remember_signals): stop before the commit
-            raise Interrupted(f"interrupted by {signal.Signals(received[0]).name}", received[0])
-        move_into_place(tmp, path)
-    except BaseException:
-        progress.cancel()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        os.close(lock_fd)
+            _extract(engine, refs, tmp, path, progress)
+            progress.close()
+            os.chmod(tmp, 0o755)
+            _whole_image_ids(ImageDir(tmp), engine, tmp, path)  # checks the manifest before it is rewritten
+            canonical_order(tmp)
+            saved = ImageDir(tmp)
+            ids = _whole_image_ids(saved, engine, tmp, path)
+            if write_gitattributes:
+                with open(os.path.join(tmp, ".gitattributes"), "w", encoding="utf-8") as out:
+                    out.write(gitattributes(saved))
+            latch.check()  # a signal whose exception was dropped stops us before the commit
+            move_into_place(tmp, path, _remove_tree)
+        except BaseException:
+            progress.cancel()
+            raise
     return Saved(ids, progress.done, time.monotonic() - started)
 
 
-def _locked_temp(parent, name, path):
-    """A hidden temp dir beside DIR and a lock on it, so other saves' cleanup leaves it alone."""
+def _extract(engine, refs, tmp, path, progress):
+    """The engine's export, extracted into tmp as it streams."""
+    doing = f"saving {' '.join(refs)}"
+    stream = engine.save(refs)
     try:
-        return locked_temp_dir(parent, f".{name}{TEMP_MARK}")
-    except OSError as err:
-        raise CantWrite(f"{path}: cannot create a temporary directory in {parent} ({err.strerror})") from None
+        extract_stream(CountingReader(stream.stdout, progress), tmp)
+    except BaseException as err:
+        stream.abort()
+        raise _stream_error(err, engine.save_failed(stream, doing), engine, path) from None
+    status, _, stderr = stream.finish()
+    if status:
+        raise engine.error(stderr, doing)
 
 
 def _whole_image_ids(saved, engine, tmp, path):
@@ -184,46 +142,19 @@ def _whole_image_ids(saved, engine, tmp, path):
     return ids
 
 
-_CATCHABLE = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _remember_signals():
-    """Record every catchable signal; return the list they are added to.
-    Their handlers raise an exception, but Python prints and drops one raised inside a
-    weakref callback or __del__ (an import's module-lock callback, seen here), and the
-    save would go on as if no signal had come."""
-    received = []
-    for signum in _CATCHABLE:
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            def remember(num, frame, handler=handler):
-                received.append(num)
-                handler(num, frame)
-
-            signal.signal(signum, remember)
-    sys.unraisablehook = _quiet_about_signals
-    return received
-
-
-def _quiet_about_signals(unraisable, default=sys.unraisablehook):
-    """The dropped exception is reported once, as the save's one-line error."""
-    if not isinstance(unraisable.exc_value, (Interrupted, KeyboardInterrupt)):
-        default(unraisable)
-
-
-def _stream_error(err, stream, path):
-    """The error to report when extraction stopped early."""
+def _stream_error(err, engine_error, engine, path):
+    """The error to report when extraction stopped early; `engine_error` is the engine's
+    own complaint, if it made one."""
     if isinstance(err, (KeyboardInterrupt, Interrupted)):
         return err
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return CantWrite(f"{path}: no space left on the device; nothing was written, free space and save again")
     if isinstance(err, DockerDirError):
         return err  # an unsafe archive stays unsafe whatever the engine printed on stderr
-    engine_error = stream.failure()
     if engine_error is not None:
         return engine_error
     if isinstance(err, (tarfile.TarError, EOFError)):
-        return EngineFailed(f"{stream.engine.name} sent a malformed archive ({err}); nothing was written")
+        return EngineFailed(f"{engine.name} sent a malformed archive ({err}); nothing was written")
     if isinstance(err, OSError):
         return CantWrite(f"{path}: {err.strerror or err}; nothing was written")
     return err

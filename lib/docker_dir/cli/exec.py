@@ -1,17 +1,16 @@
 """docker-dir-exec: load the image of DIR if the engine lacks it (once), then run CMD in it.
 
 The hot path (image present) reads the manifest, asks the engine, and execs
-`<engine> run` (engine/hot.py says why it uses the standard library only).
+`<engine> run` (direct.py says why it uses the standard library only): options are
+parsed without argparse when there are none.
 """
 import os
 import sys
 
-from ..engine import get_engine
-from ..engine.base import Mount, RunRequest
-from ..engine.hot import replace_process
-from ..errors import EngineUnavailable, NotLoaded, UsageError
-from ..format.imagedir import read_consistently
-from .common import run
+from ..application.exec import ExecOptions, prune_cache, ready_to_run
+from ..direct import replace_process
+from ..errors import EngineUnavailable, UsageError
+from .common import TerminalReporter, human, run, trap_signals
 
 PROG = "docker-dir-exec"
 IMAGE_ENV = "DOCKER_DIR_IMAGE"
@@ -75,7 +74,7 @@ def _days(text):
 
 def parse(argv):
     # Makefiles and shebang lines rarely pass options: then everything is DIR and
-    # CMD, as for argparse's REMAINDER, without argparse's 5 ms on the hot path.
+    # CMD, as for argparse's REMAINDER, without argparse's import on the hot path.
     args = _NoOptions(argv) if argv and not argv[0].startswith("-") else _parse_options(argv)
     words = args.words
     env_dir = os.environ.get(IMAGE_ENV)
@@ -93,79 +92,29 @@ def parse(argv):
     return args
 
 
-def shebang_script(command):
-    """The script that invoked us through its #! line, if any: the kernel passes its
-    path as an argument, and it lies outside the mounted directory more often than not."""
-    for arg in command[1:]:
-        if not os.path.isfile(arg):
-            continue
-        try:
-            with open(arg, "rb") as stream:
-                first_line = stream.readline(512)
-        except OSError:
-            continue
-        if first_line.startswith(b"#!") and b"docker-dir-exec" in first_line:
-            return os.path.abspath(arg)
-    return None
-
-
-def present_image(image_dir, args):
-    """The engine, and the request to run the selected image, which it holds once this returns."""
-    image = image_dir.select(repo_tag=args.repo_tag, config=args.config, platform=args.platform)
-    engine = get_engine(args.engine)  # after the directory: its errors come first
-    ref = engine.image_ref(image.config_digest())
-    request = run_request(args, ref)
-    problem = engine.unsupported(request)  # before anything is loaded
-    if problem:
-        raise UsageError(problem)
-    if not engine.has_image(ref):
-        if args.no_load:
-            raise NotLoaded(f"{engine.name} does not have the image of {args.dir} and --no-load was given; "
-                            f"load it with '{PROG} --load-only {args.dir}'")
-        from ..application.load import ensure_loaded
-        from .common import TerminalReporter, trap_signals
-
-        trap_signals()
-        ensure_loaded(engine, image, ref, TerminalReporter(PROG, args.quiet))
-    return engine, request
-
-
-def run_request(args, ref):
-    """What to run: like a local command, in the caller's directory, as the caller."""
-    cwd = os.getcwd()
-    mounts = [Mount(cwd, cwd)]
-    script = shebang_script(args.command)
-    if script and not script.startswith(cwd.rstrip("/") + "/"):
-        mounts.append(Mount(script, script, "ro"))
-    mounts += [Mount.parse(spec) for spec in args.volume]
-    return RunRequest(ref, args.command, args.workdir or cwd, mounts, args.env, user=args.user,
-                      tty=sys.stdin.isatty() and sys.stdout.isatty(), network=args.network,
-                      entrypoint=args.entrypoint, extra_args=args.engine_arg)
-
-
 def prune(args):
-    from .common import human
-
-    removed, freed, where = get_engine(args.engine).prune_cache(args.prune_cache)
+    removed, freed, where = prune_cache(args.engine, args.prune_cache)
     if not args.quiet:
         print(f"{PROG}: removed {removed} unpacked image(s), {human(freed)}, unused for {args.prune_cache:g} days, "
               f"from {where}", file=sys.stderr)
     return 0
 
 
-def main(argv):
-    args = parse(argv)
+def main(args):
     if args.prune_cache is not None:
         return prune(args)
-    engine, request = read_consistently(args.dir, lambda image_dir: present_image(image_dir, args))
-    if args.load_only:
+    options = ExecOptions(args.dir, args.command, repo_tag=args.repo_tag, config=args.config,
+                          platform=args.platform, engine=args.engine, volumes=args.volume, env=args.env,
+                          workdir=args.workdir, user=args.user, network=args.network, entrypoint=args.entrypoint,
+                          engine_args=args.engine_arg, load=not args.no_load, load_only=args.load_only)
+    command = ready_to_run(options, TerminalReporter(PROG, args.quiet), before_load=trap_signals)
+    if command is None:
         return 0
-    argv = engine.run_argv(request)
     try:
-        replace_process(argv)
+        replace_process(command.argv, command.env)
     except OSError as err:
-        raise EngineUnavailable(f"cannot run {argv[0]}: {err.strerror}") from None
+        raise EngineUnavailable(f"cannot run {command.argv[0]}: {err.strerror}") from None
 
 
 def entry_point():
-    return run(PROG, main)
+    return run(PROG, parse, main)

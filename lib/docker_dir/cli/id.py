@@ -1,9 +1,8 @@
 """docker-dir-id: print the image ID stored in a directory; no daemon, no layer content needed."""
 import os
 
-from ..errors import CantWrite
-from ..format.imagedir import read_consistently
-from .common import run
+from ..application.id import describe
+from .common import print_output, run
 
 PROG = "docker-dir-id"
 _FLAGS = {"--verify": "verify", "--json": "json", "--debug": "debug"}
@@ -42,7 +41,7 @@ def quick_parse(argv):
                 if value is None or value.startswith("-"):
                     return None
             if name == "--engine":
-                from ..engine import ENGINES  # only then: 0.06 ms of the usual run
+                from ..engine import ENGINES  # only when --engine is given
 
                 if value not in ENGINES:
                     return None  # argparse names the choices
@@ -84,61 +83,12 @@ def full_parse(argv):
     return parser.parse_args(argv)
 
 
-def write_if_changed(path, text):
-    """Atomically replace `path` with `text` unless it already holds exactly that."""
-    data = text.encode()
-    try:
-        with open(path, "rb") as stream:
-            if stream.read(len(data) + 1) == data:
-                return False
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise CantWrite(f"{path}: cannot read ({err.strerror})") from None
-    import tempfile
-
-    directory = os.path.dirname(path) or "."
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    except OSError as err:
-        raise CantWrite(f"{path}: cannot create ({err.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as err:
-        os.unlink(tmp)
-        raise CantWrite(f"{path}: cannot write ({err.strerror})") from None
-    return True
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def describe(image_dir, args):
-    """What docker-dir-id prints for the image the options select."""
-    image = image_dir.select(repo_tag=args.repo_tag, config=args.config, platform=args.platform)
-    if args.verify:
-        image.verify()
-    if args.json:
-        import json
-
-        return json.dumps(image.summary(), indent=2) + "\n"
-    return image.image_id() + "\n"
-
-
-def main(argv):
-    args = parse(argv)
-    text = read_consistently(args.dir, lambda image_dir: describe(image_dir, args))
-    if args.output:
-        write_if_changed(args.output, text)
-    else:
-        print(text, end="")
+def main(args):
+    text = describe(args.dir, repo_tag=args.repo_tag, config=args.config, platform=args.platform,
+                    verify=args.verify, as_json=args.json, output=args.output)
+    if args.output is None:
+        print_output(text)
 
 
 def entry_point():
-    return run(PROG, main)
+    return run(PROG, parse, main)

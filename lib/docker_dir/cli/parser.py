@@ -10,7 +10,7 @@ from ..errors import EXIT_CODES, UsageError
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog):
-        # With no width, argparse imports shutil (and bz2, lzma) on every run: ~2 ms
+        # With no width, argparse imports shutil (and bz2, lzma) on every run: a share
         # of docker-dir-id's budget, spent only to size a help text rarely shown.
         try:
             width = os.get_terminal_size(sys.stderr.fileno()).columns

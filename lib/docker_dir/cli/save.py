@@ -5,7 +5,7 @@ import sys
 
 from ..application.save import save
 from ..engine import get_engine
-from .common import TerminalReporter, human, run, trap_signals
+from .common import TerminalReporter, human, print_output, require_stdout, run, trap_signals
 from .parser import Parser, add_engine_option
 
 PROG = "docker-dir-save"
@@ -35,8 +35,8 @@ def normalize_ref(ref):
     return ref + ":latest"
 
 
-def main(argv):
-    args = parse(argv)
+def main(args):
+    require_stdout()  # before the work, not after it
     args.dir = os.path.normpath(args.dir)  # as messages show it: no trailing slash
     trap_signals()
     engine = get_engine(args.engine)
@@ -45,9 +45,8 @@ def main(argv):
     if not args.quiet:
         print(f"{PROG}: saved {' '.join(refs)} to {args.dir} ({human(saved.nbytes)} in {saved.seconds:.1f} s)",
               file=sys.stderr)
-    for image_id in saved.ids:
-        print(image_id)
+    print_output("".join(image_id + "\n" for image_id in saved.ids))
 
 
 def entry_point():
-    return run(PROG, main)
+    return run(PROG, parse, main)

@@ -23,7 +23,7 @@ def get_engine(name=None):
     """The engine named, else $DOCKER_DIR_ENGINE, else the first of ENGINES installed."""
     name = name or os.environ.get("DOCKER_DIR_ENGINE")
     if not name:
-        from .hot import find_program
+        from ..direct import find_program
 
         name = next((n for n in ENGINES if find_program(engine_class(n).program)), ENGINES[0])
     return engine_class(name)()

@@ -1,41 +1,26 @@
-"""What docker-dir asks of a container engine: the interface every engine module implements.
+"""What docker-dir asks of a container engine: the contract every engine module implements.
 
 An engine module defines `ENGINE`, a subclass of `Engine`, and is listed in
-engine/__init__.py ENGINES. It implements:
-
-- `name`, `program` (the executable looked up on PATH), `start_hint` (how to make
-  an unreachable engine answer, for messages);
-- `has_image(ref) -> bool`: on the hot path, so standard library only (hot.py);
-- `stored_digest(digests) -> digest | None`: which of these digests (an image's
-  config digest, its manifest digest) names an image in this engine's store;
-- `tag(source, ref)`: give a stored image the private reference;
-- `held_layers(image) -> int`: how many of the image's first layers the engine
-  already holds and need not be sent (0 where it cannot take a short load);
-- `load(image, ref, on_bytes, held)`: put a format.Image into the store under `ref`,
-  sending only the layers after the first `held`;
-- `inspect_id(ref) -> ID | None`: the engine's ID of an image reference (docker-dir-save
-  asks it of every IMAGE first), None when it has no such image;
-- `save_command(refs)`: the plumbum command whose stdout is a docker-archive tar;
-  `image_size(refs)`: about how many bytes that stream carries (for the progress line);
-- `run_argv(request) -> argv`: the command line that runs a `RunRequest` (execv'd);
-- `unsupported(request) -> message | None`: why this engine cannot run the request as
-  asked (checked before anything is loaded; the default accepts everything);
-- `prune_cache(days) -> (entries, bytes, where)`: remove what the engine keeps for
-  docker-dir and did not use for `days` days (only engines that keep such a cache);
-- `error(stderr, doing) -> DockerDirError`: an engine complaint, classified.
+engine/__init__.py ENGINES. `Engine` declares every method the application layer
+calls; the abstract ones must be implemented, the others have a default that fits an
+engine without that feature. `can_save` declares whether the engine keeps images that
+docker-dir-save can export (then `inspect_id`, `image_size` and `save` are implemented).
+tests/test_engines.py checks every engine in ENGINES against this class.
 
 `CliEngine` implements all of it for engines with a docker-like CLI (`image inspect`,
-`tag`, `load`, `save`, `run`); docker and podman only add what differs. Streams and
-short commands off the hot path go through plumbum (process.py).
+`tag`, `load`, `save`, `run`); docker and podman only add what differs. Short commands
+and streams off the hot path go through process.py (plumbum); `has_image` is on the hot
+path, so it uses direct.py.
 """
+import abc
 import os
 
-from ..errors import EngineFailed, EngineUnavailable, UsageError
-from .hot import find_program, quick_run
+from ..direct import find_program, run_check
+from ..errors import EngineFailed, EngineUnavailable, UsageError, first_line
 
 PRIVATE_REPO = "localhost/docker-dir"
-# Below this, asking an engine which layers it holds (podman: ~0.5 s with 100 images)
-# costs more than sending them.
+# Below this, asking an engine which layers it holds (podman answers slowly with many
+# images: bench/bench_inventory.py) costs more than sending them.
 SKIP_WORTH = 1 << 20
 
 
@@ -83,12 +68,23 @@ class RunRequest:
         self.network, self.entrypoint = network, entrypoint
 
 
-class Engine:
-    """One container engine. See the module docstring for what a subclass implements."""
+class RunCommand:
+    """The process that runs a request: `argv`, and `env`, the environment to exec it
+    with (None: the caller's own)."""
 
-    name = None
-    program = None
-    start_hint = None
+    __slots__ = ("argv", "env")
+
+    def __init__(self, argv, env=None):
+        self.argv, self.env = argv, env
+
+
+class Engine(abc.ABC):
+    """One container engine: every method the application layer calls."""
+
+    name = None        # as --engine and messages name it
+    program = None     # the executable looked up on PATH
+    start_hint = None  # how to make an unreachable engine answer, for messages
+    can_save = False   # keeps images docker-dir-save can export: inspect_id, image_size, save
 
     def __init__(self, binary=None):
         self.binary = binary or find_program(self.program)
@@ -96,48 +92,76 @@ class Engine:
             raise EngineUnavailable(f"{self.program} is not installed (not found on PATH); install it, "
                                     "or choose another engine with --engine or DOCKER_DIR_ENGINE")
 
+    # -- presence and loading ------------------------------------------------
     def image_ref(self, config_hex):
         """The reference docker-dir runs the image of this config digest by."""
         return private_ref(config_hex)
 
+    @abc.abstractmethod
     def has_image(self, ref):
-        raise NotImplementedError
+        """Whether the engine holds `ref`; on the hot path, so standard library only (direct.py)."""
 
+    @abc.abstractmethod
     def stored_digest(self, digests):
-        raise NotImplementedError
+        """Which of these digests (config digest, manifest digests) names an image in the store, or None."""
 
+    @abc.abstractmethod
     def tag(self, source, ref):
-        raise NotImplementedError
+        """Give the stored image `source` the private reference `ref`."""
 
     def held_layers(self, image):
+        """How many of the image's first layers the engine holds and need not be sent (0: send all)."""
         return 0
 
+    @abc.abstractmethod
     def load(self, image, ref, on_bytes=None, held=0):
-        raise NotImplementedError
+        """Put a format.Image into the store under `ref`, sending only the layers after the first `held`."""
 
+    # -- saving (engines with can_save) ----------------------------------------
     def inspect_id(self, ref):
-        raise NotImplementedError
+        """The engine's ID of image `ref`, None when it has no such image."""
+        raise NotImplementedError(f"{self.name} declares can_save = False")
 
-    def save_command(self, refs):
-        raise NotImplementedError
+    def image_size(self, refs):
+        """About how many bytes a save of `refs` streams (for the progress line), or None."""
+        raise NotImplementedError(f"{self.name} declares can_save = False")
 
-    def run_argv(self, request):
-        raise NotImplementedError
+    def save(self, refs):
+        """A started export of `refs` as a docker-archive tar: a stream shaped like process.Stream
+        (stdout to read, finish() -> (status, stdout, stderr), abort(), stderr())."""
+        raise NotImplementedError(f"{self.name} declares can_save = False")
 
-    def unsupported(self, request):
-        return None
+    def save_failed(self, stream, doing):
+        """The error of an export that ended badly (its stderr classified), or None if it said nothing."""
+        stderr = stream.stderr()
+        return self.error(stderr, doing) if stderr.strip() else None
+
+    # -- running ---------------------------------------------------------------
+    def check_request(self, request):
+        """Raise UsageError if this engine cannot run the request as asked (before anything is loaded)."""
+
+    def prepare_run(self, request):
+        """Make what running the request needs beside the image (none for a daemon-backed engine)."""
+
+    @abc.abstractmethod
+    def run_command(self, request):
+        """The RunCommand that runs a RunRequest (execv'd); builds, changes nothing."""
 
     def prune_cache(self, days):
+        """Remove what the engine keeps for docker-dir that no exec used for `days` days: (entries, bytes, where)."""
         raise UsageError(f"{self.name} keeps no cache of its own for docker-dir; --prune-cache is for "
                          "--engine charliecloud")
 
+    # -- errors ----------------------------------------------------------------
+    @abc.abstractmethod
     def error(self, stderr, doing):
-        raise NotImplementedError
+        """An engine's complaint (its stderr) while `doing` something, as a classified docker-dir error."""
 
 
 class CliEngine(Engine):
     """An engine driven through a docker-like CLI."""
 
+    can_save = True
     # Lower-case fragments of the CLI's stderr: the engine cannot be reached / has no such image.
     unreachable_markers = ()
     not_found_markers = ()
@@ -145,25 +169,50 @@ class CliEngine(Engine):
     # "omit" (nothing) or "placeholder" (empty files); None: always the whole image.
     short_archive = None
 
-    # -- presence ------------------------------------------------------------
-    def _quick(self, *args, timeout=60):
-        answer = quick_run([self.binary, *args], timeout)
-        if answer is None:
-            raise EngineUnavailable(f"{self.name} did not answer within {timeout} s; {self.start_hint}")
-        return answer
+    # -- commands --------------------------------------------------------------
+    def _run(self, *args, doing, accept=(0,)):
+        """(status, stdout, stderr) of a short engine command; a status not in `accept`
+        raises the engine's error."""
+        from .. import process  # plumbum: off the hot path only (direct.py says why)
 
+        try:
+            status, stdout, stderr = process.run([self.binary, *args])
+        except process.NoAnswer:
+            raise EngineUnavailable(f"{self.name} did not answer while {doing}; {self.start_hint}") from None
+        except OSError as err:
+            raise EngineUnavailable(f"cannot start {self.binary}: {err.strerror}") from None
+        if status not in accept:
+            raise self.error(stderr, doing)
+        return status, stdout, stderr
+
+    def _stream(self, *args, doing, feed):
+        from .. import process
+
+        try:
+            return process.Stream([self.binary, *args], feed=feed)
+        except OSError as err:
+            raise EngineUnavailable(f"cannot start {self.binary} while {doing}: {err.strerror}") from None
+
+    def _finish(self, stream, doing):
+        """Wait for a stream's command; its failure raises the engine's error. Returns its stdout."""
+        status, stdout, stderr = stream.finish()
+        if status:
+            raise self.error(stderr, doing)
+        return stdout
+
+    # -- presence ------------------------------------------------------------
     def has_image(self, ref):
-        status, _, stderr = self._quick("image", "inspect", "--format", "{{.Id}}", ref)
-        if status and not self.is_not_found(stderr.decode(errors="replace")):
-            raise self.error(stderr.decode(errors="replace"), f"looking for {ref}")
+        answer = run_check([self.binary, "image", "inspect", "--format", "{{.Id}}", ref])
+        if answer is None:
+            raise EngineUnavailable(f"{self.name} did not answer while looking for {ref}; {self.start_hint}")
+        status, _, stderr = answer
+        if status and not self.is_not_found(stderr):
+            raise self.error(stderr, f"looking for {ref}")
         return status == 0
 
     def inspect_id(self, ref):
-        """The engine's ID for `ref`, or None when it has no such image."""
-        from .process import command, run
-
-        status, stdout, stderr = run(self, command(self.binary, "image", "inspect", "--format", "{{.Id}}", ref),
-                                     f"inspecting {ref}", retcode=None)
+        status, stdout, stderr = self._run("image", "inspect", "--format", "{{.Id}}", ref,
+                                           doing=f"inspecting {ref}", accept=range(256))
         if status == 0:
             return stdout.strip() or None
         if self.is_not_found(stderr):
@@ -171,11 +220,8 @@ class CliEngine(Engine):
         raise self.error(stderr, f"inspecting {ref}")
 
     def image_size(self, refs):
-        """About how many bytes a save of `refs` streams (their sizes as the engine reports them)."""
-        from .process import command, run
-
-        out = run(self, command(self.binary, "image", "inspect", "--format", "{{.Size}}", *refs),
-                  "asking image sizes", retcode=None)[1]
+        out = self._run("image", "inspect", "--format", "{{.Size}}", *refs, doing="asking image sizes",
+                        accept=range(256))[1]
         return sum(int(word) for word in out.split() if word.isdigit()) or None
 
     def stored_digest(self, digests):
@@ -184,16 +230,19 @@ class CliEngine(Engine):
         return next((d for d in digests if self.inspect_id(d) == d), None)
 
     def tag(self, source, ref):
-        from .process import command, run
-
-        run(self, command(self.binary, "tag", source, ref), f"tagging {source}")
+        self._run("tag", source, ref, doing=f"tagging {source}")
 
     # -- streams ---------------------------------------------------------------
-    def save(self, refs):
-        """A running `save` whose stdout is the archive stream."""
-        from .process import Stream
+    def save_args(self, refs):
+        """The CLI arguments of a docker-archive export of `refs`."""
+        return ["save", "--", *refs]
 
-        return Stream(self, self.save_command(refs), f"saving {' '.join(refs)}", feed=False)
+    def save(self, refs):
+        return self._stream(*self.save_args(refs), doing=f"saving {' '.join(refs)}", feed=False)
+
+    def load_stream(self, doing):
+        """A started import of a docker-archive: a stream shaped like process.Stream whose stdin takes the tar."""
+        return self._stream("load", doing=doing, feed=True)
 
     def held_layers(self, image):
         """The length of the longest prefix of the image's layers whose chain the engine
@@ -206,27 +255,19 @@ class CliEngine(Engine):
         diff_ids = image.diff_ids()
         if not diff_ids or len(diff_ids) != len(image.layers):
             return 0
-        held = self.held_chains()
+        held = {chain for layers in self.image_layers() for chain in chain_ids(layers)}
         chains = chain_ids(diff_ids)
         return next((n for n in range(len(chains), 0, -1) if chains[n - 1] in held), 0)
 
-    def held_chains(self):
-        """The chain IDs of every prefix of every image the engine holds."""
-        from ..format.names import chain_ids
-
-        return {chain for layers in self.image_layers() for chain in chain_ids(layers)}
-
     def image_layers(self):
         """The diff IDs of each image the engine holds (intermediate ones included)."""
-        from .process import command, run
-
-        ids = run(self, command(self.binary, "images", "-a", "-q", "--no-trunc"), "listing images")[1].split()
-        if not ids:
-            return []
-        out = run(self, command(self.binary, "image", "inspect", "--format", "{{json .RootFS.Layers}}",
-                                *dict.fromkeys(ids)), "listing image layers", retcode=None)[1]
         from ..fastjson import loads_json
 
+        ids = self._run("images", "-a", "-q", "--no-trunc", doing="listing images")[1].split()
+        if not ids:
+            return []
+        out = self._run("image", "inspect", "--format", "{{json .RootFS.Layers}}", *dict.fromkeys(ids),
+                        doing="listing image layers", accept=range(256))[1]
         layers = []
         for line in out.splitlines():
             try:
@@ -240,29 +281,28 @@ class CliEngine(Engine):
     def load(self, image, ref, on_bytes=None, held=0):
         """Stream the image into `load` as a docker-archive naming only `ref`."""
         from ..errors import DockerDirError, Interrupted
-        from ..format.tarstream import write_load_stream
-        from .process import Stream, command
+        from ..format.loadstream import write_load_stream
 
-        where = image.image_dir.path
-        stream = Stream(self, command(self.binary, "load"), f"loading {where}", feed=True)
+        doing = f"loading {image.image_dir.path}"
+        stream = self.load_stream(doing)
         try:
             write_load_stream(image, stream.stdin, [ref], on_bytes=on_bytes, held=held,
                               placeholders=self.short_archive == "placeholder")
         except BrokenPipeError:
-            pass  # the engine stopped reading: its own error follows from finish()
+            pass  # the engine stopped reading: its own error follows from _finish()
         except BaseException as err:
             stream.abort()
             if isinstance(err, (KeyboardInterrupt, Interrupted, DockerDirError)):
                 raise
-            raise EngineFailed(f"loading {where} failed: {err}") from None
-        stream.finish()
+            raise EngineFailed(f"{doing} failed: {first_line(str(err))}") from None
+        self._finish(stream, doing)
 
     # -- run -------------------------------------------------------------------
     def user_args(self, user):
         """Flags that run the container as `user`, or as the caller when None."""
         return ["--user", user or f"{os.getuid()}:{os.getgid()}"]
 
-    def run_argv(self, request):
+    def run_command(self, request):
         # Never pull: if the image went away since the check (another process removed it),
         # the engine would ask a registry at localhost for our private name and might run
         # whatever it serves there; "No such image" is the truthful answer.
@@ -278,7 +318,7 @@ class CliEngine(Engine):
             argv += ["--network", request.network]
         if request.entrypoint is not None:
             argv += ["--entrypoint", request.entrypoint]
-        return argv + request.extra_args + [request.image, *request.command]
+        return RunCommand(argv + request.extra_args + [request.image, *request.command])
 
     # -- errors ----------------------------------------------------------------
     def is_not_found(self, stderr):
@@ -288,9 +328,8 @@ class CliEngine(Engine):
         return any(m in text for m in self.not_found_markers)
 
     def error(self, stderr, doing):
-        """Turn an engine's stderr into one line, classified."""
-        text = " ".join(stderr.split())
-        lowered = text.lower()
-        if any(m in lowered for m in self.unreachable_markers):
+        """One line, classified: unreachable (69) or refused (70)."""
+        text = first_line(stderr)
+        if any(m in stderr.lower() for m in self.unreachable_markers):
             return EngineUnavailable(f"{self.name} engine not reachable while {doing}: {text} ({self.start_hint})")
         return EngineFailed(f"{self.name} failed while {doing}: {text or 'no message'}")

@@ -1,14 +1,17 @@
 """The docker CLI and daemon (classic and containerd image stores alike).
 
-Presence and image IDs are asked over the daemon's unix socket when the CLI would
-use it: the CLI takes tens of milliseconds to answer the same question.
+Presence, image IDs, tags and the save and load streams go over the daemon's unix
+socket when the CLI would use it (docker_api.py): the CLI takes tens of milliseconds to
+answer the same question, and plumbum, which runs it, costs more (direct.py). The CLI,
+through plumbum, is for daemons elsewhere (tcp://, ssh://) and sockets that refuse us.
 """
 import os
 
+from ..direct import find_program
 from ..errors import EngineFailed
 from ..fastjson import loads_json
+from . import docker_api
 from .base import CliEngine
-from .hot import find_program, unix_get
 
 # The first Docker release that loads zstd-compressed layers (20.10 fails: "archive/tar: invalid tar header").
 ZSTD_SINCE = 23
@@ -82,10 +85,7 @@ class DockerEngine(CliEngine):
         version = self._api_json("/version")
         if isinstance(version, dict) and isinstance(version.get("Version"), str):
             return version["Version"]
-        from .process import command, run
-
-        return run(self, command(self.binary, "version", "--format", "{{.Server.Version}}"),
-                   "asking its version")[1].strip()
+        return self._run("version", "--format", "{{.Server.Version}}", doing="asking its version")[1].strip()
 
     @property
     def short_archive(self):
@@ -101,10 +101,7 @@ class DockerEngine(CliEngine):
     def _ask_containerd_store(self):
         info = self._api_json("/info")
         if info is None:
-            from .process import command, run
-
-            text = run(self, command(self.binary, "info", "--format", "{{json .DriverStatus}}"),
-                       "asking its image store")[1]
+            text = self._run("info", "--format", "{{json .DriverStatus}}", doing="asking its image store")[1]
             return "io.containerd.snapshotter" in text
         status = info.get("DriverStatus") if isinstance(info, dict) else None
         return any(isinstance(pair, list) and len(pair) == 2 and pair[0] == "driver-type"
@@ -131,13 +128,37 @@ class DockerEngine(CliEngine):
     def _api_json(self, path):
         """The decoded answer of a GET on the daemon's API, or None where only the CLI can ask."""
         sock = _local_socket()
-        answer = unix_get(sock, path) if sock else None
-        if not answer or answer[0] != 200:
-            return None
-        try:
-            return loads_json(answer[1])
-        except ValueError:
-            return None
+        return docker_api.get_json(sock, path) if sock else None
+
+    def tag(self, source, ref):
+        sock = _local_socket()
+        repo, _, tag = ref.rpartition(":")
+        plain = _PLAIN_REF.issuperset(source + ref)
+        answer = docker_api.post(sock, f"/images/{source}/tag?repo={repo}&tag={tag}") if sock and plain else None
+        if answer is None:
+            return super().tag(source, ref)
+        if answer[0] != 201:
+            raise self.error(docker_api.error_message(answer[1]), f"tagging {source}")
+
+    def save(self, refs):
+        """Over the API when the daemon listens on a local socket: no CLI process."""
+        sock = _local_socket()
+        if sock and all(_PLAIN_REF.issuperset(ref) for ref in refs):
+            try:
+                return docker_api.Download(sock, "/images/get?" + "&".join(f"names={ref}" for ref in refs))
+            except OSError:
+                pass  # the CLI says what keeps the daemon from answering
+        return super().save(refs)
+
+    def load_stream(self, doing):
+        """Over the API when the daemon listens on a local socket: no CLI process."""
+        sock = _local_socket()
+        if sock:
+            try:
+                return docker_api.Upload(sock, "/images/load?quiet=1")
+            except OSError:
+                pass
+        return super().load_stream(doing)
 
     def image_size(self, refs):
         sizes = []
@@ -148,11 +169,6 @@ class DockerEngine(CliEngine):
             except (TypeError, ValueError, KeyError):
                 return super().image_size(refs)  # no socket, or an answer we don't understand
         return sum(sizes) or None
-
-    def save_command(self, refs):
-        from .process import command
-
-        return command(self.binary, "save", "--", *refs)
 
 
 ENGINE = DockerEngine
@@ -200,7 +216,7 @@ def _find_socket():
 def _context_host(config_dir, name):
     """The docker endpoint of a CLI context (`docker context create`; rootless Docker's
     setup tool makes one named "rootless"), from its metadata file."""
-    import hashlib  # here: only context users pay for it
+    import hashlib  # only docker context users pay for its import
 
     meta = os.path.join(config_dir, "contexts", "meta", hashlib.sha256(name.encode()).hexdigest(), "meta.json")
     try:
@@ -224,5 +240,5 @@ def _api_image(ref):
     sock = _local_socket()
     if not sock or not _PLAIN_REF.issuperset(ref):
         return None
-    answer = unix_get(sock, f"/images/{ref}/json")
+    answer = docker_api.get(sock, f"/images/{ref}/json")
     return answer if answer and answer[0] in (200, 404) else None

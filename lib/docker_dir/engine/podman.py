@@ -1,6 +1,8 @@
 """The podman CLI (daemonless)."""
 import os
 
+from ..direct import run_check
+from ..errors import EngineUnavailable
 from .base import CliEngine
 
 
@@ -21,18 +23,19 @@ class PodmanEngine(CliEngine):
         return super().user_args(user)
 
     def has_image(self, ref):
-        status, _, stderr = self._quick("image", "exists", ref)
+        answer = run_check([self.binary, "image", "exists", ref])
+        if answer is None:
+            raise EngineUnavailable(f"podman did not answer while looking for {ref}; {self.start_hint}")
+        status, _, stderr = answer
         # Exit 1 is also how podman fails on a broken configuration, so the answer
         # counts only when stderr holds nothing but warnings (e.g. unknown config keys).
         if status in (0, 1) and not _without_warnings(stderr):
             return status == 0
-        raise self.error(stderr.decode(errors="replace"), f"looking for {ref}")
+        raise self.error(stderr, f"looking for {ref}")
 
-    def save_command(self, refs):
-        from .process import command
-
+    def save_args(self, refs):
         multi = ["--multi-image-archive"] if len(refs) > 1 else []
-        return command(self.binary, "save", "--format", "docker-archive", *multi, "--", *refs)
+        return ["save", "--format", "docker-archive", *multi, "--", *refs]
 
 
 ENGINE = PodmanEngine
@@ -40,6 +43,6 @@ ENGINE = PodmanEngine
 
 def _without_warnings(stderr):
     """stderr minus podman's warning lines (logrus text or terminal format)."""
-    lines = stderr.decode(errors="replace").splitlines()
+    lines = stderr.splitlines()
     return [line for line in lines if line.strip() and " level=warning " not in line
             and not line.startswith("WARN[")]

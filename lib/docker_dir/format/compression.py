@@ -17,10 +17,7 @@ import sys
 import zlib
 
 from ..errors import EXIT_ENGINE_UNAVAILABLE, BadImageDir, DockerDirError
-
-# Buffers above glibc's mmap threshold (128 kB) are mapped afresh on every read
-# and their page faults cost more than the copy: stay well below it.
-CHUNK = 64 << 10
+from .streams import CHUNK
 
 NONE, GZIP, ZSTD = "none", "gzip", "zstd"
 

@@ -5,121 +5,25 @@ in format/__init__.py) turns what the directory holds into `Image`s: config dige
 and path, layers (path, digest as stored, media type), repo tags, manifest digest.
 Everything above this layer (verification, load streams, engines) sees only those.
 
-Every path taken from a manifest is checked before it is opened, and symlinks are
-followed only while their target stays inside the enclosing git work tree (git-annex
-keeps content in .git/annex/objects, or in a submodule's gitdir/annex/objects) or,
-outside git, inside the image directory.
+Every path taken from a manifest is checked before it is opened (names.check_relpath),
+and symlinks are followed only as far as containment.py allows. Choosing one image is
+selection.py's; reading a directory that may be replaced meanwhile, consistent.py's.
+Verification, compression and the naming of what is not an image directory are imported
+on the paths that need them: docker-dir-id needs none of them (it starts as fast as
+Python does, bench/RESULTS.md).
 """
 import os
-import stat
 
-from ..errors import BadImageDir, ContentMissing, SelectionError
+from ..errors import BadImageDir, ContentMissing
 from ..fastjson import TooLarge, loads_json, read_bounded
+from ..fs import open_regular
+from . import reader_for
+from .annex import GET_CONTENT_HINT, content_state
+from .containment import enclosing_roots, inside
 from .names import check_relpath, digest_from_name, normalize_repo_tag, one_line, short, shown
-
-GET_CONTENT_HINT = "run 'datalad get {d}' or 'git annex get {d}'"
-_CHUNK = 1 << 20
-
-
-def open_regular(path):
-    """open(path, "rb") for a regular file only: a FIFO would block forever and a
-    device never end. Other kinds raise BadImageDir; OS errors pass through."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BadImageDir(f"{path}: not a regular file; the image directory is damaged")
-    return os.fdopen(fd, "rb")
-
-
-def sha256_stream(stream):
-    import hashlib  # only --verify hashes: the ID itself comes from names
-
-    digest = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    while True:
-        n = stream.readinto(buf)
-        if not n:
-            break
-        digest.update(view[:n])
-    return digest.hexdigest()
-
-
-def sha256_file(path):
-    try:
-        stream = open_regular(path)
-    except OSError as err:
-        raise BadImageDir(f"{path}: cannot read ({err.strerror})") from None
-    with stream:
-        return sha256_stream(stream)
-
-
-_ANNEX_OBJECTS = "annex/objects/"
-_POINTER_MAX = 1024
-
-
-def content_state(path):
-    """"present"; "annexed" when git-annex would provide the content (a dangling link into
-    an annex, or an unlocked file's pointer); else what is wrong: "missing", "a dangling
-    symlink", "a symlink loop"."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        target = path
-        for _ in range(40):  # the kernel's own limit on a chain of links
-            try:
-                target = os.path.join(os.path.dirname(target), os.readlink(target))
-            except OSError:
-                break
-            if _ANNEX_OBJECTS in target:
-                return "annexed"
-        return "a dangling symlink" if os.path.islink(path) else "missing"
-    except OSError as err:
-        import errno
-
-        return "a symlink loop" if err.errno == errno.ELOOP else f"unreadable ({err.strerror})"
-    if stat.S_ISREG(st.st_mode) and st.st_size < _POINTER_MAX:
-        try:
-            with open_regular(path) as stream:
-                if stream.read(_POINTER_MAX).startswith(b"/" + _ANNEX_OBJECTS.encode()):
-                    return "annexed"
-        except OSError:
-            pass
-    return "present"
-
-
-def _enclosing_roots(real_dir):
-    """Directories a symlink in the image dir may point into: the enclosing work tree and,
-    when its gitdir lies elsewhere, only that gitdir's annexed objects (a .git file in a
-    copied directory could name any directory, even /)."""
-    probe = real_dir
-    while True:
-        dotgit = os.path.join(probe, ".git")
-        if os.path.islink(dotgit):
-            # git-annex turns a submodule's .git file into a link to its gitdir.
-            return (probe, os.path.join(os.path.realpath(dotgit), "annex", "objects"))
-        if os.path.isdir(dotgit):
-            return (probe,)
-        if os.path.isfile(dotgit):
-            # A submodule keeps its annexed objects under the gitdir it names.
-            try:
-                with open(dotgit, encoding="utf-8") as stream:
-                    line = stream.readline().strip()
-            except (OSError, ValueError):  # ValueError: not UTF-8
-                line = ""
-            if line.startswith("gitdir:") and "\0" not in line:
-                gitdir = os.path.realpath(os.path.join(probe, line[7:].strip()))
-                return (probe, os.path.join(gitdir, "annex", "objects"))
-            return (probe,)
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return (real_dir,)
-        probe = parent
-
-
-def _inside(path, root):
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
+from .platform import Platform
+from .selection import select
+from .streams import sha256_file
 
 class Layer:
     """One layer as stored: its file in DIR, and what the layout says about it."""
@@ -203,8 +107,6 @@ class Image:
 
     def platform_of_config(self):
         """The platform the config states (os, architecture, variant), or None."""
-        from .platform import Platform
-
         return Platform.of(self.config_json())
 
     def matches_config(self, prefix):
@@ -221,6 +123,10 @@ class Image:
         return tag in self.ref_names or wanted.rsplit(":", 1)[-1] in self.ref_names and ":" in tag
 
     # -- content --------------------------------------------------------------
+    def has_manifest(self):
+        """False when the layout's manifest was dropped by git-annex: layers unknown."""
+        return self._layers is not None
+
     def config_json(self):
         """The config, or None when its content is not present (a dangling annex link)."""
         if not os.path.exists(self.image_dir.resolve(self.config_path)):
@@ -315,6 +221,15 @@ class Image:
         }
 
 
+def identity(path):
+    """(device, inode) of the directory at `path` now, None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class ImageDir:
     """A directory holding one or more saved images, in any layout a reader knows."""
 
@@ -327,6 +242,7 @@ class ImageDir:
 
             raise not_a_directory(path)
         self.real = os.path.realpath(path)
+        self.identity = identity(path)  # which directory was read, when another replaces it
         self._roots = None
         self._images = None
         self._reader = None
@@ -337,14 +253,12 @@ class ImageDir:
     @property
     def roots(self):
         if self._roots is None:
-            self._roots = _enclosing_roots(self.real)
+            self._roots = enclosing_roots(self.real)
         return self._roots
 
     @property
     def reader(self):
         if self._reader is None:
-            from . import reader_for
-
             self._reader = reader_for(self)
         return self._reader
 
@@ -358,7 +272,7 @@ class ImageDir:
         check_relpath(relpath, where or self.path)
         path = os.path.join(self.real, relpath)
         target = os.path.realpath(path)
-        if not _inside(target, self.real) and not any(_inside(target, r) for r in self.roots):
+        if not inside(target, self.real) and not any(inside(target, r) for r in self.roots):
             raise BadImageDir(f"{os.path.join(self.path, relpath)}: symlink leads outside the image directory "
                               f"(to {shown(target)}); refusing to follow it")
         return path
@@ -393,85 +307,11 @@ class ImageDir:
         return data
 
     def select(self, repo_tag=None, config=None, platform=None):
-        """The one image the selectors leave. Several images differing only in platform
-        (a multi-platform index) leave the one of `platform` (a string os/arch[/variant]),
-        by default this host's."""
-        images = self.images()
-        chosen = images
-        if repo_tag is not None:
-            if any(i._layers is None for i in chosen):
-                raise ContentMissing(f"{self.path}: the manifest is not present, so --repo-tag cannot be "
-                                     "matched; " + GET_CONTENT_HINT.format(d=self.path) + ", or use --config")
-            chosen = [i for i in chosen if i.matches_tag(repo_tag)]
-        if config is not None:
-            chosen = [i for i in chosen if i.matches_config(config)]
-        if platform is not None or len(chosen) > 1 and all(i.platform for i in chosen):
-            chosen = self._of_platform(chosen, platform)
-        if len(chosen) == 1:
-            return chosen[0]
-        candidates = "; ".join(i.label() for i in images)
-        if not chosen:
-            wanted = " and ".join(shown(s) for s in (repo_tag and f"--repo-tag {repo_tag}",
-                                                     config and f"--config {config}") if s)
-            raise SelectionError(f"{self.path}: no image matches {wanted}; it holds: {candidates}")
-        if any(i._layers is None for i in chosen):
-            raise SelectionError(f"{self.path}: the manifest is not present and {len(chosen)} configs are: "
-                                 f"{'; '.join(i.label() for i in chosen)}; choose one with --config, or "
-                                 + GET_CONTENT_HINT.format(d=self.path))
-        raise SelectionError(f"{self.path}: holds {len(chosen)} images, choose one with --repo-tag or "
-                             f"--config: {'; '.join(i.label() for i in chosen)}")
-
-    def _of_platform(self, images, wanted):
-        from .platform import Platform
-
-        request = Platform.parse(wanted) if wanted is not None else Platform.host()
-        offered = [(image, image.platform or image.platform_of_config()) for image in images]
-        matching = [image for image, offer in offered if offer and request.matches(offer)]
-        if not matching and images:
-            have = ", ".join(sorted({str(offer) for _, offer in offered if offer})) or "no platform named"
-            how = "" if wanted else " (this host's); choose one with --platform"
-            raise SelectionError(f"{self.path}: no image for platform {request}{how}; it holds: {have}")
-        return matching
+        """The one image the selectors leave (selection.select)."""
+        return select(self, repo_tag, config, platform)
 
     def unrecognized(self):
         """The error for a directory no reader claims."""
         from .refusals import unreadable_directory
 
         return unreadable_directory(self.path)
-
-
-def _identity(path):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def read_consistently(path, work, attempts=10):
-    """work(ImageDir(path)), seeing one image although `docker-dir-save --force` may
-    replace DIR meanwhile (an atomic swap): when DIR is another directory after the work
-    than before it, the work starts again on the new one (a failure seen meanwhile, such
-    as a file of the old image gone, is not reported)."""
-    from ..errors import DockerDirError, Interrupted
-
-    failure = None
-    for _ in range(attempts):
-        before = _identity(path)
-        try:
-            result = work(ImageDir(path))
-        except (DockerDirError, OSError) as err:
-            if isinstance(err, Interrupted) or _identity(path) == before:
-                raise
-            failure = err
-            continue
-        if _identity(path) == before:
-            return result
-    if failure is not None:
-        raise failure
-    raise BadImageDir(f"{path}: replaced {attempts} times while it was read; try again")
-
-
-def image_id(path, repo_tag=None, config=None, platform=None):
-    """The config digest (`sha256:<hex>`) of the image saved in directory `path`."""
-    return read_consistently(path, lambda image_dir: image_dir.select(repo_tag, config, platform).image_id())

@@ -55,6 +55,22 @@ def check_relpath(relpath, where):
     return relpath
 
 
+def member_parts(name, max_depth=None):
+    """The components of a tar member name (`.` and empty ones dropped); raises ValueError
+    saying why for a name that could reach outside the directory it is extracted into:
+    absolute, with `..`, with a NUL byte, or (with max_depth) too deep."""
+    if name.startswith("/"):
+        raise ValueError(f"is the absolute path {name!r}")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"has '..' in {name!r}")
+    if "\0" in name:
+        raise ValueError(f"has a NUL byte in {name!r}")
+    if max_depth is not None and len(parts) > max_depth:
+        raise ValueError(f"is more than {max_depth} directories deep")
+    return parts
+
+
 def normalize_repo_tag(ref):
     """Compare tags the way engines print them: drop default registry prefixes, add :latest."""
     for prefix in ("docker.io/library/", "docker.io/", "localhost/"):

@@ -114,6 +114,8 @@ class Walker:
         if not isinstance(blob, dict):
             raise BadImageDir(f"{shown_path}: not a manifest or index object; the layout is damaged")
         own = blob.get("mediaType")
+        if own is not None and not isinstance(own, str):
+            raise BadImageDir(f"{shown_path}: malformed mediaType; the layout is damaged, save the image again")
         is_index = isinstance(blob.get("manifests"), list)
         actual = "index" if is_index else "manifest" if "config" in blob else None
         for named in (declared, own):

@@ -65,12 +65,13 @@ import stat
 import tarfile
 
 from ..errors import BadImageDir, CantWrite
-from .compression import CHUNK, BadLayerData, open_decompressed
+from ..fs import NEW_FILE, OPEN_DIR
+from .compression import BadLayerData, open_decompressed
+from .names import member_parts
+from .streams import CHUNK, CountingReader
 
 MAX_DEPTH = 256
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MODE_BITS = 0o1777  # all but setuid and setgid
 _IMPLICIT_DIR = (0o755, None)
 _WHITEOUT = ".wh."
@@ -84,7 +85,7 @@ class UnsafeLayer(BadImageDir):
 
 def apply_layers(layer_streams, dest_dir, on_bytes=None):
     """Apply the layers in order into the empty directory dest_dir; return the bytes of file content written."""
-    dest_fd = os.open(dest_dir, _DIR)
+    dest_fd = os.open(dest_dir, OPEN_DIR)
     try:
         if os.listdir(dest_fd):
             raise CantWrite(f"{dest_dir}: not empty; layers are applied into an empty directory")
@@ -94,7 +95,7 @@ def apply_layers(layer_streams, dest_dir, on_bytes=None):
             for index, raw in enumerate(layer_streams, 1):
                 name = getattr(raw, "name", None)
                 name = name if isinstance(name, str) else f"layer {index}"
-                source = _Counting(raw, on_bytes) if on_bytes else raw
+                source = CountingReader(raw, on_bytes) if on_bytes else raw
                 written += tree.apply(open_decompressed(source, name), name)
             tree.finish()
         finally:
@@ -131,10 +132,10 @@ def _remove_entry(parent_fd, name, path=None, dirs=None):
     except IsADirectoryError:
         pass
     try:
-        fd = os.open(name, _DIR, dir_fd=parent_fd)
+        fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
     except PermissionError:  # no read permission (0000): the caller's own, to open it
         os.chmod(name, 0o700, dir_fd=parent_fd)
-        fd = os.open(name, _DIR, dir_fd=parent_fd)
+        fd = os.open(name, OPEN_DIR, dir_fd=parent_fd)
     try:
         os.fchmod(fd, 0o700)  # write permission to empty it (0555)
         for child in os.listdir(fd):
@@ -144,18 +145,6 @@ def _remove_entry(parent_fd, name, path=None, dirs=None):
     os.rmdir(name, dir_fd=parent_fd)
     if dirs is not None:
         dirs.pop(path, None)
-
-
-class _Counting:
-    def __init__(self, raw, on_bytes):
-        self._raw = raw
-        self._on_bytes = on_bytes
-
-    def read(self, size=-1):
-        data = self._raw.read(size)
-        if data:
-            self._on_bytes(len(data))
-        return data
 
 
 class _Tree:
@@ -195,7 +184,7 @@ class _Tree:
         for path in sorted(self.dirs, reverse=True):
             mode, mtime = self.dirs[path]
             parts = path.split("/")
-            fd = os.open(parts[-1], _DIR, dir_fd=self._walk(parts[:-1], create=False))
+            fd = os.open(parts[-1], OPEN_DIR, dir_fd=self._walk(parts[:-1], create=False))
             try:
                 os.fchmod(fd, mode)
                 if mtime is not None:
@@ -208,16 +197,10 @@ class _Tree:
         return UnsafeLayer(f"{self.layer}: member {member.name!r} {why}; refusing the image")
 
     def _parts(self, name, member):
-        if name.startswith("/"):
-            raise self._unsafe(member, f"has the absolute path {name!r}")
-        parts = [p for p in name.split("/") if p and p != "."]
-        if ".." in parts:
-            raise self._unsafe(member, f"has '..' in {name!r}")
-        if "\0" in name:
-            raise self._unsafe(member, "has a NUL byte in a name")
-        if len(parts) > MAX_DEPTH:
-            raise self._unsafe(member, f"is more than {MAX_DEPTH} directories deep")
-        return parts
+        try:
+            return member_parts(name, MAX_DEPTH)
+        except ValueError as why:
+            raise self._unsafe(member, str(why)) from None
 
     def _truncate(self, depth):
         while len(self.chain) > depth:
@@ -246,7 +229,7 @@ class _Tree:
     def _enter(self, fd, dirparts, i, create):
         name = dirparts[i]
         try:
-            return os.open(name, _DIR, dir_fd=fd)
+            return os.open(name, OPEN_DIR, dir_fd=fd)
         except FileNotFoundError:
             if not create:
                 raise
@@ -256,7 +239,7 @@ class _Tree:
             os.unlink(name, dir_fd=fd)
         os.mkdir(name, 0o700, dir_fd=fd)
         self.dirs["/".join(dirparts[:i + 1])] = _IMPLICIT_DIR
-        return os.open(name, _DIR, dir_fd=fd)
+        return os.open(name, OPEN_DIR, dir_fd=fd)
 
     def _remove(self, parent, name, path):
         _remove_entry(parent, name, path, self.dirs)
@@ -305,7 +288,7 @@ class _Tree:
         return 0
 
     def _write(self, tar, member, parent, name, path):
-        fd = self._replace(parent, name, path, lambda: os.open(name, _NEW_FILE, 0o600, dir_fd=parent))
+        fd = self._replace(parent, name, path, lambda: os.open(name, NEW_FILE, 0o600, dir_fd=parent))
         try:
             src = tar.extractfile(member)
             written = 0
@@ -351,7 +334,7 @@ class _Tree:
         fd = os.dup(self.root)
         try:
             for name in dirparts:
-                child = os.open(name, _DIR, dir_fd=fd)
+                child = os.open(name, OPEN_DIR, dir_fd=fd)
                 os.close(fd)
                 fd = child
         except BaseException:
@@ -378,7 +361,7 @@ class _Tree:
             if child not in self.added:
                 self._remove(fd, entry.name, child)
             elif entry.is_dir(follow_symlinks=False):
-                sub = os.open(entry.name, _DIR, dir_fd=fd)
+                sub = os.open(entry.name, OPEN_DIR, dir_fd=fd)
                 try:
                     self._opaque(sub, child)
                 finally:

@@ -7,36 +7,12 @@ OCI and dir: layouts) and, uncompressed, against the config's diff_id, in one re
 import hashlib
 
 from ..errors import BadImageDir, VerifyError
+from ..fs import open_regular
 from .compression import GZIP, ZSTD, BadLayerData, open_decompressed, sniff_compression
-from .imagedir import open_regular, sha256_file
 from .names import one_line, short
+from .streams import CHUNK, HashingReader, sha256_file
 
-_CHUNK = 1 << 20
 CORRUPT = "the file is corrupt, save the image again"
-
-
-class _Hashing:
-    """A binary file that hashes what is read from it."""
-
-    def __init__(self, raw):
-        self.raw = raw
-        self.hash = hashlib.sha256()
-
-    def read(self, size=-1):
-        data = self.raw.read(size)
-        self.hash.update(data)
-        return data
-
-    def readinto(self, buf):
-        n = self.raw.readinto(buf)
-        if n:
-            self.hash.update(memoryview(buf)[:n])
-        return n
-
-    def drain(self):
-        while self.read(_CHUNK):
-            pass
-        return self.hash.hexdigest()
 
 
 def layer_digests(path, name):
@@ -47,7 +23,7 @@ def layer_digests(path, name):
     except OSError as err:
         raise BadImageDir(f"{path}: cannot read ({err.strerror})") from None
     with raw:
-        stored = _Hashing(raw)
+        stored = HashingReader(raw)
         if sniff_compression(raw.peek(4)[:4]) not in (GZIP, ZSTD):
             digest = stored.drain()  # not compressed: the diff_id is the file's own digest
             return digest, digest
@@ -55,7 +31,7 @@ def layer_digests(path, name):
         try:
             tar = open_decompressed(stored, name)
             while True:
-                data = tar.read(_CHUNK)
+                data = tar.read(CHUNK)
                 if not data:
                     break
                 uncompressed.update(data)

@@ -1,0 +1,47 @@
+"""Choosing one image of an image directory: by tag, by config digest prefix, by platform."""
+from ..errors import ContentMissing, SelectionError
+from .annex import GET_CONTENT_HINT
+from .names import shown
+from .platform import Platform
+
+
+def select(image_dir, repo_tag=None, config=None, platform=None):
+    """The one image the selectors leave. Several images differing only in platform
+    (a multi-platform index) leave the one of `platform` (a string os/arch[/variant]),
+    by default this host's."""
+    images = image_dir.images()
+    chosen = images
+    path = image_dir.path
+    if repo_tag is not None:
+        if any(not i.has_manifest() for i in chosen):
+            raise ContentMissing(f"{path}: the manifest is not present, so --repo-tag cannot be "
+                                 "matched; " + GET_CONTENT_HINT.format(d=path) + ", or use --config")
+        chosen = [i for i in chosen if i.matches_tag(repo_tag)]
+    if config is not None:
+        chosen = [i for i in chosen if i.matches_config(config)]
+    if platform is not None or len(chosen) > 1 and all(i.platform for i in chosen):
+        chosen = _of_platform(path, chosen, platform)
+    if len(chosen) == 1:
+        return chosen[0]
+    candidates = "; ".join(i.label() for i in images)
+    if not chosen:
+        wanted = " and ".join(shown(s) for s in (repo_tag and f"--repo-tag {repo_tag}",
+                                                 config and f"--config {config}") if s)
+        raise SelectionError(f"{path}: no image matches {wanted}; it holds: {candidates}")
+    if any(not i.has_manifest() for i in chosen):
+        raise SelectionError(f"{path}: the manifest is not present and {len(chosen)} configs are: "
+                             f"{'; '.join(i.label() for i in chosen)}; choose one with --config, or "
+                             + GET_CONTENT_HINT.format(d=path))
+    raise SelectionError(f"{path}: holds {len(chosen)} images, choose one with --repo-tag or "
+                         f"--config: {'; '.join(i.label() for i in chosen)}")
+
+
+def _of_platform(path, images, wanted):
+    request = Platform.parse(wanted) if wanted is not None else Platform.host()
+    offered = [(image, image.platform or image.platform_of_config()) for image in images]
+    matching = [image for image, offer in offered if offer and request.matches(offer)]
+    if not matching and images:
+        have = ", ".join(sorted({str(offer) for _, offer in offered if offer})) or "no platform named"
+        how = "" if wanted else " (this host's); choose one with --platform"
+        raise SelectionError(f"{path}: no image for platform {request}{how}; it holds: {have}")
+    return matching
