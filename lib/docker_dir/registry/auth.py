@@ -119,7 +119,7 @@ def fetch_token(transport, registry, challenge, scopes, credentials, plain_ok):
         response = transport.request("GET", url, {"Accept": "application/json"},
                                      authorization=credentials.basic_authorization() if credentials else None)
         if response.status != 200:
-            body = response.read_limited(MAX_ERROR_BODY) or b""
+            body = response.read_prefix(MAX_ERROR_BODY)
             raise _token_refused(registry, where, response.status, body, credentials)
         body = response.read_limited(MAX_TOKEN_ANSWER)
     except TransportFailure as failure:

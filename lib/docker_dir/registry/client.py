@@ -19,7 +19,7 @@ from . import transport as tp
 from .auth import TokenCache, fetch_token, login_advice, parse_challenges, scope
 from .credentials import Secret, credentials_for
 from .messages import cut, error_codes, registry_errors
-from .reference import api_host
+from .reference import api_host, check_repository, check_tag
 
 MAX_MANIFEST = 4 << 20  # the limit distribution itself puts on a manifest
 MAX_ERROR_BODY = 16 << 10
@@ -47,6 +47,7 @@ class Registry:
         self._challenge = None  # (scheme, params) of the registry's WWW-Authenticate, None when open
         self._credentials = _UNSET
         self._tokens = TokenCache()
+        self._token_lock = threading.Lock()
 
     def __repr__(self):
         return f"Registry({self.host!r})"
@@ -65,7 +66,10 @@ class Registry:
     def get_manifest(self, repo, reference, accept):
         """(bytes, media type, digest) of a manifest or index, by tag or digest. `accept` is
         a media type or a list of them, most wanted first."""
-        wanted = _checked_digest(reference) if ":" in reference else None
+        check_repository(repo)
+        wanted = "sha256:" + _checked_digest(reference) if ":" in reference else None
+        if not wanted:
+            check_tag(reference)
         what = f"manifest {reference}" if wanted else f"tag {reference}"
         headers = {"Accept": accept if isinstance(accept, str) else ", ".join(accept)}
         response = self._call("GET", f"/v2/{repo}/manifests/{reference}", repo, [scope(repo, _PULL)], headers)
@@ -89,6 +93,7 @@ class Registry:
 
     def blob_size(self, repo, digest):
         """The size of a blob in `repo`, or None when the registry does not have it there."""
+        check_repository(repo)
         _checked_digest(digest)
         response = self._call("HEAD", f"/v2/{repo}/blobs/{digest}", repo, [scope(repo, _PULL)])
         response.close()
@@ -107,6 +112,7 @@ class Registry:
         digest; on any failure the file is removed. A dropped transfer resumes where it
         stopped (Range), at most `retries` times. `on_bytes(n)` reports progress; a negative
         n takes bytes back when the registry makes us start over."""
+        check_repository(repo)
         hex_digest = _checked_digest(digest)
         try:
             out = open(path, "xb")
@@ -132,6 +138,8 @@ class Registry:
     def mount_blob(self, repo, digest, from_repo):
         """Ask the registry to link a blob of `from_repo` into `repo` without sending it:
         True when it did, False when it wants the blob uploaded."""
+        check_repository(repo)
+        check_repository(from_repo)
         _checked_digest(digest)
         response = self._call(
             "POST", f"/v2/{repo}/blobs/uploads/?mount={quote(digest, safe='')}&from={quote(from_repo, safe='/')}",
@@ -149,6 +157,7 @@ class Registry:
         and a closing PUT. `open_stream(offset)` gives a readable positioned at offset, so a
         dropped upload goes on from what the registry confirms it has (at most `retries`
         times). `on_bytes(n)` reports progress, negative when bytes are sent again."""
+        check_repository(repo)
         _checked_digest(digest)
         progress = _Progress(on_bytes)
         scopes = [scope(repo, _PUSH)]
@@ -180,7 +189,12 @@ class Registry:
 
     def put_manifest(self, repo, reference, data, media_type):
         """Store a manifest under a tag (or its digest); returns its digest."""
+        check_repository(repo)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if ":" in reference:
+            _checked_digest(reference)
+        else:
+            check_tag(reference)
         response = self._call("PUT", f"/v2/{repo}/manifests/{reference}", repo, [scope(repo, _PUSH)],
                               {"Content-Type": media_type}, data)
         response.close()
@@ -225,27 +239,30 @@ class Registry:
 
     def _send_authorized(self, method, url, repo, scopes, headers, body):
         """Send with this registry's authorization; on 401, once more with a fresh token (or
-        the challenge this answer brings, when it differs from the one /v2/ gave)."""
-        for fresh in (False, True):
-            authorization, forget = self._authorization(scopes)
-            payload = body() if callable(body) else body
-            try:
-                response = self._transport.request(method, url, headers, payload, authorization=authorization)
-            finally:
-                if callable(body):
-                    payload.close()
-            if response.status != 401 or fresh:
-                return response
-            challenge = _pick_challenge(response.header("WWW-Authenticate"))
-            if forget is not None:
-                forget()
-            elif challenge is None or challenge == self._challenge:
-                return response  # Basic, or nothing asked: the same request would fail the same way
-            if challenge is not None:
-                with self._lock:
-                    self._challenge = challenge
-            response.close()
-        raise AssertionError("unreachable")
+        with the challenge this answer brings, when it differs from the one /v2/ gave)."""
+        authorization, forget = self._authorization(scopes)
+        response = self._send(method, url, headers, body, authorization)
+        if response.status != 401:
+            return response
+        challenge = _pick_challenge(response.header("WWW-Authenticate"))
+        if forget is None and challenge in (None, self._challenge):
+            return response  # Basic, or nothing asked: the same request would fail the same way
+        if forget is not None:
+            forget()
+        if challenge is not None:
+            with self._lock:
+                self._challenge = challenge
+        response.close()
+        authorization, _ = self._authorization(scopes)
+        return self._send(method, url, headers, body, authorization)
+
+    def _send(self, method, url, headers, body, authorization):
+        payload = body() if callable(body) else body
+        try:
+            return self._transport.request(method, url, headers, payload, authorization=authorization)
+        finally:
+            if callable(body):
+                payload.close()
 
     def _authorization(self, scopes):
         """(Authorization header value as a Secret or None, a function that forgets a refused
@@ -260,8 +277,12 @@ class Registry:
         key = (params.get("realm"), params.get("service"), tuple(sorted(scopes)))
         token = self._tokens.get(key)
         if token is None:
-            token, lifetime = fetch_token(self._transport, self.host, params, scopes, credentials, self._plain_ok)
-            self._tokens.put(key, token, lifetime)
+            with self._token_lock:  # threads that need the same token wait for one request
+                token = self._tokens.get(key)
+                if token is None:
+                    token, lifetime = fetch_token(self._transport, self.host, params, scopes, credentials,
+                                                  self._plain_ok)
+                    self._tokens.put(key, token, lifetime)
         return Secret("Bearer " + token.reveal()), (lambda: self._tokens.drop(key, token))
 
     def _credentials_once(self):
@@ -300,7 +321,7 @@ class Registry:
                     raise
                 _pause(attempt, None)
                 continue
-            body = self._read_limited(response, MAX_ERROR_BODY) or b""
+            body = response.read_prefix(MAX_ERROR_BODY)
             if response.status in _RETRY_STATUSES and attempt < ATTEMPTS:
                 _pause(attempt, response.header("Retry-After"))
                 continue
@@ -355,7 +376,10 @@ class Registry:
     def _refusal(self, response, repo, doing, what):
         """The error for an answer that is not a success: `doing` says what was asked
         ("get tag 1 of repository x/y"), `what` the thing named ("tag 1", "blob sha256:…")."""
-        body = self._read_limited(response, MAX_ERROR_BODY) or b""
+        try:
+            body = response.read_prefix(MAX_ERROR_BODY)
+        except tp.TransportFailure:
+            body = b""  # the status says enough
         status = response.status
         said = registry_errors(body)
         said = f"{' ' if said else ''}{said}"

@@ -2,7 +2,9 @@
 
 Files, first answer wins: $REGISTRY_AUTH_FILE, podman's auth.json ($XDG_RUNTIME_DIR/
 containers/auth.json, or /run/containers/UID/auth.json when XDG_RUNTIME_DIR is unset,
-as podman writes it), then docker's $DOCKER_CONFIG/config.json (~/.docker/config.json).
+as podman writes it; then $XDG_CONFIG_HOME/containers/auth.json, which podman reads
+too), then docker's $DOCKER_CONFIG/config.json (~/.docker/config.json; podman 4 logs
+in there when DOCKER_CONFIG is set).
 In each: `credHelpers[host]`, else `credsStore` (docker's: it answers for every host),
 else `auths[host].auth` (base64 "user:password"). Helpers are `docker-credential-NAME get`.
 
@@ -99,7 +101,10 @@ def auth_files():
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     paths.append(os.path.join(runtime, "containers", "auth.json") if runtime
                  else f"/run/containers/{os.getuid()}/auth.json")
-    docker_dir = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    home = os.path.expanduser("~")
+    paths.append(os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"),
+                              "containers", "auth.json"))
+    docker_dir = os.environ.get("DOCKER_CONFIG") or os.path.join(home, ".docker")
     paths.append(os.path.join(docker_dir, "config.json"))
     return paths
 

@@ -90,6 +90,23 @@ class Reference:
                 + (f"@{self.digest}" if self.digest else ""))
 
 
+def check_repository(name):
+    """`name` if it is a repository path a registry accepts, else UsageError."""
+    if not (isinstance(name, str) and len(name) <= _MAX_NAME
+            and all(_COMPONENT.match(component) for component in name.split("/"))):
+        raise UsageError(f"invalid repository name '{shown(str(name))}': lowercase letters and digits, "
+                         "separated by '.', '_', '__', dashes or '/'")
+    return name
+
+
+def check_tag(tag):
+    """`tag` if it is a valid tag, else UsageError."""
+    if not (isinstance(tag, str) and _TAG.match(tag)):
+        raise UsageError(f"invalid tag '{shown(str(tag))}': 1 to 128 letters, digits, '_', '.' or '-', "
+                         "not starting with '.' or '-'")
+    return tag
+
+
 def api_host(registry):
     """The host[:port] that serves `registry`'s API: Docker Hub's differs from its name."""
     return _DOCKER_HUB_API if registry in (DOCKER_HUB,) + _DOCKER_HUB_ALIASES else registry

@@ -58,18 +58,33 @@ class Response:
         self.url = url
         self.status = raw.status
         self.headers = raw.headers
+        self._kept = b""  # a short rest read by close(), still there for an error message
 
     def header(self, name):
         return self.headers.get(name)
 
     def read(self, size):
         """Up to `size` bytes; b"" at the end. A broken transfer raises TransportFailure."""
+        if self._kept:
+            data, self._kept = self._kept[:size], self._kept[size:]
+            return data
         try:
             return self._raw.read(size)
         except (http.client.HTTPException, OSError, ValueError) as err:
             self._connection.close()
             raise TransportFailure(f"the transfer from {host_port(self.url)} broke: {_describe(err)}",
                                    DROPPED, host_port(self.url)) from None
+
+    def read_prefix(self, limit):
+        """At most the first `limit` bytes of the body (an error text to show), then close."""
+        data = b""
+        while len(data) < limit:
+            chunk = self.read(limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+        self.close()
+        return data
 
     def read_limited(self, limit):
         """The body if it has at most `limit` bytes, else None (and the connection is dropped)."""
@@ -92,7 +107,7 @@ class Response:
                 self._connection.close()
             else:
                 try:
-                    raw.read()
+                    self._kept = raw.read()
                 except (http.client.HTTPException, OSError, ValueError):
                     self._connection.close()
         raw.close()
