@@ -123,7 +123,7 @@ class RegistryProcess:
     """Debian's docker-registry in the foreground with its own config, storage and port."""
 
     def __init__(self, base_dir, bind="127.0.0.1", storage=None, tls=None, htpasswd=None, token=None,
-                 relative_urls=False):
+                 relative_urls=False, client_ca=None):
         self.dir = Path(tempfile.mkdtemp(dir=base_dir, prefix="registry-"))
         self.storage = Path(storage) if storage else self.dir / "storage"
         self.port = free_port(bind)
@@ -136,6 +136,8 @@ class RegistryProcess:
         }
         if tls:
             config["http"]["tls"] = {"certificate": str(tls.cert), "key": str(tls.key)}
+            if client_ca:  # then every client must show a certificate this CA signed
+                config["http"]["tls"]["clientcas"] = [str(client_ca)]
         if htpasswd:
             config["auth"] = {"htpasswd": {"realm": "docker-dir-tests", "path": str(htpasswd)}}
         if token:
@@ -180,6 +182,17 @@ def make_tls(directory):
     return SimpleNamespace(ca=directory / "ca.crt", cert=directory / "server.crt", key=directory / "server.key")
 
 
+def make_client_certificate(directory, tls):
+    """A client certificate signed by the test CA: (NAME.cert, NAME.key) as certs.d wants them."""
+    directory = Path(directory)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", directory / "client.key",
+            "-out", directory / "client.csr", "-subj", "/CN=docker-dir test client")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    openssl("x509", "-req", "-in", directory / "client.csr", "-CA", tls.ca, "-CAkey", tls.ca.with_suffix(".key"),
+            "-CAcreateserial", "-out", directory / "client.cert", "-days", "2", "-extfile", directory / "client.ext")
+    return directory / "client.cert", directory / "client.key"
+
+
 @contextlib.contextmanager
 def trusted_ca(host, ca):
     """The CA in /etc/docker/certs.d/HOST/ca.crt, where docker and the client look for it."""
@@ -211,6 +224,7 @@ class TokenService:
         self.x5c = base64.b64encode(openssl("x509", "-in", self.cert, "-outform", "DER")).decode()
         self.service, self.issuer = "docker-dir-test-registry", "docker-dir-test-issuer"
         self.requests = []  # (account, authenticated, scopes)
+        self.issued = []
         self.poison_next = False
         self._lock = threading.Lock()
         self.server = serve(self._handle)
@@ -241,6 +255,7 @@ class TokenService:
         if poison:
             signature = bytes(b ^ 0xFF for b in signature)
         token = signing_input + "." + b64url(signature)
+        self.issued.append(token)
         respond(handler, 200, json.dumps({"token": token, "expires_in": 300}).encode())
 
     def scopes_asked(self):
@@ -808,6 +823,23 @@ def test_fetch_blob_larger_than_expected_stops(pushed, tmp_path):
     assert not path.exists()
 
 
+def test_fetch_blob_on_a_full_disk(pushed, tmp_path):
+    """ENOSPC (a 1 MiB tmpfs, for a 20 MiB layer): 73, and the partial file is gone."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = sh("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small, check=False)
+    if mounted.returncode:
+        pytest.fail(f"cannot mount a small tmpfs to fill (this test needs root): {mounted.stderr}")
+    try:
+        digest, size = pushed.layers[-1]
+        with pytest.raises(CantWrite) as err, Registry(pushed.registry.host) as registry:
+            registry.fetch_blob(pushed.repo, digest, size, small / "blob")
+        assert exit_code(err) == EXIT_CANT_WRITE and "No space left on device" in one_line(err)
+        assert os.listdir(small) == []
+    finally:
+        sh("umount", small)
+
+
 def test_fetch_blob_resumes_with_range(pushed, tmp_path):
     proxy = Proxy(f"http://{pushed.registry.host}")
     digest, size = pushed.layers[-1]
@@ -1078,6 +1110,26 @@ def test_tls_certificate_refused(tls_basic):
     assert "certificate" in one_line(err) and f"/etc/docker/certs.d/{tls_basic.host}/ca.crt" in str(err.value)
 
 
+def test_tls_client_certificate(workdir, tmp_path):
+    """A registry that wants a client certificate: without one in certs.d, 69 naming where it
+    goes; with NAME.cert + NAME.key there, it answers."""
+    tls = make_tls(tmp_path)
+    registry = RegistryProcess(workdir, tls=tls, client_ca=tls.ca)
+    try:
+        with trusted_ca(registry.host, tls.ca) as certs:
+            with pytest.raises(RegistryUnavailable) as err, Registry(registry.host) as client:
+                client.blob_size("x/y", "sha256:" + "5" * 64)
+            assert exit_code(err) == EXIT_ENGINE_UNAVAILABLE
+            assert f"{registry.host} refused the TLS session" in one_line(err)
+            assert f"(NAME.cert and NAME.key) in /etc/docker/certs.d/{registry.host}/" in str(err.value)
+            for path in make_client_certificate(tmp_path, tls):
+                shutil.copy(path, certs / path.name)
+            with Registry(registry.host) as client:
+                assert client.blob_size("x/y", "sha256:" + "5" * 64) is None
+    finally:
+        registry.stop()
+
+
 def test_redirect_to_blob_storage_drops_authorization(tls_basic, pushed, blob_files, logged_in, tmp_path):
     """Blob GETs redirected to another host (as to S3 or a CDN) go there without the
     registry's Authorization. The storage stand-in is a proxy with its own credentials, as a
@@ -1159,15 +1211,18 @@ def test_token_auth_push_and_anonymous_pull(token_registry, logged_in):
     assert asked.count(asked[0]) == 1
     assert exit_code(err) == EXIT_NO_PERMISSION
     assert f"requires credentials for repository {repo}" in one_line(err)
+    assert_no_secret_in_traceback(err.value, *token_registry.tokens.issued, PASSWORD)
 
 
 def test_token_refused_credentials(token_registry, logged_in):
-    logged_in(token_registry.host, password="wrong")
+    wrong = "wrong-" + PASSWORD
+    logged_in(token_registry.host, password=wrong)
     with pytest.raises(AuthRefused) as err, Registry(token_registry.host) as registry:
         registry.get_manifest("public/x", "1", ACCEPT)
     assert exit_code(err) == EXIT_NO_PERMISSION
     assert f"the token service of {token_registry.host} (127.0.0.1:{token_registry.tokens.server.server_port}) " \
            "refused the credentials" in one_line(err) and "incorrect username or password" in str(err.value)
+    assert_no_secret_in_traceback(err.value, wrong, base64.b64encode(f"{USER}:{wrong}".encode()).decode())
 
 
 def test_token_refused_by_registry_is_renewed_once(token_registry, logged_in):
@@ -1193,32 +1248,41 @@ def test_token_mount_asks_for_both_repositories(token_registry, logged_in):
         (f"repository:{target}:pull,push", f"repository:{source}:pull")]
 
 
-def test_parallel_fetches_share_one_token(token_registry, logged_in, tmp_path):
-    """Threads fetching at once, each on its own connections, with one token between them."""
+def test_parallel_uploads_and_fetches_share_tokens(token_registry, logged_in, tmp_path):
+    """Threads uploading, then fetching, at once (each on its own connections), with one
+    token per scope between them."""
     logged_in(token_registry.host)
     repo = f"private/par-{uuid.uuid4().hex[:10]}"
-    with Registry(token_registry.host) as registry:
-        _, blobs = push_small_image(registry, repo)
+    contents = [os.urandom(200_000 + index) for index in range(4)]
     before = len(token_registry.tokens.requests)
-    failures = []
-    with Registry(token_registry.host) as registry:
-        def fetch(index):
+
+    def in_threads(work):
+        failures = []
+
+        def run(index):
             try:
-                for digest, size, _ in blobs:
-                    registry.fetch_blob(repo, digest, size, tmp_path / f"{index}-{digest.split(':')[1]}")
+                work(index)
             except Exception as err:  # reported below, with the others
                 failures.append(err)
 
-        threads = [threading.Thread(target=fetch, args=(index,)) for index in range(4)]
+        threads = [threading.Thread(target=run, args=(index,)) for index in range(len(contents))]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    assert failures == []
-    for index in range(4):
-        for digest, _, content in blobs:
-            assert (tmp_path / f"{index}-{digest.split(':')[1]}").read_bytes() == content
-    assert token_registry.tokens.scopes_asked()[before:] == [(f"repository:{repo}:pull",)]
+        assert failures == []
+
+    with Registry(token_registry.host) as registry:
+        in_threads(lambda index: registry.upload_blob(repo, sha256(contents[index]), len(contents[index]),
+                                                      lambda offset: io.BytesIO(contents[index][offset:])))
+        in_threads(lambda index: [registry.fetch_blob(repo, sha256(content), len(content),
+                                                      tmp_path / f"{index}-{number}")
+                                  for number, content in enumerate(contents)])
+    for index in range(len(contents)):
+        for number, content in enumerate(contents):
+            assert (tmp_path / f"{index}-{number}").read_bytes() == content
+    assert token_registry.tokens.scopes_asked()[before:] == [(f"repository:{repo}:pull,push",),
+                                                             (f"repository:{repo}:pull",)]
 
 
 # -- a hostile registry ---------------------------------------------------------------------------

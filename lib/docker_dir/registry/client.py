@@ -366,6 +366,9 @@ class Registry:
         if failure.kind == tp.CERTIFICATE:
             return RegistryUnavailable(f"{text}; if {failure.where} uses its own CA, put it in "
                                        f"/etc/docker/certs.d/{failure.where}/ca.crt")
+        if failure.kind == tp.TLS_REFUSED:
+            return RegistryUnavailable(f"{text}; if it wants a client certificate, put it (NAME.cert and "
+                                       f"NAME.key) in /etc/docker/certs.d/{failure.where}/")
         if failure.kind == tp.NO_TLS:
             return RegistryUnavailable(f"{text}; if it is a plain HTTP registry you trust, use "
                                        f"--insecure-registry {failure.where}")

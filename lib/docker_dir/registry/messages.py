@@ -12,17 +12,22 @@ def cut(text, limit=SHOWN_CHARS):
 
 
 def registry_errors(body):
-    """The {"errors": [{"code", "message"}]} of a registry's error body, as one short line;
-    the raw text when the body is not that; "" when empty."""
+    """The {"errors": [{"code", "message", "detail"}]} of a registry's error body as one short
+    line (a detail only when it is a string, such as the digest of a missing blob); the raw
+    text when the body is not that; "" when empty."""
     from ..fastjson import loads_json
 
     try:
-        document = loads_json(body)
-        errors = document["errors"]
-        parts = [f"{error.get('code', '')}: {error.get('message', '')}".strip(": ") for error in errors]
+        parts = []
+        for error in loads_json(body)["errors"]:
+            detail = error.get("detail")
+            part = f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
+            part += f" ({detail})" if isinstance(detail, str) and detail else ""
+            if part and part not in parts:
+                parts.append(part)
     except (ValueError, KeyError, TypeError, AttributeError):
         return cut(body)
-    return cut("; ".join(part for part in parts if part))
+    return cut("; ".join(parts))
 
 
 def error_codes(body):

@@ -26,6 +26,7 @@ _DRAIN_LIMIT = 1 << 16
 CONNECT = "connect"  # nothing listens, or the host is unknown: retrying soon rarely helps
 NO_TLS = "no-tls"  # the server answered the TLS handshake with something else (plain HTTP)
 CERTIFICATE = "certificate"  # its TLS certificate was refused
+TLS_REFUSED = "tls-refused"  # it refused our TLS session (an alert: e.g. it wants a client certificate)
 DROPPED = "dropped"  # the connection broke or timed out once the request was under way
 PROTOCOL = "protocol"  # the answer breaks HTTP, or our bounds on it (headers, redirects)
 
@@ -169,13 +170,18 @@ class Transport:
                 connection.endheaders(body)
                 return Response(connection.getresponse(), connection, url)
             except http.client.RemoteDisconnected as err:
-                failure, kind = err, DROPPED
+                failure = err
+            except ssl.SSLError as err:
+                connection.close()
+                if _alert(err):  # TLS 1.3 servers refuse a client certificate after the handshake
+                    raise _tls_refused(err, url) from None
+                failure = err
             except http.client.HTTPException as err:  # a bad status line, too long or too many headers
                 connection.close()
                 raise TransportFailure(f"{host_port(url)} sent an answer that breaks HTTP or exceeds "
                                        f"its limits: {_describe(err)}", PROTOCOL, host_port(url)) from None
             except OSError as err:  # reset, broken pipe, timeout
-                failure, kind = err, DROPPED
+                failure = err
             except BaseException:  # the body's own error, or a signal: the request is half sent
                 connection.close()
                 raise
@@ -184,7 +190,7 @@ class Transport:
             if reused and replayable and not isinstance(failure, socket.timeout):
                 reused = False
                 continue
-            raise TransportFailure(f"connection to {host_port(url)} failed: {_describe(failure)}", kind,
+            raise TransportFailure(f"connection to {host_port(url)} failed: {_describe(failure)}", DROPPED,
                                    host_port(url)) from None
 
     def _connection(self, url):
@@ -236,6 +242,8 @@ def _connect(connection, url):
                                f"{err.verify_message or err.reason}", CERTIFICATE, host_port(url)) from None
     except (ssl.SSLError, ConnectionResetError) as err:
         connection.close()
+        if _alert(err):
+            raise _tls_refused(err, url) from None
         # What a plain HTTP server makes of a TLS handshake: an HTTP answer, or a hang-up.
         raise TransportFailure(f"{host_port(url)} does not speak TLS ({_describe(err)})", NO_TLS,
                                host_port(url)) from None
@@ -243,6 +251,16 @@ def _connect(connection, url):
         connection.close()
         raise TransportFailure(f"cannot connect to {host_port(url)}: {_describe(err)}", CONNECT,
                                host_port(url)) from None
+
+
+def _alert(err):
+    """Whether the peer refused our TLS session with an alert (so it does speak TLS)."""
+    return "ALERT" in (getattr(err, "reason", None) or "")
+
+
+def _tls_refused(err, url):
+    alert = err.reason.lower().replace("_", " ")
+    return TransportFailure(f"{host_port(url)} refused the TLS session ({alert})", TLS_REFUSED, host_port(url))
 
 
 def tls_context(where):
@@ -288,7 +306,9 @@ def _stale(sock):
 
 
 def _describe(err):
-    if isinstance(err, socket.timeout) or isinstance(err, TimeoutError):
+    if isinstance(err, (socket.timeout, TimeoutError)):
         return "no answer within the time limit"
+    if isinstance(err, ssl.SSLError) and err.reason:
+        return err.reason.lower().replace("_", " ")
     text = getattr(err, "strerror", None) or str(err) or type(err).__name__
     return cut(text, 120)
