@@ -472,6 +472,20 @@ def upload_image(registry, repo, tag, pushed, blob_files, on_bytes=None):
     return registry.put_manifest(repo, tag, manifest, DOCKER_V2)
 
 
+@pytest.fixture
+def proxies():
+    """Factory: Proxy(upstream, …), each stopped after the test."""
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(Proxy(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
 @pytest.fixture(scope="module")
 def tls_basic(workdir):
     """A registry with TLS (its CA in /etc/docker/certs.d) and htpasswd Basic auth."""
@@ -840,23 +854,22 @@ def test_fetch_blob_on_a_full_disk(pushed, tmp_path):
         sh("umount", small)
 
 
-def test_fetch_blob_resumes_with_range(pushed, tmp_path):
-    proxy = Proxy(f"http://{pushed.registry.host}")
+def test_fetch_blob_resumes_with_range(proxies, pushed, tmp_path):
+    proxy = proxies(f"http://{pushed.registry.host}")
     digest, size = pushed.layers[-1]
     proxy.add("GET", f"/blobs/{digest}", "cut", after=size // 3)
     path = tmp_path / "blob"
     progress = []
     with Registry(proxy.host) as registry:
         registry.fetch_blob(pushed.repo, digest, size, path, on_bytes=progress.append)
-    proxy.stop()
     assert sha256(path.read_bytes()) == digest and sum(progress) == size and min(progress) > 0
     first, second = proxy.requests("GET", "/blobs/")
     assert "Range" not in first.headers and first.action == "cut"
     assert second.headers["Range"] == f"bytes={size // 3}-" and second.status == 206
 
 
-def test_fetch_blob_starts_over_when_range_is_ignored(pushed, tmp_path):
-    proxy = Proxy(f"http://{pushed.registry.host}")
+def test_fetch_blob_starts_over_when_range_is_ignored(proxies, pushed, tmp_path):
+    proxy = proxies(f"http://{pushed.registry.host}")
     digest, size = pushed.layers[-1]
     proxy.add("GET", f"/blobs/{digest}", "cut", after=size // 2)
     proxy.add("GET", f"/blobs/{digest}", "strip-range")
@@ -864,33 +877,30 @@ def test_fetch_blob_starts_over_when_range_is_ignored(pushed, tmp_path):
     progress = []
     with Registry(proxy.host) as registry:
         registry.fetch_blob(pushed.repo, digest, size, path, on_bytes=progress.append)
-    proxy.stop()
     assert sha256(path.read_bytes()) == digest
     assert sum(progress) == size and -(size // 2) in progress  # the first half taken back
     assert [entry.status for entry in proxy.requests("GET", "/blobs/")] == [200, 200]
 
 
-def test_fetch_blob_gives_up_after_its_retries(pushed, tmp_path):
-    proxy = Proxy(f"http://{pushed.registry.host}")
+def test_fetch_blob_gives_up_after_its_retries(proxies, pushed, tmp_path):
+    proxy = proxies(f"http://{pushed.registry.host}")
     digest, size = pushed.layers[-1]
     proxy.add("GET", f"/blobs/{digest}", "cut", times=100, after=1000)
     path = tmp_path / "blob"
     with pytest.raises(RegistryUnavailable) as err, Registry(proxy.host) as registry:
         registry.fetch_blob(pushed.repo, digest, size, path, retries=2)
-    proxy.stop()
     assert exit_code(err) == EXIT_ENGINE_UNAVAILABLE and "broke 3 times" in one_line(err)
     assert len(proxy.requests("GET", "/blobs/")) == 3 and not path.exists()
 
 
-def test_upload_push_and_docker_pull_gives_the_same_image(pushed, blob_files):
+def test_upload_push_and_docker_pull_gives_the_same_image(proxies, pushed, blob_files):
     """Blobs and manifest pushed by the client (the 20 MiB layer in PATCH chunks, relative and
     absolute Locations kept with their query strings), then pulled by docker: same image ID."""
-    proxy = Proxy(f"http://{pushed.registry.host}")
+    proxy = proxies(f"http://{pushed.registry.host}")
     repo = f"copy-{pushed.session}/image"
     progress = []
     with Registry(proxy.host) as registry:
         digest = upload_image(registry, repo, "2", pushed, blob_files, on_bytes=progress.append)
-    proxy.stop()
     assert digest == pushed.digest and sum(progress) == sum(size for _, size in pushed.blobs)
     patches = proxy.requests("PATCH")
     assert len(patches) == -(-pushed.layers[-1][1] // client_module.UPLOAD_CHUNK)
@@ -903,12 +913,12 @@ def test_upload_push_and_docker_pull_gives_the_same_image(pushed, blob_files):
         docker("rmi", "-f", ref)
 
 
-def test_upload_resumes_from_what_the_registry_has(pushed, blob_files):
+def test_upload_resumes_from_what_the_registry_has(proxies, pushed, blob_files):
     """The second PATCH is dropped before it reaches the registry: the client asks where the
     upload stands and sends that chunk again. The fourth one's answer is lost after the
     registry stored it: distribution then cancels the session (its URL state is stale), and
     the client starts the blob over."""
-    proxy = Proxy(f"http://{pushed.registry.host}")
+    proxy = proxies(f"http://{pushed.registry.host}")
     proxy.add("PATCH", "/blobs/uploads/", "drop-before", skip=1)
     proxy.add("PATCH", "/blobs/uploads/", "drop-after", skip=3)
     digest, size = pushed.layers[-1]
@@ -918,7 +928,6 @@ def test_upload_resumes_from_what_the_registry_has(pushed, blob_files):
     with Registry(proxy.host) as registry:
         registry.upload_blob(repo, digest, size, opener(blob_files[digest]), on_bytes=progress.append)
         assert registry.blob_size(repo, digest) == size
-    proxy.stop()
     assert sum(progress) == size
     chunk = client_module.UPLOAD_CHUNK
     exchanges = [(entry.method, entry.action, entry.status, entry.headers.get("Content-Range"))
@@ -939,13 +948,12 @@ def test_upload_resumes_from_what_the_registry_has(pushed, blob_files):
     ]
 
 
-def test_upload_small_blob_in_one_put(plain):
-    proxy = Proxy(f"http://{plain.host}")
+def test_upload_small_blob_in_one_put(proxies, plain):
+    proxy = proxies(f"http://{plain.host}")
     content = os.urandom(1000)
     repo = f"small-{uuid.uuid4().hex[:10]}/x"
     with Registry(proxy.host) as registry:
         registry.upload_blob(repo, sha256(content), len(content), lambda offset: io.BytesIO(content[offset:]))
-    proxy.stop()
     assert [entry.method for entry in proxy.log if "/blobs/" in entry.path] == ["POST", "PUT"]
 
 
@@ -962,15 +970,14 @@ def test_upload_of_damaged_local_content(plain):
         assert exit_code(err) == EXIT_BAD_DIR and "ended before its declared size" in one_line(err)
 
 
-def test_mount_blob(pushed):
-    proxy = Proxy(f"http://{pushed.registry.host}")
+def test_mount_blob(proxies, pushed):
+    proxy = proxies(f"http://{pushed.registry.host}")
     repo = f"mounted-{pushed.session}/image"
     digest, size = pushed.layers[0]
     with Registry(proxy.host) as registry:
         assert registry.mount_blob(repo, digest, pushed.repo) is True
         assert registry.blob_size(repo, digest) == size
         assert registry.mount_blob(repo, "sha256:" + "1" * 64, pushed.repo) is False
-    proxy.stop()
     deleted = proxy.requests("DELETE")
     assert len(deleted) == 1 and deleted[0].status == 204  # the refused mount's upload session, closed
 
@@ -1130,13 +1137,13 @@ def test_tls_client_certificate(workdir, tmp_path):
         registry.stop()
 
 
-def test_redirect_to_blob_storage_drops_authorization(tls_basic, pushed, blob_files, logged_in, tmp_path):
+def test_redirect_to_blob_storage_drops_authorization(proxies, tls_basic, pushed, blob_files, logged_in, tmp_path):
     """Blob GETs redirected to another host (as to S3 or a CDN) go there without the
     registry's Authorization. The storage stand-in is a proxy with its own credentials, as a
     pre-signed storage URL carries its own."""
     repo = f"redirected-{pushed.session}/image"
-    front = Proxy(f"https://{tls_basic.host}", ca=tls_basic.tls.ca)
-    storage = Proxy(f"https://{tls_basic.host}", ca=tls_basic.tls.ca, upstream_authorization="Basic " +
+    front = proxies(f"https://{tls_basic.host}", ca=tls_basic.tls.ca)
+    storage = proxies(f"https://{tls_basic.host}", ca=tls_basic.tls.ca, upstream_authorization="Basic " +
                     base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
     storage_port = storage.host.split(":")[1]
     front.add("GET", "/blobs/sha256:", "redirect", to=lambda path: f"http://localhost:{storage_port}{path}")
@@ -1146,8 +1153,6 @@ def test_redirect_to_blob_storage_drops_authorization(tls_basic, pushed, blob_fi
     digest, size = pushed.config
     with Registry(front.host) as registry:
         registry.fetch_blob(repo, digest, size, tmp_path / "blob")
-    front.stop()
-    storage.stop()
     assert sha256((tmp_path / "blob").read_bytes()) == digest
     (redirected,) = front.requests("GET", "/blobs/")
     assert redirected.headers["Authorization"].startswith("Basic ")
@@ -1166,12 +1171,11 @@ def next_hop(path):
     (lambda path: path.split("?")[0] if "?" in path else path + "?other", 2, "redirects in a loop"),
     (next_hop, 11, "more than 10 redirects"),
 ])
-def test_redirects_are_bounded(pushed, tmp_path, to, requests, said):
-    proxy = Proxy(f"http://{pushed.registry.host}")
+def test_redirects_are_bounded(proxies, pushed, tmp_path, to, requests, said):
+    proxy = proxies(f"http://{pushed.registry.host}")
     proxy.add("GET", "/blobs/", "redirect", times=100, to=to)
     with pytest.raises(BadRegistryData) as err, Registry(proxy.host) as registry:
         registry.fetch_blob(pushed.repo, *pushed.config, tmp_path / "blob")
-    proxy.stop()
     assert exit_code(err) == EXIT_BAD_DIR and said in one_line(err) and not (tmp_path / "blob").exists()
     assert len(proxy.requests("GET", "/blobs/")) == requests
 
