@@ -111,6 +111,11 @@ class AuthRefused(DockerDirError):
     exit_code = EXIT_NO_PERMISSION
 
 
+class BadRegistryData(BadImageDir):
+    """A registry sent, or refused, a document that breaks the rules: bad JSON, too large,
+    a media type that contradicts the content, a digest that is not sha256:<64 hex>."""
+
+
 class DigestMismatch(VerifyError):
     """Content whose sha256 differs from the digest that names it."""
 

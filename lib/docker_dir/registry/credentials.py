@@ -1,0 +1,228 @@
+"""Registry credentials, found where `docker login` and `podman login` put them.
+
+Files, first answer wins: $REGISTRY_AUTH_FILE, podman's auth.json ($XDG_RUNTIME_DIR/
+containers/auth.json, or /run/containers/UID/auth.json when XDG_RUNTIME_DIR is unset,
+as podman writes it; then $XDG_CONFIG_HOME/containers/auth.json, which podman reads
+too), then docker's $DOCKER_CONFIG/config.json (~/.docker/config.json; podman 4 logs
+in there when DOCKER_CONFIG is set).
+In each: `credHelpers[host]`, else `credsStore` (docker's: it answers for every host),
+else `auths[host].auth` (base64 "user:password"). Helpers are `docker-credential-NAME get`.
+
+Secrets live in Secret objects from the moment they are read, so no repr, message or
+traceback that shows local variables can print them.
+"""
+import base64
+import os
+import shutil
+
+from ..errors import AuthRefused, RegistryUnavailable, UsageError
+from ..fastjson import loads_json, read_bounded
+from .messages import cut
+
+# A config file is a few kB; this only bounds a damaged one.
+_MAX_CONFIG_BYTES = 4 << 20
+_HELPER_TIMEOUT = 30
+_NOT_FOUND = "credentials not found in native keychain"
+_DOCKER_HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+# docker's key for Docker Hub, in config.json and towards credential helpers
+_DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+_SECRET_FIELDS = ("auth", "identitytoken", "password")
+
+
+class Secret:
+    """A string that never shows itself: reveal() is the one way to read it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value):
+        self._value = value
+
+    def reveal(self):
+        return self._value
+
+    def __repr__(self):
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+class Credentials:
+    """A username and its secret (password or token), and where they were found."""
+
+    __slots__ = ("username", "secret", "source")
+
+    def __init__(self, username, secret, source):
+        self.username = username
+        self.secret = secret if isinstance(secret, Secret) else Secret(secret)
+        self.source = source
+
+    def __iter__(self):  # (username, secret), as the contract names the pair
+        return iter((self.username, self.secret))
+
+    def basic_authorization(self):
+        """The Authorization header value for HTTP Basic, as a Secret."""
+        pair = f"{self.username}:{self.secret.reveal()}".encode("utf-8", "surrogatepass")
+        return Secret("Basic " + base64.b64encode(pair).decode("ascii"))
+
+    def __repr__(self):
+        return f"Credentials(username={self.username!r}, secret=<secret>, source={self.source!r})"
+
+
+def credentials_for(registry):
+    """Credentials for `registry` (host[:port] as written, "docker.io" for Docker Hub), or None."""
+    names = _host_names(registry)
+    for path in auth_files():
+        config = _read_config(path)
+        if config is None:
+            continue
+        helpers = config.get("credHelpers")
+        if isinstance(helpers, dict):
+            for key, helper in helpers.items():
+                if _key_host(key) in names and isinstance(helper, str) and helper:
+                    return _ask_helper(helper, registry, f"credHelpers in {path}")
+        store = config.get("credsStore")
+        if isinstance(store, str) and store:
+            return _ask_helper(store, registry, f"credsStore in {path}")
+        auths = config.get("auths")
+        if isinstance(auths, dict):
+            for key, entry in auths.items():
+                if _key_host(key) in names and isinstance(entry, dict):
+                    found = _from_auth_entry(entry, registry, path)
+                    if found:
+                        return found
+    return None
+
+
+def auth_files():
+    """Where logins are kept, in the order they are read."""
+    paths = []
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        paths.append(os.environ["REGISTRY_AUTH_FILE"])
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    paths.append(os.path.join(runtime, "containers", "auth.json") if runtime
+                 else f"/run/containers/{os.getuid()}/auth.json")
+    home = os.path.expanduser("~")
+    paths.append(os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"),
+                              "containers", "auth.json"))
+    docker_dir = os.environ.get("DOCKER_CONFIG") or os.path.join(home, ".docker")
+    paths.append(os.path.join(docker_dir, "config.json"))
+    return paths
+
+
+def _host_names(registry):
+    host = registry.lower()
+    return _DOCKER_HUB_NAMES if host in _DOCKER_HUB_NAMES else (host,)
+
+
+def _key_host(key):
+    """The host[:port] of a config key, which may be a URL ("https://index.docker.io/v1/")."""
+    for scheme in ("https://", "http://"):
+        if key.startswith(scheme):
+            key = key[len(scheme):]
+            break
+    return key.split("/", 1)[0].lower()
+
+
+def _read_config(path):
+    """The config at `path` with its secret fields wrapped in Secret, or None if absent."""
+    try:
+        with open(path, "rb") as stream:
+            raw = read_bounded(stream, _MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as err:  # TooLarge is a ValueError, not an OSError
+        raise UsageError(f"cannot read registry credentials from {path}: {err.strerror}; "
+                         "fix its permissions or remove it") from None
+    except ValueError as err:
+        raise UsageError(f"cannot read registry credentials from {path}: {err}; fix or remove it") from None
+    try:
+        config = loads_json(raw)
+    except ValueError:
+        config = None
+    raw = None  # the file's secrets must not outlive this point as a plain local
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} is not a JSON object as docker and podman write it; "
+                         "fix it, or remove it and log in again")
+    auths = config.get("auths")
+    if isinstance(auths, dict):
+        for entry in auths.values():
+            if isinstance(entry, dict):
+                for field in _SECRET_FIELDS:
+                    if field in entry:
+                        entry[field] = Secret(entry[field])
+    return config
+
+
+def _from_auth_entry(entry, registry, path):
+    if isinstance(entry.get("auth"), Secret):
+        found = _decode_auth(entry["auth"], path)
+        if found is None:
+            raise UsageError(f"the login for {registry} in {path} is damaged (its 'auth' is not base64 of "
+                             f"user:password); log in again with 'docker login {registry}'")
+        return found
+    if "identitytoken" in entry:
+        raise _identity_token(registry, path)
+    return None
+
+
+def _decode_auth(encoded, path):
+    """Credentials from base64 "user:password", or None when malformed. Never raises, so the
+    decoded secret is in no frame of a traceback."""
+    try:
+        text = base64.b64decode(encoded.reveal(), validate=True).decode("utf-8")
+    except (ValueError, TypeError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return None
+    username, colon, password = text.partition(":")
+    if not colon or not username:
+        return None
+    return Credentials(username, Secret(password), path)
+
+
+def _identity_token(registry, where):
+    return AuthRefused(f"the login for {registry} ({where}) is an identity token, which docker-dir cannot use; "
+                       f"log in with a username and password or access token: 'docker login {registry}' "
+                       f"or 'podman login {registry}'")
+
+
+def _ask_helper(name, registry, where):
+    """Ask `docker-credential-NAME get`, as docker does: the server on stdin, JSON on stdout."""
+    from .. import process  # plumbum: only when a helper must run
+
+    program = f"docker-credential-{name}"
+    path = shutil.which(program)
+    if path is None:
+        raise RegistryUnavailable(f"the credential helper {program} ({where}) is not installed or not on PATH; "
+                                  "install it, or remove it from that file")
+    server = _DOCKER_HUB_KEY if registry.lower() in _DOCKER_HUB_NAMES else registry
+    try:
+        status, out, err = process.run([path, "get"], timeout=_HELPER_TIMEOUT, input=server)
+    except (OSError, process.NoAnswer) as failure:
+        raise RegistryUnavailable(f"the credential helper {program} ({where}) failed to run: {failure}") from None
+    if status != 0:
+        # Helpers print their errors on stdout (docker-credential-helpers' protocol).
+        if _NOT_FOUND in out or _NOT_FOUND in err:
+            return None
+        raise RegistryUnavailable(f"the credential helper {program} ({where}) failed (exit status {status}): "
+                                  f"{cut(out.strip() or err)}")
+    answer = _parse_helper_answer(out, f"{program} ({where})")
+    out = None  # the secret, as text: gone before anything below can raise
+    if answer is None:
+        raise RegistryUnavailable(f"the credential helper {program} ({where}) did not answer with JSON "
+                                  "holding Username and Secret; check that helper")
+    if answer.username == "<token>":
+        raise _identity_token(registry, where)
+    return answer if answer.username else None
+
+
+def _parse_helper_answer(out, source):
+    """Credentials from a helper's JSON answer, or None when it is not one. Never raises."""
+    try:
+        answer = loads_json(out)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    username, secret = answer.get("Username"), answer.get("Secret")
+    if not isinstance(username, str) or not isinstance(secret, str):
+        return None
+    return Credentials(username, Secret(secret), source)

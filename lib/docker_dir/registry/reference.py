@@ -1,0 +1,120 @@
+"""Image references as docker reads them: `[HOST[:PORT]/]NAME[:TAG][@sha256:HEX]`.
+
+Docker's normalization: no host part means Docker Hub ("docker.io"), whose one-component
+names live under "library/"; no tag and no digest means "latest". The first component is
+a host when it has a "." or ":", is "localhost", or has capitals (a name never does).
+"""
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import UsageError
+from ..format.names import hex_of_digest, is_hex64, shown
+
+DOCKER_HUB = "docker.io"
+_DOCKER_HUB_ALIASES = ("index.docker.io",)
+_DOCKER_HUB_API = "registry-1.docker.io"
+_MAX_NAME = 255  # docker's limit on HOST/NAME
+
+_HOST = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                   r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?\Z")
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_FORM = "[HOST[:PORT]/]NAME[:TAG][@sha256:HEX]"
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str  # as written; "docker.io" for Docker Hub
+    repository: str  # "library/busybox", "team/app"
+    tag: Optional[str]  # None only when a digest names the image
+    digest: Optional[str]  # "sha256:<64 hex>" or None
+
+    @classmethod
+    def parse(cls, text):
+        """Parse a reference the way `docker pull` does; a malformed one raises UsageError."""
+
+        def refuse(reason):
+            return UsageError(f"invalid image reference '{shown(text)}': {reason}; expected {_FORM}")
+
+        if not text:
+            raise refuse("it is empty")
+        if "://" in text:
+            raise refuse("a reference has no URL scheme")
+        if is_hex64(text):
+            raise refuse("that is an image ID, not a name in a registry")
+        name, at, digest = text.partition("@")
+        if at and hex_of_digest(digest) is None:
+            raise refuse("the digest must be sha256: and 64 lowercase hex digits")
+        slash = name.rfind("/")
+        colon = name.rfind(":")
+        tag = None
+        if colon > slash:
+            name, tag = name[:colon], name[colon + 1:]
+            if not _TAG.match(tag):
+                raise refuse("a tag is 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'")
+        registry, path = _split_host(name)
+        if registry is not None and not _HOST.match(registry):
+            raise refuse(f"'{shown(registry)}' is not a valid registry host[:port]")
+        registry = registry or DOCKER_HUB
+        if registry in _DOCKER_HUB_ALIASES:
+            registry = DOCKER_HUB
+        if registry == DOCKER_HUB and "/" not in path:
+            path = "library/" + path
+        if path != path.lower():
+            raise refuse("the repository name must be lowercase")
+        for component in path.split("/"):
+            if not _COMPONENT.match(component):
+                raise refuse("each part of a repository name is lowercase letters and digits, "
+                             "separated by '.', '_', '__' or dashes")
+        if len(registry) + 1 + len(path) > _MAX_NAME:
+            raise refuse(f"the name is longer than {_MAX_NAME} characters")
+        return cls(registry, path, tag if tag or at else "latest", digest if at else None)
+
+    @property
+    def api_host(self):
+        """The host[:port] that serves the registry API (Docker Hub's differs from its name)."""
+        return api_host(self.registry)
+
+    @property
+    def manifest_reference(self):
+        """What to ask the registry for: the digest when there is one, else the tag."""
+        return self.digest or self.tag
+
+    def with_digest(self, digest):
+        """`HOST/NAME@sha256:…`: what a push prints, pinning the image it sent."""
+        return f"{self.registry}/{self.repository}@{digest}"
+
+    def __str__(self):
+        return (f"{self.registry}/{self.repository}" + (f":{self.tag}" if self.tag else "")
+                + (f"@{self.digest}" if self.digest else ""))
+
+
+def check_repository(name):
+    """`name` if it is a repository path a registry accepts, else UsageError."""
+    if not (isinstance(name, str) and len(name) <= _MAX_NAME
+            and all(_COMPONENT.match(component) for component in name.split("/"))):
+        raise UsageError(f"invalid repository name '{shown(str(name))}': lowercase letters and digits, "
+                         "separated by '.', '_', '__', dashes or '/'")
+    return name
+
+
+def check_tag(tag):
+    """`tag` if it is a valid tag, else UsageError."""
+    if not (isinstance(tag, str) and _TAG.match(tag)):
+        raise UsageError(f"invalid tag '{shown(str(tag))}': 1 to 128 letters, digits, '_', '.' or '-', "
+                         "not starting with '.' or '-'")
+    return tag
+
+
+def api_host(registry):
+    """The host[:port] that serves `registry`'s API: Docker Hub's differs from its name."""
+    return _DOCKER_HUB_API if registry in (DOCKER_HUB,) + _DOCKER_HUB_ALIASES else registry
+
+
+def _split_host(name):
+    """(host or None, path): docker's rule for telling a registry host from a name's first part."""
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        return first, rest
+    return None, name
