@@ -293,9 +293,8 @@ def test_a_bad_layer_path_gets_the_same_verdict_from_every_command(saved, tmp_pa
 
 
 def test_a_huge_manifest_is_refused_before_it_is_read(saved, tmp_path):
-    """78 MB of manifest took 4.5 s and 585 MB of memory; refused at once now."""
-    import time
-
+    """78 MB of manifest took seconds and 585 MB of memory to parse; refused unread now:
+    what shows it is the peak memory, far below the file's size (speed is bench's)."""
     d = copy(saved.one, tmp_path / "img")
     entry = manifest(d)[0]
     with open(d / "manifest.json", "w") as out:  # written in pieces: a 78 MB string here would
@@ -304,10 +303,8 @@ def test_a_huge_manifest_is_refused_before_it_is_read(saved, tmp_path):
             out.write(', "' + '", "'.join(["x" * 64 + "/layer.tar"] * 1000) + '"')
         out.write("]}]")
     assert (d / "manifest.json").stat().st_size > 78 << 20
-    started = time.monotonic()
     line = one_line_error(cli("docker-dir-id", d), EXIT_BAD_DIR)
     assert "larger than 16 MiB" in line
-    assert time.monotonic() - started < 3
     # Its peak memory, measured by a small parent of its own (pytest's children inherit
     # pytest's size in their peak until they exec).
     measure = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], capture_output=True); "
