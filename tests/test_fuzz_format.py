@@ -2,8 +2,9 @@
 
 No engine is involved: image directories are synthesized in Python with correct
 digests, in both forms `docker save` writes (legacy docker-archive, and the
-Docker >= 25 OCI layout with manifest.json pointing into blobs/sha256) and the pure
-OCI layout (index.json and blobs only, as skopeo, podman, umoci write it), then
+Docker >= 25 OCI layout with manifest.json pointing into blobs/sha256), the pure
+OCI layout (index.json and blobs only, as skopeo, podman, umoci write it) and the
+containers `dir:` layout (skopeo `dir:`, one image, a manifest or a list), then
 mutated: wrong JSON types, NaN/Infinity, deep nesting, BOMs, invalid UTF-8,
 duplicate keys, hostile paths (.., absolute, NUL, backslashes, very long),
 symlinks leaving DIR (absolute and relative), symlink loops, directories or
@@ -119,7 +120,7 @@ class Layout:
         return encode_bytes(obj)
 
     def blob_names(self):
-        return sorted(p for p in self.paths() if p.startswith("blobs/sha256/"))
+        return sorted(p for p in self.paths() if p.startswith("blobs/sha256/") or re.fullmatch("[0-9a-f]{64}", p))
 
     def paths(self):
         return sorted({p for p, _ in self.docs.values()} | set(self.raw) | set(self.links))
@@ -217,6 +218,37 @@ def build_oci(n_layers, n_images, tags, nested_index):
     return lay
 
 
+def build_containers_dir(n_layers, index):
+    """The containers `dir:` layout (skopeo `dir:`, podman --format docker-dir): one
+    manifest.json (Docker v2s2; with `index`, a manifest list whose instance is
+    <hex>.manifest.json, as `skopeo copy --all` writes), blobs named by their hex digest,
+    and the `version` file. It holds one image and no tags."""
+    lay = Layout("dir")
+    blobs = [f"layer {i} of a fuzzed image\n".encode() * (i + 1) for i in range(n_layers)]
+    for blob in blobs:
+        lay.raw[sha(blob)] = blob
+    config = make_config(["sha256:" + sha(b) for b in blobs], 0)
+    config_bytes = encode_bytes(config)
+    lay.config_hex.append(sha(config_bytes))
+    lay.add_doc("config", lay.config_hex[0], config)
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                           "digest": "sha256:" + lay.config_hex[0], "size": len(config_bytes)},
+                "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar", "digest": "sha256:" + sha(b),
+                            "size": len(b)} for b in blobs]}
+    if index:
+        manifest_bytes = encode_bytes(manifest)
+        lay.add_doc("oci_manifest", f"{sha(manifest_bytes)}.manifest.json", manifest)
+        lay.add_doc("manifest", "manifest.json", {
+            "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+            "manifests": [{"mediaType": manifest["mediaType"], "digest": "sha256:" + sha(manifest_bytes),
+                           "size": len(manifest_bytes), "platform": {"architecture": "amd64", "os": "linux"}}]})
+    else:
+        lay.add_doc("manifest", "manifest.json", manifest)
+    lay.raw["version"] = b"Directory Transport Version: 1.1\n"
+    return lay
+
+
 # ---------------------------------------------------------------- strategies
 
 TAGS = ["fuzz/a:1", "fuzz/b:latest", "docker.io/library/fuzz-c:2", "localhost/fuzz/d"]
@@ -276,7 +308,7 @@ mutation = st.one_of(
     st.tuples(st.just("cycle"), st.integers(1, 4), st.booleans()),
 )
 base = st.fixed_dictionaries({
-    "form": st.sampled_from(["legacy", "oci", "oci-pure"]),
+    "form": st.sampled_from(["legacy", "oci", "oci-pure", "dir"]),
     "n_layers": st.integers(0, 3),
     "n_images": st.integers(1, 2),
     "tags": st.lists(st.sampled_from(TAGS), max_size=3, unique=True),
@@ -641,6 +673,8 @@ def build(scene_root, spec, mutations):
     scene = Scene(scene_root, spec["in_git"], spec["dropped"])
     if spec["form"] == "legacy":
         lay = build_legacy(spec["n_layers"], spec["n_images"], spec["tags"], spec["variant"])
+    elif spec["form"] == "dir":
+        lay = build_containers_dir(spec["n_layers"], spec["variant"])
     else:
         lay = build_oci(spec["n_layers"], spec["n_images"], spec["tags"], spec["variant"])
     if spec["form"] == "oci-pure":

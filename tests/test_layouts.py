@@ -32,23 +32,28 @@ def source(docker_engine, rootfs):
     docker("rmi", "-f", image, check=False)
 
 
+# The layouts only a side daemon writes; every other one is written with the main
+# daemon, skopeo and podman, so its tests never wait on a side daemon.
+SIDE_DAEMON_KINDS = {"docker26-save": "docker26", "docker26-containerd-save": "docker26c"}
+
+
 @pytest.fixture(scope="module")
-def written(source, docker26, docker26c, tmp_path_factory):
-    """{kind: Layout or the Unavailable that kept it from being written}."""
+def written(source, request, tmp_path_factory):
+    """{kind: Layout, or why it could not be written (a side daemon or tool unavailable)}."""
     base = tmp_path_factory.mktemp("layouts")
-    daemons = {"docker26-save": docker26.daemon, "docker26-containerd-save": docker26c.daemon}
     result = {}
     for kind in KINDS:
         try:
-            result[kind] = write_layout(kind, source[0], base / kind, daemon=daemons.get(kind))
-        except Unavailable as why:
+            daemon = request.getfixturevalue(SIDE_DAEMON_KINDS[kind]).daemon if kind in SIDE_DAEMON_KINDS else None
+            result[kind] = write_layout(kind, source[0], base / kind, daemon=daemon)
+        except (Unavailable, pytest.skip.Exception) as why:
             result[kind] = why
     return result
 
 
 def layout(written, kind):
     found = written[kind]
-    if isinstance(found, Unavailable):
+    if isinstance(found, (Unavailable, pytest.skip.Exception)):
         pytest.skip(f"{kind}: {found}")
     return found
 
