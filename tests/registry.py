@@ -74,6 +74,9 @@ podman 4.3.1):
       token kind's login asks the token server for a token with no scope.
     - skopeo, podman: --tls-verify=false for "anonymous"; --cert-dir CERT_DIR for the TLS
       kinds (they verify, and trust the CA for the token server too); --creds U:P.
+    - docker push sends a HEAD for a layer only when it has pulled or pushed it before;
+      a layer new to the daemon goes straight to POST (so assert "HEAD before upload" of
+      the client under test, not of docker).
 
 TokenServer (registry.token_server): HTTPS on its own loopback port (same CA; url is the
 realm), GET /token?service=...&scope=repository:NAME:pull,push[&scope=...]. Basic
@@ -108,9 +111,11 @@ uploads included), on keep-alive connections, except:
     Logs (secrets' values redacted, header names lower-case, the scheme kept:
     "Bearer <redacted>"):
     - requests: ProxyRequest(method, path, query, headers, status, bytes_in,
-      bytes_out, redirected) for every request the proxy got.
+      bytes_out, redirected) for every request the proxy got (status -1: an upload cut,
+      never answered).
     - storage_requests: StorageRequest(method, path, query, headers, status, bytes_out,
-      range) for every request the storage server got.
+      range) for every request the storage server got (a cut one: its status, fewer
+      bytes_out than it announced).
     - bytes_uploaded() / bytes_downloaded(): request bodies through the proxy / response
       bodies from proxy and storage. forget(): empties both logs.
     Faults, each returned as a Fault whose `fired` counts the times it acted; `match` is
@@ -125,7 +130,9 @@ uploads included), on keep-alive connections, except:
     - cut_upload(after, match=None, times=1): a request body (POST/PATCH/PUT) that reaches
       `after` bytes is cut there: the registry gets those bytes, then both connections
       close. PATCH requests do not name the digest, so match a digest only for monolithic
-      PUTs.
+      PUTs. The registry keeps the bytes, so the upload's Location (its _state says
+      offset 0) is dead: "upload resumed at wrong offset", 404 BLOB_UPLOAD_INVALID; a
+      client starts a new upload.
     - clear_faults().
     - stop(): stops both servers and closes their open connections; safe twice.
 
@@ -135,9 +142,10 @@ push_platform_index(registry, repo_tag, rootfs, workdir, manifest_format="oci")
     claims this host's platform (native, runnable) and one claiming another (foreign:
     linux/arm64, or linux/amd64 on an arm64 host; it differs by one file), added with
     `podman manifest add --os --arch` and pushed with `podman manifest push --all
-    --format FORMAT` ("oci": an OCI index; "v2s2": a Docker manifest list). manifests maps
-    "os/arch" -> manifest digest, as the registry's index lists them. podman's own images
-    and list are removed afterwards.
+    --format FORMAT` ("oci": an OCI index of OCI manifests; "v2s2": a Docker manifest
+    list of Docker v2 manifests; layers gzipped either way). manifests maps "os/arch" ->
+    manifest digest, as the registry's index lists them; repo_tag is "REPO:TAG". podman's
+    own images and list are removed afterwards.
 
 registry_or_skip(kind) -> a started RegistryServer; pytest.skip(reason) when Unavailable.
 """
@@ -576,6 +584,7 @@ class RegistryServer:
         self.process = None
         self.port = None
         self.ca = None
+        self.tls_cert = self.tls_key = None
         self.token_server = None
         self.username = self.password = None
         self.admin = None
@@ -744,8 +753,9 @@ class RegistryServer:
 
     def request(self, method, path, data=None, headers=None, authorize=True, timeout=60):
         headers = dict(headers or {})
-        if authorize and self._authorization(path):
-            headers["Authorization"] = self._authorization(path)
+        authorization = authorize and self._authorization(path)
+        if authorization:
+            headers["Authorization"] = authorization
         handlers = [urllib.request.HTTPSHandler(context=self.ca.client_context())] if self.ca else []
         opener = urllib.request.build_opener(*handlers)
         request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)

@@ -45,7 +45,7 @@ def sha256(data):
 
 
 @pytest.mark.parametrize("kind", KIND_FIXTURES)
-def test_docker_push_pull_and_skopeo_inspect(kind, request, fresh_image):
+def test_docker_push_pull_and_skopeo(kind, request, fresh_image, tmp_path):
     registry = request.getfixturevalue(kind)
     image = fresh_image(f"fixture/push:{uuid.uuid4().hex[:8]}")
     repo = unique("smoke/round-trip")
@@ -59,9 +59,17 @@ def test_docker_push_pull_and_skopeo_inspect(kind, request, fresh_image):
     assert registry.blob(repo, image) is not None
     docker("rmi", "-f", image)
     assert image_id_of(image) is None
-    registry.pull(f"{repo}:1")
+    # the files a client under test gets its credentials from: docker's and containers'
+    docker("pull", f"{registry.host}/{repo}:1", env=dict(os.environ, DOCKER_CONFIG=str(
+        registry.docker_config(tmp_path / "docker"))))
     assert image_id_of(f"{registry.host}/{repo}:1") == image
     assert registry.skopeo_inspect(f"{repo}:1")["Digest"] == pushed.digest
+    tls = ["--tls-verify=false"] if registry.scheme == "http" else ["--cert-dir", str(registry.cert_dir)]
+    inspected = subprocess.run(["skopeo", "inspect", "--authfile", str(registry.auth_file(tmp_path / "auth.json")),
+                                *tls, f"docker://{registry.host}/{repo}:1"], capture_output=True, text=True)
+    assert inspected.returncode == 0 and json.loads(inspected.stdout)["Digest"] == pushed.digest, inspected.stderr
+    registry.skopeo_copy(f"docker://{registry.host}/{repo}:1", f"dir:{tmp_path / 'copy'}")
+    assert (tmp_path / "copy" / "manifest.json").read_bytes() == manifest.raw
 
 
 def test_tls_registry_needs_the_ca_and_the_password(registry_tls, fresh_image):
@@ -74,6 +82,32 @@ def test_tls_registry_needs_the_ca_and_the_password(registry_tls, fresh_image):
     refused = registry_tls.push(image, f"{unique('smoke/wrong-password')}:1", credentials=("alice", "wrong"),
                                 check=False)
     assert refused.digest is None and "401 Unauthorized" in refused.proc.stderr
+
+
+def test_token_server_grants_per_scope(registry_token):
+    server = registry_token.token_server
+    base = f"{server.url}?service=docker-dir-test-registry"
+
+    def token(query, credentials=None):
+        status, _, body = get(registry_token, f"{base}&{query}", basic(credentials) if credentials else None)
+        if status != 200:
+            return status, None
+        jwt = json.loads(body)["token"]
+        header, claims = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                          for part in jwt.split(".")[:2])
+        assert header["alg"] == "RS256" and header["x5c"]
+        return status, claims["access"]
+
+    status, access = token("scope=repository:alice/a:pull,push&scope=repository:bob/b:pull,push",
+                           registry_token.credentials)
+    assert status == 200 and access == [
+        {"type": "repository", "name": "alice/a", "actions": ["pull", "push"]},
+        {"type": "repository", "name": "bob/b", "actions": ["pull"]}]
+    assert token("scope=repository:public/p:pull,push&scope=repository:alice/a:pull")[1] == [
+        {"type": "repository", "name": "public/p", "actions": ["pull"]},
+        {"type": "repository", "name": "alice/a", "actions": []}]
+    assert token("scope=repository:alice/a:pull", ("alice", "wrong")) == (401, None)
+    assert server.requests[-1].user == "alice" and server.requests[-1].status == 401
 
 
 def test_token_registry_refuses_a_push_outside_the_grant(registry_token, fresh_image):
@@ -255,9 +289,16 @@ def test_platform_index_has_both_platforms(platform_index):
     assert served.digest == index.digest
     assert served.media_type == "application/vnd.oci.image.index.v1+json"
     assert set(index.manifests) == {index.native, index.foreign} and index.native != index.foreign
+    configs = {}
     for platform, digest in index.manifests.items():
-        config_digest = registry.manifest(index.repo, digest).json["config"]["digest"]
-        config = json.loads(registry.blob(index.repo, config_digest))
+        configs[platform] = registry.manifest(index.repo, digest).json["config"]["digest"]
+        config = json.loads(registry.blob(index.repo, configs[platform]))
         assert f"{config['os']}/{config['architecture']}" == platform
     raw = registry.skopeo_inspect(index.repo_tag, "--raw")
     assert {m["digest"] for m in raw["manifests"]} == set(index.manifests.values())
+    # docker picks this host's platform from the index
+    try:
+        registry.pull(index.repo_tag)
+        assert image_id_of(f"{registry.host}/{index.repo_tag}") == configs[index.native]
+    finally:
+        docker("rmi", "-f", configs[index.native], check=False)
