@@ -301,3 +301,53 @@ def main_docker(docker_engine):
     target = Target("main docker daemon", "docker", dict(os.environ))
     yield target
     target.remove(*target.created)
+
+
+# -- registries (tests/registry.py) ---------------------------------------------------
+
+from registry import BlobProxy, push_platform_index, registry_or_skip  # noqa: E402
+
+
+def _registry(kind):
+    server = registry_or_skip(kind)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_anon():
+    """Plain HTTP, no auth."""
+    yield from _registry("anonymous")
+
+
+@pytest.fixture(scope="session")
+def registry_tls():
+    """HTTPS (registry_tls.ca_cert) + Basic auth (registry_tls.credentials)."""
+    yield from _registry("basic-tls")
+
+
+@pytest.fixture(scope="session")
+def registry_token():
+    """HTTPS + token auth; registry_token.token_server holds users and grants."""
+    yield from _registry("token")
+
+
+@pytest.fixture
+def blob_proxy():
+    """Factory: blob_proxy(registry) -> a started BlobProxy in front of it, stopped after the test."""
+    proxies = []
+
+    def make(registry):
+        proxies.append(BlobProxy(registry).start())
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def platform_index(registry_anon, rootfs, tmp_path_factory):
+    """A two-platform index in registry_anon, pushed by podman (see push_platform_index)."""
+    return push_platform_index(registry_anon, f"index-{uuid.uuid4().hex[:8]}/multi:1", rootfs,
+                               tmp_path_factory.mktemp("platform-index"))

@@ -10,8 +10,9 @@
 if [ "${PROVISION_FOR:-tests}" = demo ]; then
   SYSTEM_PACKAGES="docker.io busybox-static"
 else
+  # docker-registry and apache2-utils (htpasswd): the real registries of tests/registry.py
   SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo umoci buildah make iproute2 util-linux
-python3-venv"
+python3-venv docker-registry apache2-utils"
 fi
 
 . tests/provision-extra.sh
