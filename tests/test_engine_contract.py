@@ -54,12 +54,12 @@ def test_engine_implements_the_contract(name):
 
 @pytest.mark.parametrize("name", [name for name in ENGINES if not engine_class(name).can_save])
 def test_saving_from_an_engine_that_cannot_is_refused_by_its_declaration(name, tmp_path):
-    from docker_dir.application.save import save
+    from docker_dir.application.save import EngineImage, save
 
     cls = engine_class(name)
     engine = cls.__new__(cls)  # no program needed: the refusal comes before the engine is asked anything
     with pytest.raises(UsageError, match="keeps no images"):
-        save(engine, ["img:1"], str(tmp_path / "out"))
+        save([EngineImage("img:1")], str(tmp_path / "out"), engine)
     assert os.listdir(tmp_path) == []
 
 

@@ -118,19 +118,27 @@ def test_multi_image_saves_are_byte_identical(images, tmp_path):
     assert all(d == digests[0] for d in digests), [d[1] for d in digests]
 
 
-def test_canonical_order_is_independent_of_the_engine_order(tmp_path):
-    from docker_dir.application.save import canonical_order
+def test_layout_is_independent_of_the_engine_order(tmp_path):
+    """Engines list images (and tags) in an order that changes from save to save."""
+    from docker_dir.format.canonical import Blobs, Entry, write_layout
 
-    entries = [{"Config": f"{c * 64}.json", "RepoTags": [f"x/{c}:1"], "Layers": []} for c in "cab"]
+    def entries():
+        return [Entry(c * 64, 10, [(c * 64, 5, "application/vnd.oci.image.layer.v1.tar")], repo_tags=[f"x/{c}:1"])
+                for c in "cab"] + [Entry("c" * 64, 10, [("c" * 64, 5, "application/vnd.oci.image.layer.v1.tar")],
+                                         repo_tags=["x/c:0"])]
+
     outputs = set()
-    for shift in range(3):
+    for shift in range(4):
         d = tmp_path / f"d{shift}"
         d.mkdir()
-        (d / "manifest.json").write_text(json.dumps(entries[shift:] + entries[:shift]))
-        canonical_order(str(d))
-        outputs.add((d / "manifest.json").read_text())
+        shuffled = entries()[shift:] + entries()[:shift]
+        write_layout(str(d), Blobs(str(d)), shuffled)
+        outputs.add(tuple((d / name).read_text() for name in ("index.json", "manifest.json", "repositories")))
     assert len(outputs) == 1
-    assert [e["RepoTags"] for e in json.loads(outputs.pop())] == [["x/a:1"], ["x/b:1"], ["x/c:1"]]
+    index, archive, _ = outputs.pop()
+    assert [e["RepoTags"] for e in json.loads(archive)] == [["x/a:1"], ["x/b:1"], ["x/c:0", "x/c:1"]]
+    assert [d["annotations"]["org.opencontainers.image.ref.name"] for d in json.loads(index)["manifests"]] == \
+        ["1", "1", "0", "1"]
 
 
 def test_existing_empty_dir_is_used(images, tmp_path):

@@ -42,12 +42,13 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def add_selectors(parser):
-    parser.add_argument("--repo-tag", metavar="NAME:TAG", help="pick the image saved with this tag")
+def add_selectors(parser, of="in DIR"):
+    parser.add_argument("--repo-tag", metavar="NAME:TAG", help=f"pick the image {of} saved with this tag")
     parser.add_argument("--config", metavar="PREFIX",
-                        help="pick the image whose config digest starts with PREFIX (sha256: optional)")
+                        help=f"pick the image {of} whose config digest starts with PREFIX (sha256: optional)")
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
-                        help="pick the image of this platform from a multi-platform index (default: this host's)")
+                        help=f"pick the image {of} of this platform from a multi-platform index "
+                             "(default: this host's)")
 
 
 def add_engine_option(parser):

@@ -1,30 +1,54 @@
-"""docker-dir-save: stream `docker save` into a directory, atomically and safely."""
+"""docker-dir-save: images from an engine, or from another image directory or archive,
+into a directory, atomically and safely."""
+import argparse
 import os
 import re
 import sys
 
-from ..application.save import save
+from ..application.save import DirectoryImages, EngineImage, Selectors, save
 from ..engine import get_engine
+from ..errors import UsageError
 from .common import TerminalReporter, human, print_output, require_stdout, run, trap_signals
-from .parser import Parser, add_engine_option
+from .parser import Parser, add_engine_option, add_selectors
 
 PROG = "docker-dir-save"
 _ID_REF = re.compile(r"(sha256:)?[0-9a-f]{64}|[0-9a-f]{12,63}")
+# skopeo's transport names, the convention users know; oci-archive: is an OCI layout in a tar.
+DIRECTORY_TRANSPORTS = ("oci", "dir", "docker-archive", "oci-archive")
 
 
 def parse(argv):
-    parser = Parser(PROG, "Save one or more images from the engine into DIR, as the files 'docker save' "
-                          "writes: streamed, extracted safely, moved into place only when complete. "
-                          "Prints the config digest of each saved image.")
+    parser = Parser(PROG, "Save images into DIR, in the layout docker-dir writes (an OCI image layout that "
+                          "docker load also reads): streamed, checked, moved into place only when complete. "
+                          "Prints the config digest of each saved image.\n"
+                          "SOURCE is an image the engine holds (name[:tag], name@digest, image ID), or "
+                          "another image directory or archive: oci:PATH[:TAG], dir:PATH, "
+                          "docker-archive:PATH (a directory or a tar file), oci-archive:PATH[:TAG].",
+                    usage=f"{PROG} [options] SOURCE [SOURCE...] DIR")
     add_engine_option(parser)
+    add_selectors(parser, of="of directory sources")
     parser.add_argument("-f", "--force", action="store_true",
                         help="replace a non-empty DIR (its old content stays until the new is complete)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no messages on stderr but errors")
     parser.add_argument("--gitattributes", action="store_true",
                         help="write DIR/.gitattributes: layers to the git-annex annex, JSON files to git")
-    parser.add_argument("images", metavar="IMAGE", nargs="+", help="name[:tag], name@digest, or image ID")
+    parser.add_argument("sources", metavar="SOURCE", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("dir", metavar="DIR")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.dir = os.path.normpath(args.dir)  # as messages show it: no trailing slash
+    args.sources = [parse_source(text) for text in args.sources]
+    return args
+
+
+def parse_source(text):
+    """What one SOURCE argument names."""
+    transport, colon, rest = text.partition(":")
+    if colon and transport in DIRECTORY_TRANSPORTS:
+        path, _, tag = rest.partition(":")
+        if not path:
+            raise UsageError(f"{text}: no path after '{transport}:' (see '{PROG} --help')")
+        return DirectoryImages(transport, os.path.normpath(path), tag or None)
+    return EngineImage(normalize_ref(text))
 
 
 def normalize_ref(ref):
@@ -37,13 +61,15 @@ def normalize_ref(ref):
 
 def main(args):
     require_stdout()  # before the work, not after it
-    args.dir = os.path.normpath(args.dir)  # as messages show it: no trailing slash
     trap_signals()
-    engine = get_engine(args.engine)
-    refs = [normalize_ref(ref) for ref in args.images]
-    saved = save(engine, refs, args.dir, args.force, TerminalReporter(PROG, args.quiet), args.gitattributes)
+    engine_needed = any(isinstance(source, EngineImage) for source in args.sources)
+    engine = get_engine(args.engine) if engine_needed else None
+    selectors = Selectors(args.repo_tag, args.config, args.platform)
+    saved = save(args.sources, args.dir, engine, args.force, TerminalReporter(PROG, args.quiet), args.gitattributes,
+                 selectors)
     if not args.quiet:
-        print(f"{PROG}: saved {' '.join(refs)} to {args.dir} ({human(saved.nbytes)} in {saved.seconds:.1f} s)",
+        what = " ".join(str(source) for source in args.sources)
+        print(f"{PROG}: saved {what} to {args.dir} ({human(saved.nbytes)} in {saved.seconds:.1f} s)",
               file=sys.stderr)
     print_output("".join(image_id + "\n" for image_id in saved.ids))
 

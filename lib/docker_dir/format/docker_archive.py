@@ -9,7 +9,7 @@ import os
 
 from ..errors import BadImageDir, ContentMissing
 from .imagedir import Image, Layer
-from .names import check_relpath, digest_from_name, hex_of_digest, is_hex64
+from .names import check_relpath, digest_from_name, hex_of_digest, is_hex64, provenance
 
 NAME = "docker-archive"
 DAMAGED = "the manifest is damaged, save the image again"
@@ -69,21 +69,23 @@ def _images_by_config_name(image_dir, manifest_path):
 
 
 def _manifest_digest_in_index(image):
-    """The digest of the manifest (or index) in index.json that describes `image` (Docker >= 25), if any."""
+    """(digests, repo digests) of the manifest (or index) in index.json that describes
+    `image` (Docker >= 25, docker-dir), with what docker-dir's annotations there record."""
     image_dir = image.image_dir
     if not os.path.exists(os.path.join(image_dir.real, "index.json")):
-        return []
+        return [], []
     index = image_dir.read_json("index.json", "index.json missing")
     if not isinstance(index, dict):
-        return []
+        return [], []
     want = image.config_digest()
     # Each blob is read once: descriptors naming each other, fanned out, would
     # otherwise cost width**depth reads.
     seen = set()
     for desc in _descriptors(index):
         if _describes(image_dir, desc, want, 0, seen):
-            return [desc.get("digest")]
-    return []
+            sources, repo_digests = provenance(desc)
+            return [desc.get("digest"), *sources], repo_digests
+    return [], []
 
 
 def _descriptors(index):

@@ -28,12 +28,13 @@ from .streams import sha256_file
 class Layer:
     """One layer as stored: its file in DIR, and what the layout says about it."""
 
-    __slots__ = ("path", "digest", "media_type")
+    __slots__ = ("path", "digest", "media_type", "size")
 
-    def __init__(self, path, digest=None, media_type=None):
+    def __init__(self, path, digest=None, media_type=None, size=None):
         self.path = path              # relative to DIR, checked
         self.digest = digest          # "sha256:<hex>" of the file as stored, when the layout names it
         self.media_type = media_type  # as the layout declares it, when it does
+        self.size = size              # bytes, as a descriptor states it, when one does
 
 
 class Image:
@@ -45,7 +46,7 @@ class Image:
     """
 
     def __init__(self, image_dir, where, config_path, layers, repo_tags, config_hex=None, manifest_digests=(),
-                 platform=None, ref_names=(), json_blobs=()):
+                 platform=None, ref_names=(), json_blobs=(), repo_digests=()):
         self.image_dir = image_dir
         self.where = where                    # e.g. "DIR/manifest.json: entry 0", for messages
         self.config_path = config_path        # relative to DIR, checked
@@ -53,7 +54,9 @@ class Image:
         self.repo_tags = repo_tags            # ["name:tag", ...] as the layout records them
         self.ref_names = list(ref_names)      # OCI ref names that are a bare tag ("latest")
         self.config_hex = config_hex or digest_from_name(config_path)  # from a descriptor or the file name
-        self._manifest_digests = manifest_digests  # digests, or a function finding them when asked
+        # digests, or a function finding (digests, repo digests) in index.json when asked
+        self._manifest_digests = manifest_digests
+        self._repo_digests = list(repo_digests)  # ["host/name@sha256:..."]: what a registry named it by
         self.platform = platform              # a format.platform.Platform when an index names it
         self.json_blobs = list(json_blobs)    # [(relpath, hex)]: manifests and indexes named by digest
 
@@ -90,11 +93,25 @@ class Image:
 
     def manifest_digests(self):
         """Digests of the manifest, and of the indexes above it, that describe this image
-        in the layout, outermost first (an engine that imported the layout names the image
-        by one of them)."""
+        in the layout, outermost first, then that of the manifest it had at its source
+        (recorded by docker-dir when it wrote an OCI one anew): an engine that imported
+        the image names it by one of them."""
         if callable(self._manifest_digests):
-            self._manifest_digests = self._manifest_digests(self)
+            self._manifest_digests, found = self._manifest_digests(self)
+            self._repo_digests += [r for r in found if r not in self._repo_digests]
         return list(self._manifest_digests)
+
+    def add_names(self, repo_tags, ref_names, repo_digests):
+        """More names of this image (another descriptor naming the same manifest)."""
+        self.repo_tags += [t for t in repo_tags if t not in self.repo_tags]
+        self.ref_names += [r for r in ref_names if r not in self.ref_names]
+        self._repo_digests += [r for r in repo_digests if r not in self._repo_digests]
+
+    @property
+    def repo_digests(self):
+        """["host/name@sha256:..."]: the registry's names of the image it was pulled from."""
+        self.manifest_digests()
+        return list(self._repo_digests)
 
     def manifest_digest(self):
         """The digest index.json (or the layout's one manifest) names this image by, if any."""
@@ -121,6 +138,13 @@ class Image:
             return True
         # an OCI ref name that is only a tag matches that tag of any name
         return tag in self.ref_names or wanted.rsplit(":", 1)[-1] in self.ref_names and ":" in tag
+
+    def matches_reference(self, reference):
+        """As skopeo's `oci:DIR:REFERENCE` finds an image: an OCI ref name, which Docker
+        and docker-dir make the tag alone ("1"), or a full name:tag."""
+        if "/" not in reference and ":" not in reference:
+            return reference in self.ref_names or any(t.rpartition(":")[2] == reference for t in self.repo_tags)
+        return self.matches_tag(reference)
 
     # -- content --------------------------------------------------------------
     def has_manifest(self):
@@ -216,6 +240,7 @@ class Image:
             "layers": self.layer_digests(),
             "size": self.present_layer_size(),
             "manifest_digest": self.manifest_digest(),
+            "repo_digests": self.repo_digests,
             "platform": str(self.platform) if self.platform else None,
             "layout": self.image_dir.reader.NAME,
         }

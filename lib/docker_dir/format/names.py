@@ -82,6 +82,45 @@ def normalize_repo_tag(ref):
     return ref
 
 
+def split_host(name):
+    """(registry host or None, rest) of an image name, by docker's rule: the first part is
+    a host when it has a "." or ":", is "localhost", or has capitals (a name never does)."""
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        return first, rest
+    return None, name
+
+
+def qualified_name(repo_tag):
+    """A repo tag as containerd names it: with its registry (docker.io for Docker Hub,
+    whose one-part names live under library/), e.g. busybox:1 -> docker.io/library/busybox:1."""
+    host, rest = split_host(repo_tag)
+    if host is not None:
+        return repo_tag
+    return "docker.io/" + (rest if "/" in rest else "library/" + rest)  # a tag has no "/"
+
+
+NAME_ANNOTATION = "io.containerd.image.name"
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+# docker-dir's own, on the index.json descriptors it writes: the digest of the manifest an
+# image had where it came from (an engine's store, a registry) when docker-dir wrote the
+# manifest anew in OCI media types, and the registry's name for it (a pull's RepoDigests).
+SOURCE_DIGEST_ANNOTATION = "io.docker-dir.source-digest"
+REPO_DIGEST_ANNOTATION = "io.docker-dir.repo-digest"
+
+
+def provenance(desc):
+    """(source manifest digests, repo digests) the annotations of an index.json descriptor
+    record (docker-dir's own annotations); malformed values are ignored."""
+    notes = desc.get("annotations") if isinstance(desc, dict) else None
+    if not isinstance(notes, dict):
+        return [], []
+    source, repo = notes.get(SOURCE_DIGEST_ANNOTATION), notes.get(REPO_DIGEST_ANNOTATION)
+    sources = [source] if hex_of_digest(source) else []
+    repos = [repo] if isinstance(repo, str) and repo.isprintable() and hex_of_digest(repo.rpartition("@")[2]) else []
+    return sources, repos
+
+
 def shown(text):
     """Text from a manifest, a link or the command line, escaped where needed so an error stays one line."""
     return text if text.isprintable() else repr(text)[1:-1]

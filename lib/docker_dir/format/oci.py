@@ -7,7 +7,7 @@ Docker's v2s2 manifest and manifest list are read like their OCI twins.
 """
 from ..errors import BadImageDir
 from .imagedir import Layer
-from .names import hex_of_digest, shown
+from .names import NAME_ANNOTATION, REF_ANNOTATION, hex_of_digest, shown
 from .platform import Platform
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -26,9 +26,6 @@ LAYER_TYPES = {
 # Far beyond what any tool writes (a multi-platform index has tens of entries, nesting 2 deep).
 MAX_DEPTH = 4
 MAX_MANIFESTS = 1024
-
-NAME_ANNOTATION = "io.containerd.image.name"
-REF_ANNOTATION = "org.opencontainers.image.ref.name"
 
 
 class Leaf:
@@ -152,7 +149,9 @@ class Walker:
             if media_type is not None and media_type not in LAYER_TYPES:
                 raise BadImageDir(f"{relpath}: layers[{i}] has media type {shown(media_type)}, not a layer "
                                   "docker-dir can load")
-            result.append(Layer(self.blob_path(hexd), "sha256:" + hexd, media_type))
+            size = desc.get("size")
+            result.append(Layer(self.blob_path(hexd), "sha256:" + hexd, media_type,
+                                size if isinstance(size, int) and not isinstance(size, bool) else None))
         if chain[-1] in {config_hex, *(layer.digest[7:] for layer in result)}:
             raise BadImageDir(f"{relpath}: the manifest names itself as its config or a layer; the layout is damaged")
         return [Leaf(config_hex, result, list(chain), list(blobs), platform)]

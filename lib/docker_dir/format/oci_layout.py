@@ -7,6 +7,7 @@ platform. Docker >= 25 saves also hold this layout, but are read through their
 manifest.json (docker_archive), which carries the tags as docker knows them.
 """
 from .imagedir import Image
+from .names import provenance
 from .oci import Walker, descriptors, tags_of
 
 NAME = "OCI image layout"
@@ -29,16 +30,17 @@ def images(image_dir):
     found = {}  # leaf manifest digest -> Image: one image reachable under several tags is one image
     for i, desc in enumerate(descriptors(index, where)):
         tags, ref_names = tags_of(desc)
+        sources, repo_digests = provenance(desc)
         for leaf in walker.leaves(desc, f"{where}: manifests[{i}]"):
             key = leaf.digests[-1]
             if key in found:
-                found[key].repo_tags += [t for t in tags if t not in found[key].repo_tags]
-                found[key].ref_names += [r for r in ref_names if r not in found[key].ref_names]
+                found[key].add_names(tags, ref_names, repo_digests)
                 continue
             found[key] = Image(image_dir, f"{where}: manifests[{i}]", blob_path(leaf.config_hex), leaf.layers,
                                list(tags), config_hex=leaf.config_hex,
-                               manifest_digests=["sha256:" + d for d in leaf.digests], platform=leaf.platform,
-                               ref_names=ref_names, json_blobs=leaf.blobs)
+                               manifest_digests=["sha256:" + d for d in leaf.digests] + sources,
+                               platform=leaf.platform, ref_names=ref_names, json_blobs=leaf.blobs,
+                               repo_digests=repo_digests)
     if not found:
         from ..errors import BadImageDir
 

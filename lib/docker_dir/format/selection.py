@@ -5,12 +5,18 @@ from .names import shown
 from .platform import Platform
 
 
-def select(image_dir, repo_tag=None, config=None, platform=None):
+def select_among(image_dir, candidates, selectors):
+    """select(), among `candidates` (some of the directory's images); `selectors` has
+    repo_tag, config and platform attributes."""
+    return select(image_dir, selectors.repo_tag, selectors.config, selectors.platform, candidates)
+
+
+def select(image_dir, repo_tag=None, config=None, platform=None, candidates=None):
     """The one image the selectors leave. Several images differing only in platform
     (a multi-platform index) leave the one of `platform` (a string os/arch[/variant]),
     by default this host's."""
     images = image_dir.images()
-    chosen = images
+    chosen = images if candidates is None else candidates
     path = image_dir.path
     if repo_tag is not None:
         if any(not i.has_manifest() for i in chosen):

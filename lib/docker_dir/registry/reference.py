@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import UsageError
-from ..format.names import hex_of_digest, is_hex64, shown
+from ..format.names import hex_of_digest, is_hex64, shown, split_host
 
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_ALIASES = ("index.docker.io",)
@@ -53,7 +53,7 @@ class Reference:
             name, tag = name[:colon], name[colon + 1:]
             if not _TAG.match(tag):
                 raise refuse("a tag is 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'")
-        registry, path = _split_host(name)
+        registry, path = split_host(name)
         if registry is not None and not _HOST.match(registry):
             raise refuse(f"'{shown(registry)}' is not a valid registry host[:port]")
         registry = registry or DOCKER_HUB
@@ -110,11 +110,3 @@ def check_tag(tag):
 def api_host(registry):
     """The host[:port] that serves `registry`'s API: Docker Hub's differs from its name."""
     return _DOCKER_HUB_API if registry in (DOCKER_HUB,) + _DOCKER_HUB_ALIASES else registry
-
-
-def _split_host(name):
-    """(host or None, path): docker's rule for telling a registry host from a name's first part."""
-    first, slash, rest = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
-        return first, rest
-    return None, name
