@@ -11,7 +11,7 @@ import time
 
 from ..errors import BadImageDir, CantWrite, DockerDirError, EngineFailed, Interrupted, SelectionError, UsageError
 from ..format.canonical import (OCI_CONFIG, OCI_LAYER_PREFIX, OCI_MANIFEST, Blobs, Entry, layer_media_type,
-                                stored_compression, write_layout)
+                                stored_compression, write_index_layout, write_layout)
 from ..format.compression import NONE
 from ..format.extract import extract_stream
 from ..format.imagedir import ImageDir
@@ -22,6 +22,7 @@ from ..fs import move_into_place, open_regular
 from ..nodelocal import BuildDir, remove_abandoned
 from ..signals import SignalLatch
 from . import QUIET
+from .pull import RegistryImage, check_all_platforms, pull
 
 TEMP_MARK = ".docker-dir-save-"
 # Inside the build directory: an engine's export, or an archive, before its blobs move to blobs/.
@@ -99,9 +100,11 @@ class Saved:
 
 
 def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattributes=False,
-         selectors=Selectors()):
+         selectors=Selectors(), insecure=()):
     """Save the images `sources` name into directory `path`. `engine` exports the
-    EngineImage sources (None when there are none)."""
+    EngineImage sources (None when there are none); `insecure` registries may answer
+    in plain HTTP."""
+    check_all_platforms(sources, selectors)
     parent = check_target(path, force)
     name = os.path.basename(os.path.abspath(path))
     refs = [source.ref for source in sources if isinstance(source, EngineImage)]
@@ -122,10 +125,20 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
                 raise
             progress.close()
             received += progress.done
+        index = None
         for source in sources:
             if isinstance(source, DirectoryImages):
                 entries += _from_directory(source, tmp, blobs, selectors)
-        write_layout(tmp, blobs, entries)
+            elif isinstance(source, RegistryImage):
+                pulled = pull(source, blobs, selectors, reporter, insecure,
+                              reuse_dir=path if os.path.isdir(path) else None)
+                entries += pulled.entries
+                index = pulled.index and (pulled.index, pulled.repo_tags)
+                received += pulled.nbytes
+        if index:
+            write_index_layout(tmp, blobs, *index)
+        else:
+            write_layout(tmp, blobs, entries)
         os.chmod(tmp, 0o755)
         saved = ImageDir(tmp)
         ids = list(dict.fromkeys(image.image_id() for image in saved.images()))

@@ -5,6 +5,7 @@ import os
 import re
 import sys
 
+from ..application.pull import RegistryImage
 from ..application.save import DirectoryImages, EngineImage, Selectors, save
 from ..engine import get_engine
 from ..errors import UsageError
@@ -21,8 +22,9 @@ def parse(argv):
     parser = Parser(PROG, "Save images into DIR, in the layout docker-dir writes (an OCI image layout that "
                           "docker load also reads): streamed, checked, moved into place only when complete. "
                           "Prints the config digest of each saved image.\n"
-                          "SOURCE is an image the engine holds (name[:tag], name@digest, image ID), or "
-                          "another image directory or archive: oci:PATH[:TAG], dir:PATH, "
+                          "SOURCE is an image the engine holds (name[:tag], name@digest, image ID), an "
+                          "image in a registry, pulled with no engine: docker://[HOST[:PORT]/]NAME[:TAG|@DIGEST], "
+                          "or another image directory or archive: oci:PATH[:TAG], dir:PATH, "
                           "docker-archive:PATH (a directory or a tar file), oci-archive:PATH[:TAG].",
                     usage=f"{PROG} [options] SOURCE [SOURCE...] DIR")
     add_engine_option(parser)
@@ -32,6 +34,11 @@ def parse(argv):
     parser.add_argument("-q", "--quiet", action="store_true", help="no messages on stderr but errors")
     parser.add_argument("--gitattributes", action="store_true",
                         help="write DIR/.gitattributes: layers to the git-annex annex, JSON files to git")
+    parser.add_argument("--all-platforms", action="store_true",
+                        help="keep a registry image's whole multi-platform index (one docker:// SOURCE); "
+                             "docker-dir-id and docker-dir-exec then choose with --platform")
+    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+                        help="allow plain HTTP to this registry (loopback registries need not be named)")
     parser.add_argument("sources", metavar="SOURCE", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("dir", metavar="DIR")
     args = parser.parse_args(argv)
@@ -42,6 +49,8 @@ def parse(argv):
 
 def parse_source(text):
     """What one SOURCE argument names."""
+    if text.startswith("docker://"):
+        return RegistryImage(text[len("docker://"):])
     transport, colon, rest = text.partition(":")
     if colon and transport in DIRECTORY_TRANSPORTS:
         path, _, tag = rest.partition(":")
@@ -64,9 +73,9 @@ def main(args):
     trap_signals()
     engine_needed = any(isinstance(source, EngineImage) for source in args.sources)
     engine = get_engine(args.engine) if engine_needed else None
-    selectors = Selectors(args.repo_tag, args.config, args.platform)
+    selectors = Selectors(args.repo_tag, args.config, args.platform, args.all_platforms)
     saved = save(args.sources, args.dir, engine, args.force, TerminalReporter(PROG, args.quiet), args.gitattributes,
-                 selectors)
+                 selectors, args.insecure_registry)
     if not args.quiet:
         what = " ".join(str(source) for source in args.sources)
         print(f"{PROG}: saved {what} to {args.dir} ({human(saved.nbytes)} in {saved.seconds:.1f} s)",

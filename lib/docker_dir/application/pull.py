@@ -1,0 +1,246 @@
+"""Images from a registry into the build directory of a save (docker-dir-save docker://REF).
+
+The manifest (or index) is walked by the format layer's OCI walk, which refuses what
+breaks the rules (media types that lie, loops, nesting, artifacts in place of images);
+the platform is chosen (this host's, --platform's, or all with --all-platforms); then the
+config and the layers are fetched a few at a time, each checked against its digest and
+size as it streams (registry/client.py resumes a dropped transfer). Blobs the directory
+being replaced already holds are reused (checked), not downloaded. Layers stay as the
+registry serves them, so their digests stay the registry's; an OCI manifest is kept
+byte for byte, another (Docker's v2s2) is written anew in OCI media types with the
+registry's digest recorded beside it.
+"""
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import BadImageDir, BadRegistryData, SelectionError, UsageError
+from ..fastjson import loads_json
+from ..format.canonical import OCI_INDEX, OCI_MANIFEST, Entry, encode, layer_media_type
+from ..format.compression import media_type_compression
+from ..format.imagedir import ImageDir
+from ..format.names import REPO_DIGEST_ANNOTATION, SOURCE_DIGEST_ANNOTATION, hex_of_digest, shown
+from ..format.oci import Walker
+from ..format.platform import Platform
+from ..format.streams import sha256_file
+from ..registry.client import Registry
+from ..registry.reference import DOCKER_HUB, Reference
+
+# What a pull accepts, most wanted first (as docker and podman ask).
+ACCEPT = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json", OCI_MANIFEST,
+          "application/vnd.docker.distribution.manifest.v2+json")
+# Layers fetched at once: enough to fill a link, few enough not to starve each other.
+PARALLEL = 4
+
+
+class RegistryImage:
+    """An image in a registry: docker://[HOST[:PORT]/]NAME[:TAG|@sha256:DIGEST]."""
+
+    def __init__(self, text):
+        self.reference = Reference.parse(text)
+
+    def __str__(self):
+        return f"docker://{self.reference}"
+
+
+class Pulled:
+    """What a pull put in the build directory: entries for write_layout, or (all
+    platforms) the OCI index's bytes with its tag, and the bytes fetched."""
+
+    def __init__(self, entries=(), index=None, repo_tags=(), nbytes=0):
+        self.entries, self.index, self.repo_tags, self.nbytes = list(entries), index, list(repo_tags), nbytes
+
+
+def pull(source, blobs, selectors, reporter, insecure=(), reuse_dir=None):
+    """The images of `source` (a RegistryImage) with their blobs in `blobs`."""
+    ref = source.reference
+    with Registry(ref.registry, insecure=insecure) as registry:
+        top, media_type, digest = registry.get_manifest(ref.repository, ref.manifest_reference, ACCEPT)
+        blobs.put(top)
+        walker = Walker(_Shown(source), _manifest_reader(registry, ref.repository, blobs), _blob_path)
+        leaves = walker.leaves({"digest": digest, "mediaType": media_type}, str(source))
+        if not leaves:
+            raise BadRegistryData(f"{source}: names no image (only artifacts); nothing to save")
+        chosen = leaves if selectors.all_platforms else [_of_platform(source, leaves, selectors.platform)]
+        documents = [_manifest_document(blobs, leaf, source) for leaf in chosen]
+        fetch = _Fetcher(registry, ref.repository, blobs, reuse_dir)
+        for document in documents:
+            fetch.plan(document["config"]["digest"], document["config"].get("size"))
+            for layer in document["layers"]:
+                fetch.plan(layer["digest"], layer.get("size"))
+        fetch.run(reporter, f"pulling {source}")
+    tag = _familiar(ref) + ":" + ref.tag if ref.tag else None
+    repo_digest = f"{_familiar(ref)}@{digest}"
+    entries = [_entry(blobs, leaf, document, tag, repo_digest) for leaf, document in zip(chosen, documents)]
+    if not selectors.all_platforms:
+        return Pulled(entries, nbytes=fetch.fetched)
+    return Pulled(index=_oci_index(blobs, top, media_type, leaves, entries), repo_tags=[tag] if tag else [],
+                  nbytes=fetch.fetched)
+
+
+def check_all_platforms(sources, selectors):
+    """--all-platforms keeps one registry index whole: it is the only source then."""
+    if selectors.all_platforms and (len(sources) != 1 or not isinstance(sources[0], RegistryImage)):
+        raise UsageError("--all-platforms keeps one registry image's whole index: give one docker:// SOURCE "
+                         "(from a directory, choose a platform with --platform)")
+
+
+class _Shown:
+    """What the OCI walk's messages name a document by: its place in the registry."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def join(self, relpath):
+        return f"{self.source} (sha256:{relpath.rsplit('/', 1)[-1][:12]})"
+
+
+def _blob_path(hexd):
+    return f"blobs/sha256/{hexd}"
+
+
+def _manifest_reader(registry, repository, blobs):
+    """read_blob for the OCI walk: a manifest or index, fetched by digest (checked) unless
+    the build directory holds it already."""
+    def read(hexd):
+        if not blobs.has(hexd):
+            data, _, _ = registry.get_manifest(repository, "sha256:" + hexd, ACCEPT)
+            blobs.put(data)
+        with open(blobs.path(hexd), "rb") as stream:
+            data = stream.read()
+        try:
+            return _blob_path(hexd), loads_json(data)
+        except (ValueError, RecursionError) as err:
+            raise BadRegistryData(f"manifest sha256:{hexd[:12]} of {registry.host}/{repository} is not valid "
+                                  f"JSON ({err}); the registry's content is damaged") from None
+    return read
+
+
+def _of_platform(source, leaves, wanted):
+    """The leaf of this host's platform, or of `wanted`; one leaf is the image whatever it says."""
+    if len(leaves) == 1 and (wanted is None or leaves[0].platform is None):
+        return leaves[0]
+    request = Platform.parse(wanted) if wanted is not None else Platform.host()
+    matching = [leaf for leaf in leaves if leaf.platform and request.matches(leaf.platform)]
+    if not matching:
+        have = ", ".join(sorted({str(leaf.platform) for leaf in leaves if leaf.platform})) or "no platform named"
+        how = "" if wanted else " (this host's); choose one with --platform"
+        raise SelectionError(f"{source}: no image for platform {request}{how}; it offers: {have}")
+    return matching[0]
+
+
+def _manifest_document(blobs, leaf, source):
+    """The leaf's manifest, read from the build directory; layers the registry would
+    have us fetch from elsewhere (`urls`) are refused: neither fetched nor checked."""
+    with open(blobs.path(leaf.digests[-1]), "rb") as stream:
+        document = loads_json(stream.read())
+    for layer in document["layers"]:
+        if layer.get("urls") is not None:
+            raise BadRegistryData(f"{source}: layer {shown(str(layer.get('digest')))} is to be fetched from other "
+                                  "URLs (a non-distributable layer); docker-dir fetches from the registry only")
+        size = layer.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadRegistryData(f"{source}: layer {shown(str(layer.get('digest')))} has no valid size")
+    return document
+
+
+def _entry(blobs, leaf, document, tag, repo_digest):
+    """The Entry of a pulled image: its own manifest kept when it is an OCI one."""
+    config_hex = hex_of_digest(document["config"]["digest"])
+    layers = []
+    for layer in document["layers"]:
+        hexd = hex_of_digest(layer["digest"])
+        compression = media_type_compression(layer.get("mediaType") or "") or "none"
+        layers.append((hexd, os.stat(blobs.path(hexd)).st_size, layer_media_type(compression, layer.get("mediaType"))))
+    notes = {REPO_DIGEST_ANNOTATION: repo_digest}
+    manifest_hex = leaf.digests[-1]
+    manifest = None
+    if document.get("mediaType") == OCI_MANIFEST:
+        with open(blobs.path(manifest_hex), "rb") as stream:
+            manifest = stream.read()
+    else:
+        notes[SOURCE_DIGEST_ANNOTATION] = "sha256:" + manifest_hex
+    return Entry(config_hex, os.stat(blobs.path(config_hex)).st_size, layers, repo_tags=[tag] if tag else [],
+                 manifest=manifest, notes=notes)
+
+
+def _oci_index(blobs, top, media_type, leaves, entries):
+    """The OCI index of a whole multi-platform image: the registry's own bytes when it is
+    one whose manifests were all kept, else one written anew over the OCI manifests."""
+    kept = all(entry.manifest is not None and len(leaf.digests) == 2 for leaf, entry in zip(leaves, entries))
+    listed = loads_json(top).get("manifests") if media_type == OCI_INDEX else None
+    if kept and isinstance(listed, list) and len(listed) == len(leaves):  # nothing left out (attestations)
+        return top
+    manifests = []
+    for leaf, entry in zip(leaves, entries):
+        manifest_hex = blobs.put(entry.manifest)
+        descriptor = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + manifest_hex, "size": len(entry.manifest)}
+        if leaf.platform:
+            descriptor["platform"] = {key: value for key, value in (("architecture", leaf.platform.arch),
+                                                                     ("os", leaf.platform.os),
+                                                                     ("variant", leaf.platform.variant)) if value}
+        manifests.append(descriptor)
+    return encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+
+
+def _familiar(ref):
+    """The name as docker shows it: Docker Hub's without docker.io/ (and library/)."""
+    if ref.registry != DOCKER_HUB:
+        return f"{ref.registry}/{ref.repository}"
+    return ref.repository[8:] if ref.repository.startswith("library/") else ref.repository
+
+
+class _Fetcher:
+    """Blobs to fetch, each once, a few at a time, with one progress line; those the
+    directory being replaced holds (checked against their digest) are reused instead."""
+
+    def __init__(self, registry, repository, blobs, reuse_dir):
+        self.registry, self.repository, self.blobs, self.reuse_dir = registry, repository, blobs, reuse_dir
+        self.wanted = {}  # hex -> size
+        self.fetched = 0
+
+    def plan(self, digest, size):
+        hexd = hex_of_digest(digest)
+        if hexd and not self.blobs.has(hexd) and hexd not in self.wanted:
+            self.wanted[hexd] = size
+
+    def run(self, reporter, label):
+        missing = {hexd: size for hexd, size in self.wanted.items() if not self._reused(hexd)}
+        progress = reporter.transfer(label, total=sum(size or 0 for size in missing.values()) or None)
+        lock = threading.Lock()
+
+        def counted(nbytes):
+            with lock:
+                progress(nbytes)
+
+        def fetch(hexd):
+            partial = self.blobs.path(f".{hexd}.partial")
+            self.registry.fetch_blob(self.repository, "sha256:" + hexd, missing[hexd], partial, counted)
+            os.rename(partial, self.blobs.path(hexd))
+
+        try:
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                for future in [pool.submit(fetch, hexd) for hexd in sorted(missing, key=missing.get, reverse=True)]:
+                    future.result()
+        except BaseException:
+            progress.cancel()
+            raise
+        progress.close()
+        self.fetched = progress.done
+
+    def _reused(self, hexd):
+        """Blob `hexd` taken from the directory being replaced, if it holds it whole."""
+        if self.reuse_dir is None:
+            return False
+        try:
+            path = ImageDir(self.reuse_dir).resolve(_blob_path(hexd))
+            if not os.path.isfile(path) or sha256_file(path) != hexd:
+                return False
+            try:
+                os.link(os.path.realpath(path), self.blobs.path(hexd))
+            except OSError:  # another file system, or links refused: a copy, checked again as it is made
+                with open(path, "rb") as stream:
+                    self.blobs.copy(stream, hexd, None, path)
+        except (BadImageDir, OSError):
+            return False
+        return True
