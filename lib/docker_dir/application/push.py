@@ -1,0 +1,361 @@
+"""Publish an image directory to a registry (docker-dir-push DIR docker://REF), no engine.
+
+The image is read as every command reads it (consistently, content present). Each blob
+is made present in the registry by one task, a few tasks at a time: HEAD first; if the
+registry lacks it, a cross-repository mount from a repository of that registry known to
+hold it (the one the image was pulled from, or one it was pushed to before), else an
+upload (chunked, resumed or restarted when dropped: registry/client.py). The manifest
+goes last, so an interrupted push never leaves a tag naming missing blobs.
+
+Reproducible: the config goes up with its original bytes (the image ID stays what
+docker-dir-id prints), layers stored compressed go up as they are, and uncompressed ones
+are compressed (gzip by default, zstd, or none) deterministically: the same bytes on
+every push with the same zlib or zstd library, hence the same manifest digest. What a
+layer compressed to is remembered in the cache directory (layer-digests.json), so a
+re-push asks the registry for the compressed digest first and compresses only what it
+lacks. hashlib and the compressors are imported here freely: push is no hot path.
+"""
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import BadImageDir, ContentMissing, UsageError
+from ..format.canonical import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, encode, layer_media_type
+from ..format.compression import GZIP, NONE, ZSTD, sniff_compression
+from ..format.consistent import read_consistently
+from ..format.names import hex_of_digest
+from ..format.streams import CHUNK, sha256_file
+from ..fs import open_regular, write_if_changed
+from ..nodelocal import BuildDir, private_dir, remove_abandoned
+from ..registry.client import Registry
+from ..registry.reference import Reference
+from . import QUIET
+
+COMPRESSIONS = (GZIP, ZSTD, NONE)
+# Blobs handled at once: compression keeps the cores busy while uploads wait on the network.
+PARALLEL = max(3, os.cpu_count() or 1)
+GZIP_LEVEL = 6  # gzip(1)'s and docker's default
+ZSTD_LEVEL = 3  # zstd(1)'s default
+_WORK = ".push-"
+
+
+class Pushed:
+    """What a push did: the pinned reference, its digest, bytes uploaded, and how many
+    blobs were uploaded, found present, or mounted from another repository."""
+
+    def __init__(self, pinned, digest, nbytes, counts):
+        self.pinned, self.digest, self.nbytes = pinned, digest, nbytes
+        self.uploaded, self.present, self.mounted = counts["uploaded"], counts["present"], counts["mounted"]
+
+
+def push(path, target, repo_tag=None, config=None, platform=None, all_platforms=False, compress=GZIP,
+         insecure=(), reporter=QUIET):
+    """Push the selected image of DIR `path` (or, with all_platforms, its whole index) to
+    `target` (HOST[:PORT]/NAME[:TAG]); returns Pushed."""
+    if compress not in COMPRESSIONS:
+        raise UsageError(f"--compress {compress}: choose one of {', '.join(COMPRESSIONS)}")
+    ref = Reference.parse(target)
+    if ref.digest:
+        raise UsageError(f"docker://{target}: push to a tag (NAME[:TAG]); the digest is what the push prints")
+    images = read_consistently(path, lambda image_dir: _chosen(image_dir, repo_tag, config, platform, all_platforms))
+    for image in images:
+        image.require_content()
+    cache = _cache_dir()
+    remove_abandoned(cache, lambda name: name.startswith(_WORK), shutil.rmtree)
+    remembered = _Remembered(cache)
+    with BuildDir(cache, _WORK, shutil.rmtree) as work, Registry(ref.registry, insecure=insecure) as registry:
+        pusher = _Pusher(registry, ref.repository, work, compress, remembered, _pulled_from(images, ref.registry))
+        manifests = pusher.run(images, reporter, f"pushing {path} to docker://{ref.registry}/{ref.repository}")
+        if len(images) == 1:
+            digest = registry.put_manifest(ref.repository, ref.tag, manifests[0], OCI_MANIFEST)
+        else:
+            for data in manifests:
+                registry.put_manifest(ref.repository, "sha256:" + hashlib.sha256(data).hexdigest(), data, OCI_MANIFEST)
+            digest = registry.put_manifest(ref.repository, ref.tag, _index_over(images, manifests), OCI_INDEX)
+    remembered.pushed(ref.registry, ref.repository, pusher.digests)
+    return Pushed(ref.with_digest(digest), digest, pusher.uploaded_bytes, pusher.counts)
+
+
+def _chosen(image_dir, repo_tag, config, platform, all_platforms):
+    """One image as the selectors leave it, or every image of a multi-platform index."""
+    if not all_platforms:
+        return [image_dir.select(repo_tag=repo_tag, config=config, platform=platform)]
+    images = image_dir.images()
+    if len(images) < 2 or not all(image.platform for image in images):
+        raise UsageError(f"{image_dir.path}: --all-platforms pushes a multi-platform index, and DIR holds "
+                         f"{'one image' if len(images) < 2 else 'images that are not one index'}")
+    return images
+
+
+def _pulled_from(images, registry):
+    """Repositories of `registry` the images were pulled from (their repo digests): they
+    hold every blob, so the registry can mount from them."""
+    found = []
+    for image in images:
+        for repo_digest in image.repo_digests:
+            name = repo_digest.rpartition("@")[0]
+            host, _, repository = name.partition("/")
+            if host == registry and repository not in found:
+                found.append(repository)
+    return found
+
+
+def _index_over(images, manifests):
+    """An OCI index over the pushed manifests, one per platform, in DIR's order."""
+    descriptors = []
+    for image, data in zip(images, manifests):
+        platform = image.platform
+        descriptors.append({"mediaType": OCI_MANIFEST, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+                            "size": len(data),
+                            "platform": {key: value for key, value in (("architecture", platform.arch),
+                                                                       ("os", platform.os),
+                                                                       ("variant", platform.variant)) if value}})
+    return encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors})
+
+
+def _cache_dir():
+    """$XDG_CACHE_HOME/docker-dir (~/.cache/docker-dir): compressed layers' digests, and the
+    work directories of pushes in progress (one a killed push left is removed by the next)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError:
+        pass  # private_dir says what is wrong with it
+    return private_dir(os.path.join(base, "docker-dir"), "cache directory",
+                       "set XDG_CACHE_HOME to a directory of your own")
+
+
+class _Pusher:
+    """The blobs of the images made present in the registry, each by one task (a blob
+    shared by several images once), and the manifests to push over them."""
+
+    def __init__(self, registry, repository, work, compress, remembered, mount_from):
+        self.registry, self.repository, self.work = registry, repository, work
+        self.compress, self.remembered, self.mount_from = compress, remembered, mount_from
+        self.counts = {"uploaded": 0, "present": 0, "mounted": 0}
+        self.uploaded_bytes = 0
+        self.digests = []  # every blob the registry holds for the image once the push is done
+        self._lock = threading.Lock()
+        self._tasks = {}  # a blob's path in DIR -> its Future: (hex, size, media type) as pushed
+
+    def run(self, images, reporter, label):
+        progress = reporter.transfer(label, total=None)
+
+        def counted(nbytes):
+            with self._lock:
+                progress(nbytes)
+
+        try:
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                planned = [self._plan(pool, image, counted) for image in images]
+                manifests = [self._manifest(image, config.result(), [layer.result() for layer in layers])
+                             for image, (config, layers) in zip(images, planned)]
+        except BaseException:
+            progress.cancel()
+            raise
+        progress.close()
+        self.uploaded_bytes = progress.done
+        return manifests
+
+    def _plan(self, pool, image, counted):
+        """(config task, layer tasks) of an image."""
+        image_dir = image.image_dir
+        config_path = image_dir.resolve(image.config_path)
+        config = self._task(pool, config_path, self._config, config_path, image.config_digest(), counted)
+        layers = []
+        for layer in image.layers:
+            path = image_dir.resolve(layer.path)
+            layers.append(self._task(pool, path, self._layer, path, hex_of_digest(layer.digest), layer.media_type,
+                                     counted))
+        return config, layers
+
+    def _task(self, pool, path, work, *args):
+        """The task making the blob at `path` present: one per blob, however many images share it."""
+        if path not in self._tasks:
+            self._tasks[path] = pool.submit(work, *args)
+        return self._tasks[path]
+
+    def _config(self, path, hexd, counted):
+        return self._present(hexd, os.stat(path).st_size, lambda: path, counted) + (OCI_CONFIG,)
+
+    def _layer(self, path, stored_hex, declared, counted):
+        """Make one layer of DIR present in the registry, compressed first if it must be:
+        (hex, size, media type) as the registry holds it."""
+        with open_regular(path) as stream:
+            stored = sniff_compression(stream.read(512))
+        if stored is None:
+            raise BadImageDir(f"{path}: not a tar, gzip or zstd layer; save the image again")
+        if stored != NONE or self.compress == NONE:
+            hexd = stored_hex or sha256_file(path)
+            found = self._present(hexd, os.stat(path).st_size, lambda: path, counted)
+            return found + (layer_media_type(stored, declared),)
+        diff_hex = stored_hex or sha256_file(path)
+        known = self.remembered.compressed(diff_hex, self.compress)
+        made = {}
+
+        def compressed():
+            hexd, size, made_path = _compress_file(path, self.work, self.compress)
+            if known and (hexd, size) != known:
+                raise UsageError(f"{path}: compressed now to sha256:{hexd[:12]}, earlier to sha256:{known[0][:12]} "
+                                 f"(another zlib or zstd library?); remove {self.remembered.path} and push again")
+            made.update(hexd=hexd, size=size)
+            return made_path
+
+        if known is None:
+            made_path = compressed()
+            self.remembered.remember(diff_hex, self.compress, made["hexd"], made["size"])
+            found = self._present(made["hexd"], made["size"], lambda: made_path, counted)
+        else:
+            found = self._present(known[0], known[1], compressed, counted)
+        return found + (layer_media_type(self.compress),)
+
+    def _present(self, hexd, size, source, counted):
+        """(hex, size) of a blob once the registry holds it: found (HEAD), mounted from a
+        repository known to hold it, or uploaded from source() (a path, made on demand)."""
+        digest = "sha256:" + hexd
+        if self.registry.blob_size(self.repository, digest) is not None:
+            outcome = "present"
+        elif any(self.registry.mount_blob(self.repository, digest, other)
+                 for other in self.mount_from + self.remembered.repositories(self.registry.host, hexd)
+                 if other != self.repository):
+            outcome = "mounted"
+        else:
+            path = source()
+            self.registry.upload_blob(self.repository, digest, size, lambda offset: _opened_at(path, offset),
+                                      counted)
+            outcome = "uploaded"
+        with self._lock:
+            self.counts[outcome] += 1
+            self.digests.append(hexd)
+        return hexd, size
+
+    def _manifest(self, image, config, layers):
+        """DIR's own manifest when it names exactly the pushed blobs (the digest DIR
+        records stays), else an OCI manifest over them."""
+        own = _own_manifest(image, config, layers)
+        if own is not None:
+            return own
+        config_hex, config_size, config_type = config
+        return encode({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": config_type, "digest": "sha256:" + config_hex, "size": config_size},
+                       "layers": [{"mediaType": media_type, "digest": "sha256:" + hexd, "size": size}
+                                  for hexd, size, media_type in layers]})
+
+
+def _own_manifest(image, config, layers):
+    """The bytes of DIR's OCI manifest of `image` if it describes exactly these blobs."""
+    digest = image.json_blobs[-1][1] if image.json_blobs else hex_of_digest(image.manifest_digest())
+    if digest is None:
+        return None
+    try:
+        data = image.image_dir.read_bytes(f"blobs/sha256/{digest}", "absent")
+    except (BadImageDir, ContentMissing):  # a layout without manifests in blobs/ (containers dir:)
+        return None
+    if hashlib.sha256(data).hexdigest() != digest:
+        return None
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        return None
+    described = [(d.get("digest"), d.get("size"), d.get("mediaType"))
+                 for d in manifest.get("layers", []) if isinstance(d, dict)]
+    if (manifest.get("mediaType") != OCI_MANIFEST or not isinstance(manifest.get("config"), dict)
+            or manifest["config"].get("digest") != "sha256:" + config[0]
+            or described != [("sha256:" + hexd, size, media_type) for hexd, size, media_type in layers]):
+        return None
+    return data
+
+
+def _opened_at(path, offset):
+    stream = open(path, "rb")
+    stream.seek(offset)
+    return stream
+
+
+def _compress_file(path, work, method):
+    """(hex, size, path) of `path` compressed into the work directory, deterministically:
+    gzip with no name and mtime 0 (as gzip -n), or zstd at its default level."""
+    out_path = os.path.join(work, os.urandom(8).hex())
+    with open_regular(path) as src, open(out_path, "wb") as raw:
+        hashing = _HashingWriter(raw)
+        if method == GZIP:
+            with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=hashing, mtime=0) as out:
+                shutil.copyfileobj(src, out, CHUNK)
+        else:
+            import zstandard  # a dependency below Python 3.14; only zstd pushes need it
+
+            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=False)
+            with compressor.stream_writer(hashing, closefd=False) as out:
+                shutil.copyfileobj(src, out, CHUNK)
+    return hashing.hash.hexdigest(), hashing.size, out_path
+
+
+class _HashingWriter:
+    """A binary writer that hashes what passes through it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        self.hash.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self):
+        self.raw.flush()
+
+
+class _Remembered:
+    """layer-digests.json in the cache directory: {"compressed": {diff hex: {method: [hex,
+    size]}}, "pushed": {registry: {hex: [repositories]}}}: what a layer compressed to, and
+    where blobs were pushed (repositories a mount may take them from)."""
+
+    def __init__(self, cache):
+        self.path = os.path.join(cache, "layer-digests.json")
+        self._lock = threading.Lock()
+        try:
+            with open(self.path, "rb") as stream:
+                self.data = json.loads(stream.read())
+        except (OSError, ValueError):
+            self.data = {}
+        if not isinstance(self.data, dict):
+            self.data = {}
+
+    def compressed(self, diff_hex, method):
+        found = _dict(_dict(self.data.get("compressed")).get(diff_hex)).get(method)
+        if isinstance(found, list) and len(found) == 2 and hex_of_digest("sha256:" + str(found[0])) \
+                and isinstance(found[1], int):
+            return found[0], found[1]
+        return None
+
+    def remember(self, diff_hex, method, hexd, size):
+        with self._lock:
+            compressed = self.data.setdefault("compressed", {})
+            compressed.setdefault(diff_hex, {})[method] = [hexd, size]
+            self._save()
+
+    def repositories(self, registry, hexd):
+        found = _dict(_dict(self.data.get("pushed")).get(registry)).get(hexd)
+        return [r for r in found if isinstance(r, str)] if isinstance(found, list) else []
+
+    def pushed(self, registry, repository, digests):
+        with self._lock:
+            held = self.data.setdefault("pushed", {}).setdefault(registry, {})
+            for hexd in digests:
+                repositories = held.setdefault(hexd, [])
+                if repository not in repositories:
+                    repositories.append(repository)
+            self._save()
+
+    def _save(self):
+        write_if_changed(self.path, json.dumps(self.data, sort_keys=True))
+
+
+def _dict(value):
+    return value if isinstance(value, dict) else {}
