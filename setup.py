@@ -2,4 +2,5 @@
 # entry points, so that they also run from a checkout; setuptools takes them from here.
 from setuptools import setup
 
-setup(scripts=["bin/docker-dir-save", "bin/docker-dir-id", "bin/docker-dir-exec", "bin/docker-dir-push"])
+setup(scripts=["bin/docker-dir-save", "bin/docker-dir-id", "bin/docker-dir-exec", "bin/docker-dir-push",
+               "bin/git-annex-remote-docker-dir"])

@@ -51,11 +51,14 @@ def _command(argv):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0]) from None
 
 
-def run(argv, timeout=SHORT_TIMEOUT, input=None):
+def run(argv, timeout=SHORT_TIMEOUT, input=None, env=None):
     """(exit status, stdout, stderr) of a short command, as text; `input` (text) is its
-    stdin, else /dev/null. Any exit status returns: the caller knows which are failures."""
+    stdin, else /dev/null; `env` its whole environment, else ours. Any exit status
+    returns: the caller knows which are failures."""
     cmd = _command(argv)
     kwargs = {"preexec_fn": _die_with_parent(os.getpid())}
+    if env is not None:
+        kwargs["env"] = env
     if input is None:
         kwargs["stdin"] = subprocess.DEVNULL
     else:

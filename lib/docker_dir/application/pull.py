@@ -24,7 +24,7 @@ from ..format.oci import Walker
 from ..format.platform import Platform
 from ..format.streams import sha256_file
 from ..registry.client import Registry
-from ..registry.reference import DOCKER_HUB, Reference
+from ..registry.reference import DOCKER_HUB, Reference, blob_url
 
 # What a pull accepts, most wanted first (as docker and podman ask).
 ACCEPT = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json", OCI_MANIFEST,
@@ -47,8 +47,9 @@ class Pulled:
     """What a pull put in the build directory: entries for write_layout, or (all
     platforms) the OCI index's bytes with its tag, and the bytes fetched."""
 
-    def __init__(self, entries=(), index=None, repo_tags=(), nbytes=0):
+    def __init__(self, entries=(), index=None, repo_tags=(), nbytes=0, layer_urls=None):
         self.entries, self.index, self.repo_tags, self.nbytes = list(entries), index, list(repo_tags), nbytes
+        self.layer_urls = layer_urls or {}  # {path in DIR: docker-blob:// URL} of every layer pulled
 
 
 def pull(source, blobs, selectors, reporter, insecure=(), reuse_dir=None):
@@ -72,10 +73,12 @@ def pull(source, blobs, selectors, reporter, insecure=(), reuse_dir=None):
     tag = _familiar(ref) + ":" + ref.tag if ref.tag else None
     repo_digest = f"{_familiar(ref)}@{digest}"
     entries = [_entry(blobs, leaf, document, tag, repo_digest) for leaf, document in zip(chosen, documents)]
+    urls = {_blob_path(layer["digest"][7:]): blob_url(ref.registry, ref.repository, layer["digest"])
+            for document in documents for layer in document["layers"]}
     if not selectors.all_platforms:
-        return Pulled(entries, nbytes=fetch.fetched)
+        return Pulled(entries, nbytes=fetch.fetched, layer_urls=urls)
     return Pulled(index=_oci_index(blobs, top, media_type, leaves, entries), repo_tags=[tag] if tag else [],
-                  nbytes=fetch.fetched)
+                  nbytes=fetch.fetched, layer_urls=urls)
 
 
 def check_all_platforms(sources, selectors):

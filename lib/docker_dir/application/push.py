@@ -32,7 +32,7 @@ from ..format.streams import CHUNK, sha256_file
 from ..fs import open_regular, write_if_changed
 from ..nodelocal import BuildDir, private_dir, remove_abandoned
 from ..registry.client import Registry
-from ..registry.reference import Reference
+from ..registry.reference import Reference, blob_url
 from . import QUIET
 
 COMPRESSIONS = (GZIP, ZSTD, NONE)
@@ -47,9 +47,10 @@ class Pushed:
     """What a push did: the pinned reference, its digest, bytes uploaded, and how many
     blobs were uploaded, found present, or mounted from another repository."""
 
-    def __init__(self, pinned, digest, nbytes, counts):
+    def __init__(self, pinned, digest, nbytes, counts, layer_urls):
         self.pinned, self.digest, self.nbytes = pinned, digest, nbytes
         self.uploaded, self.present, self.mounted = counts["uploaded"], counts["present"], counts["mounted"]
+        self.layer_urls = layer_urls  # {path in DIR: docker-blob:// URL} of the layers that went up as stored
 
 
 def push(path, target, repo_tag=None, config=None, platform=None, all_platforms=False, compress=GZIP,
@@ -77,7 +78,10 @@ def push(path, target, repo_tag=None, config=None, platform=None, all_platforms=
                 registry.put_manifest(ref.repository, "sha256:" + hashlib.sha256(data).hexdigest(), data, OCI_MANIFEST)
             digest = registry.put_manifest(ref.repository, ref.tag, _index_over(images, manifests), OCI_INDEX)
     remembered.pushed(ref.registry, ref.repository, pusher.digests)
-    return Pushed(ref.with_digest(digest), digest, pusher.uploaded_bytes, pusher.counts)
+    urls = {layer.path: blob_url(ref.registry, ref.repository, "sha256:" + pusher.stored[path])
+            for image in images for layer in image.layers
+            for path in [image.image_dir.resolve(layer.path)] if path in pusher.stored}
+    return Pushed(ref.with_digest(digest), digest, pusher.uploaded_bytes, pusher.counts, urls)
 
 
 def _chosen(image_dir, repo_tag, config, platform, all_platforms):
@@ -139,6 +143,7 @@ class _Pusher:
         self.counts = {"uploaded": 0, "present": 0, "mounted": 0}
         self.uploaded_bytes = 0
         self.digests = []  # every blob the registry holds for the image once the push is done
+        self.stored = {}  # path in DIR -> hex of the layers that went up as they are stored
         self._lock = threading.Lock()
         self._tasks = {}  # a blob's path in DIR -> its Future: (hex, size, media type) as pushed
 
@@ -192,6 +197,8 @@ class _Pusher:
         if stored != NONE or self.compress == NONE:
             hexd = stored_hex or sha256_file(path)
             found = self._present(hexd, os.stat(path).st_size, lambda: path, counted)
+            with self._lock:
+                self.stored[path] = hexd
             return found + (layer_media_type(stored, declared),)
         diff_hex = stored_hex or sha256_file(path)
         known = self.remembered.compressed(diff_hex, self.compress)

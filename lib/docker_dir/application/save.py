@@ -93,10 +93,11 @@ def gitattributes(image_dir):
 
 
 class Saved:
-    """What a save wrote: the images' IDs, bytes received, seconds taken."""
+    """What a save wrote: the images' IDs, bytes received, seconds taken, and the
+    registry URLs of the layers pulled ({path in DIR: docker-blob:// URL})."""
 
-    def __init__(self, ids, nbytes, seconds):
-        self.ids, self.nbytes, self.seconds = ids, nbytes, seconds
+    def __init__(self, ids, nbytes, seconds, layer_urls):
+        self.ids, self.nbytes, self.seconds, self.layer_urls = ids, nbytes, seconds, layer_urls
 
 
 def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattributes=False,
@@ -126,6 +127,7 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
             progress.close()
             received += progress.done
         index = None
+        layer_urls = {}
         for source in sources:
             if isinstance(source, DirectoryImages):
                 entries += _from_directory(source, tmp, blobs, selectors)
@@ -135,6 +137,7 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
                 entries += pulled.entries
                 index = pulled.index and (pulled.index, pulled.repo_tags)
                 received += pulled.nbytes
+                layer_urls.update(pulled.layer_urls)
         if index:
             write_index_layout(tmp, blobs, *index)
         else:
@@ -147,7 +150,7 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
                 out.write(gitattributes(saved))
         latch.check()  # a signal whose exception was dropped stops us before the commit
         move_into_place(tmp, path, _remove_tree)
-    return Saved(ids, received, time.monotonic() - started)
+    return Saved(ids, received, time.monotonic() - started, layer_urls)
 
 
 def _check_engine_images(engine, refs):

@@ -91,6 +91,16 @@ def print_output(text):
         raise CantWrite(f"cannot write to standard output ({err.strerror})") from None
 
 
+def report_annexed(prog, directory, layer_urls, quiet):
+    """--annex-urls: annex DIR, register the layers' registry URLs, say how many."""
+    from ..application.annex import record_urls
+
+    linked, kept = record_urls(directory, layer_urls)
+    if not quiet:
+        print(f"{prog}: {directory} annexed: {linked} layer(s) linked to their registry (git annex can drop and "
+              f"get them), {kept} kept only in the annex", file=sys.stderr)
+
+
 class Progress:
     """A live line on a TTY stderr ("label: 106 MB of 547 MB (19%), 25.7 MB/s, 4.1 s, 17 s
     left"), kept as one final line when done; silent when stderr is not a terminal.

@@ -5,7 +5,7 @@ import sys
 from ..application.push import COMPRESSIONS, push
 from ..errors import UsageError
 from ..fs import write_if_changed
-from .common import TerminalReporter, human, print_output, require_stdout, run, trap_signals
+from .common import TerminalReporter, human, print_output, report_annexed, require_stdout, run, trap_signals
 from .parser import Parser, add_selectors
 
 PROG = "docker-dir-push"
@@ -25,6 +25,9 @@ def parse(argv):
                         help="allow plain HTTP to this registry (loopback registries need not be named)")
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="write the pinned reference to FILE, only if it differs (its mtime is kept otherwise)")
+    parser.add_argument("--annex-urls", action="store_true",
+                        help="DIR is in a git-annex repository: annex it and record each layer that went up as it "
+                             "is stored as available from the registry (git-annex-remote-docker-dir)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no messages on stderr but errors")
     parser.add_argument("dir", metavar="DIR")
     parser.add_argument("target", metavar="docker://REF")
@@ -46,6 +49,8 @@ def main(args):
     if not args.quiet:
         print(f"{PROG}: pushed {args.dir} ({pushed.uploaded} blobs uploaded, {human(pushed.nbytes)}; "
               f"{pushed.present} present, {pushed.mounted} mounted)", file=sys.stderr)
+    if args.annex_urls:
+        report_annexed(PROG, args.dir, pushed.layer_urls, args.quiet)
     if args.output is not None:
         write_if_changed(args.output, pushed.pinned + "\n")
     else:

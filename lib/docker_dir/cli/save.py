@@ -9,7 +9,7 @@ from ..application.pull import RegistryImage
 from ..application.save import DirectoryImages, EngineImage, Selectors, save
 from ..engine import get_engine
 from ..errors import UsageError
-from .common import TerminalReporter, human, print_output, require_stdout, run, trap_signals
+from .common import TerminalReporter, human, print_output, report_annexed, require_stdout, run, trap_signals
 from .parser import Parser, add_engine_option, add_selectors
 
 PROG = "docker-dir-save"
@@ -37,6 +37,9 @@ def parse(argv):
     parser.add_argument("--all-platforms", action="store_true",
                         help="keep a registry image's whole multi-platform index (one docker:// SOURCE); "
                              "docker-dir-id and docker-dir-exec then choose with --platform")
+    parser.add_argument("--annex-urls", action="store_true",
+                        help="DIR is in a git-annex repository: annex it (implies --gitattributes) and record each "
+                             "layer pulled from a registry as available there (git-annex-remote-docker-dir)")
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                         help="allow plain HTTP to this registry (loopback registries need not be named)")
     parser.add_argument("sources", metavar="SOURCE", nargs="+", help=argparse.SUPPRESS)
@@ -74,12 +77,14 @@ def main(args):
     engine_needed = any(isinstance(source, EngineImage) for source in args.sources)
     engine = get_engine(args.engine) if engine_needed else None
     selectors = Selectors(args.repo_tag, args.config, args.platform, args.all_platforms)
-    saved = save(args.sources, args.dir, engine, args.force, TerminalReporter(PROG, args.quiet), args.gitattributes,
-                 selectors, args.insecure_registry)
+    saved = save(args.sources, args.dir, engine, args.force, TerminalReporter(PROG, args.quiet),
+                 args.gitattributes or args.annex_urls, selectors, args.insecure_registry)
     if not args.quiet:
         what = " ".join(str(source) for source in args.sources)
         print(f"{PROG}: saved {what} to {args.dir} ({human(saved.nbytes)} in {saved.seconds:.1f} s)",
               file=sys.stderr)
+    if args.annex_urls:
+        report_annexed(PROG, args.dir, saved.layer_urls, args.quiet)
     print_output("".join(image_id + "\n" for image_id in saved.ids))
 
 

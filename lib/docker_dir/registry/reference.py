@@ -110,3 +110,30 @@ def check_tag(tag):
 def api_host(registry):
     """The host[:port] that serves `registry`'s API: Docker Hub's differs from its name."""
     return _DOCKER_HUB_API if registry in (DOCKER_HUB,) + _DOCKER_HUB_ALIASES else registry
+
+
+# The URLs of blobs in registries that git-annex records (application/annex.py) and the
+# docker-dir special remote claims (application/annex_remote.py).
+BLOB_URL_SCHEME = "docker-blob://"
+
+
+def blob_url(registry, repository, digest):
+    """docker-blob://HOST[:PORT]/NAME@sha256:HEX: blob `digest` of repository NAME."""
+    return f"{BLOB_URL_SCHEME}{registry}/{repository}@{digest}"
+
+
+def parse_blob_url(url):
+    """(registry, repository, digest) of a URL of that form, else None (only the full
+    form: HOST/NAME as a registry names it, a sha256 digest)."""
+    if not url.startswith(BLOB_URL_SCHEME):
+        return None
+    name, at, digest = url[len(BLOB_URL_SCHEME):].partition("@")
+    if not at or hex_of_digest(digest) is None or "/" not in name:
+        return None
+    try:
+        ref = Reference.parse(f"{name}@{digest}")
+    except UsageError:
+        return None
+    if f"{ref.registry}/{ref.repository}" != name:
+        return None
+    return ref.registry, ref.repository, digest
