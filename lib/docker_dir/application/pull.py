@@ -10,6 +10,7 @@ registry serves them, so their digests stay the registry's; an OCI manifest is k
 byte for byte, another (Docker's v2s2) is written anew in OCI media types with the
 registry's digest recorded beside it.
 """
+import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -57,24 +58,26 @@ def pull(source, blobs, selectors, reporter, insecure=(), reuse_dir=None):
     ref = source.reference
     with Registry(ref.registry, insecure=insecure) as registry:
         top, media_type, digest = registry.get_manifest(ref.repository, ref.manifest_reference, ACCEPT)
-        blobs.put(top)
-        walker = Walker(_Shown(source), _manifest_reader(registry, ref.repository, blobs), _blob_path)
+        # Manifests and indexes are held here; only those the layout keeps become blobs.
+        documents = {hex_of_digest(digest): top}
+        walker = Walker(_Shown(source), _manifest_reader(registry, ref.repository, documents), _blob_path)
         leaves = walker.leaves({"digest": digest, "mediaType": media_type}, str(source))
         if not leaves:
             raise BadRegistryData(f"{source}: names no image (only artifacts); nothing to save")
         chosen = leaves if selectors.all_platforms else [_of_platform(source, leaves, selectors.platform)]
-        documents = [_manifest_document(blobs, leaf, source) for leaf in chosen]
+        manifests = [_manifest_document(documents, leaf, source) for leaf in chosen]
         fetch = _Fetcher(registry, ref.repository, blobs, reuse_dir)
-        for document in documents:
-            fetch.plan(document["config"]["digest"], document["config"].get("size"))
-            for layer in document["layers"]:
+        for manifest in manifests:
+            fetch.plan(manifest["config"]["digest"], manifest["config"].get("size"))
+            for layer in manifest["layers"]:
                 fetch.plan(layer["digest"], layer.get("size"))
         fetch.run(reporter, f"pulling {source}")
     tag = _familiar(ref) + ":" + ref.tag if ref.tag else None
     repo_digest = f"{_familiar(ref)}@{digest}"
-    entries = [_entry(blobs, leaf, document, tag, repo_digest) for leaf, document in zip(chosen, documents)]
+    entries = [_entry(blobs, documents[leaf.digests[-1]], manifest, tag, repo_digest)
+               for leaf, manifest in zip(chosen, manifests)]
     urls = {_blob_path(layer["digest"][7:]): blob_url(ref.registry, ref.repository, layer["digest"])
-            for document in documents for layer in document["layers"]}
+            for manifest in manifests for layer in manifest["layers"]}
     if not selectors.all_platforms:
         return Pulled(entries, nbytes=fetch.fetched, layer_urls=urls)
     return Pulled(index=_oci_index(blobs, top, media_type, leaves, entries), repo_tags=[tag] if tag else [],
@@ -102,15 +105,13 @@ def _blob_path(hexd):
     return f"blobs/sha256/{hexd}"
 
 
-def _manifest_reader(registry, repository, blobs):
+def _manifest_reader(registry, repository, documents):
     """read_blob for the OCI walk: a manifest or index, fetched by digest (checked) unless
-    the build directory holds it already."""
+    `documents` ({hex: bytes}) holds it already."""
     def read(hexd):
-        if not blobs.has(hexd):
-            data, _, _ = registry.get_manifest(repository, "sha256:" + hexd, ACCEPT)
-            blobs.put(data)
-        with open(blobs.path(hexd), "rb") as stream:
-            data = stream.read()
+        if hexd not in documents:
+            documents[hexd] = registry.get_manifest(repository, "sha256:" + hexd, ACCEPT)[0]
+        data = documents[hexd]
         try:
             return _blob_path(hexd), loads_json(data)
         except (ValueError, RecursionError) as err:
@@ -132,11 +133,10 @@ def _of_platform(source, leaves, wanted):
     return matching[0]
 
 
-def _manifest_document(blobs, leaf, source):
-    """The leaf's manifest, read from the build directory; layers the registry would
-    have us fetch from elsewhere (`urls`) are refused: neither fetched nor checked."""
-    with open(blobs.path(leaf.digests[-1]), "rb") as stream:
-        document = loads_json(stream.read())
+def _manifest_document(documents, leaf, source):
+    """The leaf's manifest; layers the registry would have us fetch from elsewhere
+    (`urls`) are refused: neither fetched nor checked."""
+    document = loads_json(documents[leaf.digests[-1]])
     for layer in document["layers"]:
         if layer.get("urls") is not None:
             raise BadRegistryData(f"{source}: layer {shown(str(layer.get('digest')))} is to be fetched from other "
@@ -147,8 +147,9 @@ def _manifest_document(blobs, leaf, source):
     return document
 
 
-def _entry(blobs, leaf, document, tag, repo_digest):
-    """The Entry of a pulled image: its own manifest kept when it is an OCI one."""
+def _entry(blobs, data, document, tag, repo_digest):
+    """The Entry of a pulled image (`data` its manifest's bytes, `document` them parsed):
+    its own manifest kept when it is an OCI one."""
     config_hex = hex_of_digest(document["config"]["digest"])
     layers = []
     for layer in document["layers"]:
@@ -156,13 +157,11 @@ def _entry(blobs, leaf, document, tag, repo_digest):
         compression = media_type_compression(layer.get("mediaType") or "") or "none"
         layers.append((hexd, os.stat(blobs.path(hexd)).st_size, layer_media_type(compression, layer.get("mediaType"))))
     notes = {REPO_DIGEST_ANNOTATION: repo_digest}
-    manifest_hex = leaf.digests[-1]
     manifest = None
     if document.get("mediaType") == OCI_MANIFEST:
-        with open(blobs.path(manifest_hex), "rb") as stream:
-            manifest = stream.read()
+        manifest = data
     else:
-        notes[SOURCE_DIGEST_ANNOTATION] = "sha256:" + manifest_hex
+        notes[SOURCE_DIGEST_ANNOTATION] = "sha256:" + hashlib.sha256(data).hexdigest()
     return Entry(config_hex, os.stat(blobs.path(config_hex)).st_size, layers, repo_tags=[tag] if tag else [],
                  manifest=manifest, notes=notes)
 
@@ -170,7 +169,10 @@ def _entry(blobs, leaf, document, tag, repo_digest):
 def _oci_index(blobs, top, media_type, leaves, entries):
     """The OCI index of a whole multi-platform image: the registry's own bytes when it is
     one whose manifests were all kept, else one written anew over the OCI manifests."""
-    kept = all(entry.manifest is not None and len(leaf.digests) == 2 for leaf, entry in zip(leaves, entries))
+    for entry in entries:
+        blobs.put(entry.manifest)
+    kept = all(hashlib.sha256(entry.manifest).hexdigest() == leaf.digests[-1] and len(leaf.digests) == 2
+               for leaf, entry in zip(leaves, entries))
     listed = loads_json(top).get("manifests") if media_type == OCI_INDEX else None
     if kept and isinstance(listed, list) and len(listed) == len(leaves):  # nothing left out (attestations)
         return top
