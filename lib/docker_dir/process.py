@@ -10,6 +10,7 @@ finish in time NoAnswer.
 Every child dies with us (PR_SET_PDEATHSIG): a `docker save` or `load` left behind
 by a killed docker-dir would keep the daemon exporting or importing for nobody.
 """
+import ctypes
 import errno
 import os
 import subprocess
@@ -31,8 +32,6 @@ class NoAnswer(Exception):
 
 
 def _die_with_parent(parent_pid):
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
 
     def preexec():

@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import tempfile
 import time
 
 from ..errors import BadImageDir, CantWrite, DockerDirError, EngineFailed, Interrupted, SelectionError, UsageError
@@ -236,8 +237,6 @@ def _from_directory(source, tmp, blobs, selectors):
     blob checked against its digest and size as it is copied (or, from an archive
     extracted into the build directory, as it is moved)."""
     if os.path.isfile(source.path):
-        import tempfile
-
         staging = tempfile.mkdtemp(prefix=_STAGING, dir=tmp)
         try:
             with open_regular(source.path) as stream:

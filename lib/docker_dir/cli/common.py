@@ -2,7 +2,7 @@
 
 No argparse here: docker-dir-id parses its common command lines without it. signal is
 imported only when traps are set: with enum, it would be a large share of docker-dir-id's
-start-up (bench/RESULTS.md).
+start-up (bench/RESULTS.md); the annex recording, only with --annex-urls.
 """
 import os
 import sys

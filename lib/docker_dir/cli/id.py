@@ -1,4 +1,8 @@
-"""docker-dir-id: print the image ID stored in a directory; no daemon, no layer content needed."""
+"""docker-dir-id: print the image ID stored in a directory; no daemon, no layer content needed.
+
+Its usual command lines are parsed without argparse (quick_parse): the parser module and
+the engine list are imported only for the others, whose parsing would double the run.
+"""
 import os
 
 from ..application.id import describe

@@ -2,6 +2,7 @@
 import argparse
 import os
 import sys
+import textwrap
 
 from .. import __version__
 from ..engine import ENGINES
@@ -20,8 +21,6 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def exit_codes_help(width=79):
-    import textwrap
-
     lines = ["exit status:"]
     for code, meaning in EXIT_CODES:
         lines += textwrap.wrap(meaning, width, initial_indent=f"  {code:<7}", subsequent_indent=" " * 9)

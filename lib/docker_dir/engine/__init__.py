@@ -8,12 +8,13 @@ to implement), plus its name in ENGINES.
 """
 import os
 
+from ..direct import find_program
+from ..errors import UsageError
+
 ENGINES = ("docker", "podman", "charliecloud")
 
 
 def engine_class(name):
-    from ..errors import UsageError
-
     if name not in ENGINES:
         raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
     return __import__(f"{__name__}.{name}", fromlist=["ENGINE"]).ENGINE
@@ -23,7 +24,5 @@ def get_engine(name=None):
     """The engine named, else $DOCKER_DIR_ENGINE, else the first of ENGINES installed."""
     name = name or os.environ.get("DOCKER_DIR_ENGINE")
     if not name:
-        from ..direct import find_program
-
         name = next((n for n in ENGINES if find_program(engine_class(n).program)), ENGINES[0])
     return engine_class(name)()

@@ -10,13 +10,16 @@ tests/test_engines.py checks every engine in ENGINES against this class.
 `CliEngine` implements all of it for engines with a docker-like CLI (`image inspect`,
 `tag`, `load`, `save`, `run`); docker and podman only add what differs. Short commands
 and streams off the hot path go through process.py (plumbum); `has_image` is on the hot
-path, so it uses direct.py.
+path, so it uses direct.py. This module is imported on the hot path: process (plumbum) and
+format.loadstream (tarfile) are imported by the methods that run or stream.
 """
 import abc
 import os
 
 from ..direct import find_program, run_check
-from ..errors import EngineFailed, EngineUnavailable, UsageError, first_line
+from ..errors import DockerDirError, EngineFailed, EngineUnavailable, Interrupted, UsageError, first_line
+from ..fastjson import loads_json
+from ..format.names import chain_ids
 
 PRIVATE_REPO = "localhost/docker-dir"
 # Below this, asking an engine which layers it holds (podman answers slowly with many
@@ -173,7 +176,7 @@ class CliEngine(Engine):
     def _run(self, *args, doing, accept=(0,)):
         """(status, stdout, stderr) of a short engine command; a status not in `accept`
         raises the engine's error."""
-        from .. import process  # plumbum: off the hot path only (direct.py says why)
+        from .. import process
 
         try:
             status, stdout, stderr = process.run([self.binary, *args])
@@ -247,8 +250,6 @@ class CliEngine(Engine):
     def held_layers(self, image):
         """The length of the longest prefix of the image's layers whose chain the engine
         holds, from the layer lists of the images it has."""
-        from ..format.names import chain_ids
-
         if (not self.short_archive or len(image.layers) < 2
                 or image.size_of(layer.path for layer in image.layers[:-1]) < SKIP_WORTH):
             return 0
@@ -261,8 +262,6 @@ class CliEngine(Engine):
 
     def image_layers(self):
         """The diff IDs of each image the engine holds (intermediate ones included)."""
-        from ..fastjson import loads_json
-
         ids = self._run("images", "-a", "-q", "--no-trunc", doing="listing images")[1].split()
         if not ids:
             return []
@@ -280,7 +279,6 @@ class CliEngine(Engine):
 
     def load(self, image, ref, on_bytes=None, held=0):
         """Stream the image into `load` as a docker-archive naming only `ref`."""
-        from ..errors import DockerDirError, Interrupted
         from ..format.loadstream import write_load_stream
 
         doing = f"loading {image.image_dir.path}"

@@ -8,6 +8,8 @@ imagedir.Image for what an image carries). Adding a layout is one module plus on
 line here.
 """
 
+import os
+
 READERS = (
     ("containers_dir", ("version", "manifest.json")),  # skopeo dir:, podman --format docker-dir
     ("docker_archive", ("manifest.json",)),  # docker save (all versions), podman, skopeo docker-archive:
@@ -18,8 +20,6 @@ READERS = (
 def reader_for(image_dir):
     """The reader module of the first layout whose names `image_dir` holds (a link counts,
     dangling or not: git-annex may have dropped the file)."""
-    import os
-
     for name, holds in READERS:
         if all(os.path.lexists(image_dir.join(held)) for held in holds):
             return __import__(f"{__name__}.{name}", fromlist=["images"])

@@ -1,7 +1,8 @@
 """Pure string rules for what image directories name: digests, paths, tags.
 
 No file-system call here: docker-dir-id's quick path applies these to every path a
-manifest names, so every command gives the same verdict on the same directory.
+manifest names, so every command gives the same verdict on the same directory. hashlib is
+imported where chain IDs are made: docker-dir-id never needs it.
 """
 from ..errors import BadImageDir
 

@@ -6,6 +6,7 @@ annotations of index.json's descriptors; a multi-platform index gives one image 
 platform. Docker >= 25 saves also hold this layout, but are read through their
 manifest.json (docker_archive), which carries the tags as docker knows them.
 """
+from ..errors import BadImageDir
 from .imagedir import Image
 from .names import provenance
 from .oci import Walker, descriptors, tags_of
@@ -42,7 +43,5 @@ def images(image_dir):
                                platform=leaf.platform, ref_names=ref_names, json_blobs=leaf.blobs,
                                repo_digests=repo_digests)
     if not found:
-        from ..errors import BadImageDir
-
         raise BadImageDir(f"{where}: names no image (only artifacts or nothing); save the image again")
     return list(found.values())

@@ -1,4 +1,5 @@
 """Text from a registry or a helper, made fit for a one-line error message."""
+from ..fastjson import loads_json
 
 SHOWN_CHARS = 200
 
@@ -15,8 +16,6 @@ def registry_errors(body):
     """The {"errors": [{"code", "message", "detail"}]} of a registry's error body as one short
     line (a detail only when it is a string, such as the digest of a missing blob); the raw
     text when the body is not that; "" when empty."""
-    from ..fastjson import loads_json
-
     try:
         parts = []
         for error in loads_json(body)["errors"]:
@@ -32,8 +31,6 @@ def registry_errors(body):
 
 def error_codes(body):
     """The set of `code`s in a registry's error body (empty when there are none)."""
-    from ..fastjson import loads_json
-
     try:
         return {error["code"] for error in loads_json(body)["errors"] if isinstance(error.get("code"), str)}
     except (ValueError, KeyError, TypeError, AttributeError):
