@@ -4,8 +4,17 @@ binary, SIGINT/SIGTERM/SIGHUP (and a terminal hangup) while the command runs, an
 signals or SIGKILL while the image loads or while an exec waits for another's load.
 
 All against real engines: the shared dockerd for what leaves it intact, a side dockerd
-(own network namespace, tests/engines.py) for what kills or freezes a daemon.
+(own network namespace, tests/engines.py) for what kills or freezes a daemon, and an
+isolated podman for the load through an engine's CLI.
+
+Moments of a load are reached without hooks in the code. docker-dir-exec streams a load
+into dockerd over its socket (POST /images/load): the side daemon is frozen (SIGSTOP)
+once its import began, and what docker-dir-exec then sleeps in says where it is: sending
+the stream, or, the whole stream sent, receiving the answer. podman's load is a
+`podman load` child fed through a pipe: the child is frozen instead, and docker-dir-exec
+sleeps writing the pipe or waiting for the child.
 """
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -18,13 +27,15 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from plumbum import local
 
 from conftest import BIN, count_events, docker, image_id_of, import_image, private_ref, raw_save
-from engines import Unavailable, side_dockerd
-from procs import argv_of, children, state_of, wchan
+from engines import Target, Unavailable, side_dockerd
+from procs import (CHILD_WAIT, PIPE_WRITE, SOCKET_RECV, SOCKET_SEND, all_children, argv_of, asleep_in, children,
+                   freeze, state_of, thaw)
 
 from docker_dir.nodelocal import runtime_dir
 from docker_dir.errors import EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE
@@ -57,8 +68,8 @@ def assert_one_line_error(stderr):
     return lines[0]
 
 
-def wait_until(predicate, timeout, what, proc=None):
-    """Poll `predicate` until it returns something true; fail early if `proc` exits."""
+def wait_until(predicate, timeout, what, proc=None, poll=0.002):
+    """Poll `predicate` every `poll` s until it returns something true; fail early if `proc` exits."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -69,7 +80,7 @@ def wait_until(predicate, timeout, what, proc=None):
                                  f"{proc.stderr.read()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout} s")
-        time.sleep(0.002)
+        time.sleep(poll)
 
 
 def containers(label, env=None):
@@ -84,10 +95,6 @@ def reaped(pid):
     return (status,) if done else None
 
 
-WRITING_TO_PIPE = ("pipe_write", "anon_pipe_write")  # older, newer kernels
-WAITING_FOR_CHILD = ("do_wait",)
-
-
 def load_child(pid):
     """The `<engine> load` process docker-dir-exec started, once it runs the engine binary."""
     for child in children(pid):
@@ -97,8 +104,12 @@ def load_child(pid):
 
 
 def lock_is_free(image_id):
+    """No process holds the image's load lock (a holder that ended cleanly removed its file)."""
     path = os.path.join(runtime_dir(), f"load-{image_id.split(':')[-1]}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -247,88 +258,7 @@ def test_terminal_hangup_while_command_runs(saved):
             docker("rm", "-f", container, check=False)
 
 
-@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
-def test_signal_while_waiting_for_another_load(cold_dir, signum):
-    """An exec waiting for the load lock goes at once on a signal; the loading one goes on."""
-    directory, image = cold_dir()
-    first = start_exec(directory, "echo", "first")
-    loader = wait_until(lambda: load_child(first.pid), 60, "docker load process", first)
-    os.kill(loader, signal.SIGSTOP)  # the load, and the lock with it, stays held
-    try:
-        second = start_exec(directory, "echo", "second")
-        assert second.stderr.readline().startswith(INFO_PREFIX)
-        second.send_signal(signum)
-        out, err = second.communicate(timeout=15)
-        assert second.returncode == 128 + signum, err
-        assert out == ""
-        assert assert_one_line_error(err).startswith("docker-dir-exec: interrupted")
-    finally:
-        os.kill(loader, signal.SIGCONT)
-        out, err = first.communicate(timeout=120)
-    assert (first.returncode, out) == (0, "first\n"), err
-
-
-@pytest.fixture
-def tiny_dir(rootfs, tmp_path):
-    """A cold image whose whole load stream fits in a pipe buffer: one small file.
-    It has no shell; commands run the host's static busybox mounted into it."""
-    files = tmp_path / "tiny-root"
-    files.mkdir()
-    (files / "hello").write_text("hello\n")
-    image = (local["tar"]["-C", str(files), "-c", "."]
-             | local["docker"]["import", "-c", f"LABEL docker-dir-test={uuid.uuid4().hex}", "-"])().strip()
-    try:
-        directory = raw_save(image, tmp_path / "tiny")
-    finally:
-        docker("rmi", "-f", image)
-    yield directory, image
-    docker("rmi", "-f", private_ref(image), check=False)
-    docker("rmi", "-f", image, check=False)
-
-
-BUSYBOX = "/bin/busybox"
-
-
-@pytest.mark.parametrize("phase", ["writing", "waiting"])
-@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
-def test_signal_during_load(cold_dir, tiny_dir, phase, signum):
-    """A signal while the image loads: the engine's load process goes too, no container
-    starts, the lock is free, and the next exec loads and runs.
-
-    The `docker load` child is stopped (SIGSTOP) so the load stays in progress: while
-    docker-dir-exec writes the stream (an image larger than the pipe buffer), or after
-    it wrote all of it and waits for the engine (a tiny image)."""
-    directory, image = cold_dir() if phase == "writing" else tiny_dir
-    label = f"docker-dir-test-signal={uuid.uuid4().hex}"
-    mount = [] if phase == "writing" else [f"--volume={BUSYBOX}:{BUSYBOX}:ro"]
-    command = ["sleep", "300"] if phase == "writing" else [BUSYBOX, "sleep", "300"]
-    proc = start_exec(f"--engine-arg=--label={label}", *mount, directory, *command)
-    loader = None
-    try:
-        loader = wait_until(lambda: load_child(proc.pid), 60, "docker load process", proc)
-        os.kill(loader, signal.SIGSTOP)
-        state = wait_until(lambda: state_of(loader) in ("T", "Z", None) and str(state_of(loader)), 10,
-                           "stopped docker load")
-        assert state == "T", "docker load finished before it could be stopped"
-        where = WRITING_TO_PIPE if phase == "writing" else WAITING_FOR_CHILD
-        wait_until(lambda: wchan(proc.pid) in where, 30, f"docker-dir-exec in {where}", proc)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=15)
-        assert proc.returncode == 128 + signum, err
-        assert assert_one_line_error(err).startswith("docker-dir-exec: interrupted")
-        assert state_of(loader) is None, "the engine's load process was left behind"
-        assert not containers(label)
-        assert lock_is_free(image)
-    finally:
-        proc.kill()
-        proc.wait()
-        if loader and state_of(loader) not in (None, "Z"):
-            os.kill(loader, signal.SIGKILL)
-    again = run_exec(*mount, directory, *(["echo"] if phase == "writing" else [BUSYBOX, "echo"]), "again")
-    assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
-
-
-# -- the daemon killed during a load (a side dockerd: never the shared one) -------
+# -- signals and SIGKILL while the image loads ---------------------------------------
 
 @pytest.fixture(scope="module")
 def side_daemon():
@@ -340,93 +270,256 @@ def side_daemon():
     daemon.stop()
 
 
-@pytest.fixture
-def big_dir(rootfs, tmp_path):
-    """A cold image with a 64 MB layer, so a load lasts long enough to be caught in the daemon.
-    Returns (dir, image ID, sha256 of the big file)."""
-    root = tmp_path / "big-root"
+BUSYBOX = "/bin/busybox"
+
+
+@pytest.fixture(scope="module")
+def loads(rootfs, tmp_path_factory):
+    """Image directories to load, none of them in any engine; by the phase of a load they reach:
+    - "writing": 16 MiB of random data, far more than a socket's or pipe's buffer and what
+      the daemon reads before it is frozen, so docker-dir-exec is still sending;
+    - "waiting": one small file, so the whole stream fits in a buffer and docker-dir-exec
+      waits for the engine's answer. It has no shell: commands run the host's static busybox
+      mounted into it (`run`).
+    Each: SimpleNamespace(dir, image, mount, run, big_sha)."""
+    base = tmp_path_factory.mktemp("loads")
+    root = base / "big-root"
     shutil.copytree(rootfs, root, symlinks=True)
-    data = os.urandom(64 << 20)
+    data = os.urandom(16 << 20)
     (root / "big.bin").write_bytes(data)
-    image = import_image(root, None, label=uuid.uuid4().hex)
+    tiny = base / "tiny-root"
+    tiny.mkdir()
+    (tiny / "hello").write_text("hello\n")
+    made = {}
     try:
-        directory = raw_save(image, tmp_path / "big")
+        big = import_image(root, None, label=uuid.uuid4().hex)
+        made["writing"] = SimpleNamespace(dir=raw_save(big, base / "big"), image=big, mount=[], run=[],
+                                          big_sha=hashlib.sha256(data).hexdigest())
+        small = (local["tar"]["-C", str(tiny), "-c", "."]
+                 | local["docker"]["import", "-c", f"LABEL docker-dir-test={uuid.uuid4().hex}", "-"])().strip()
+        made["waiting"] = SimpleNamespace(dir=raw_save(small, base / "tiny"), image=small,
+                                          mount=[f"--volume={BUSYBOX}:{BUSYBOX}:ro"], run=[BUSYBOX], big_sha=None)
     finally:
-        docker("rmi", "-f", image)
-    return directory, image, hashlib.sha256(data).hexdigest()
+        for load in made.values():
+            docker("rmi", "-f", load.image, check=False)
+    return made
 
 
-def restart(daemon, launch):
-    """Start a killed side daemon again on the same data-root, as a service manager would.
-    Its old containerd goes first: left in the old mount namespace, it could not see
-    the new daemon's container mounts."""
-    left = daemon._own_pids()
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    daemon.process.wait(timeout=30)
-    wait_until(lambda: all(state_of(pid) in (None, "Z") for pid in left), 30, "end of the old containerd")
-    # A dead containerd that nobody reaped yet still "exists" for dockerd, which would
-    # wait for its socket instead of starting a new one.
-    pidfile = Path(launch[launch.index("--exec-root") + 1], "containerd", "containerd.pid")
-    if pidfile.exists() and state_of(int(pidfile.read_text())) in (None, "Z"):
-        pidfile.unlink()
-    with open(daemon.log_path, "ab") as log:
-        daemon.process = subprocess.Popen(launch, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
-    daemon._wait_ready(90)
+class DaemonLoad:
+    """docker (the users' path): the load streams over the side daemon's socket. The daemon
+    is frozen once its import began (its temp dir data-root/tmp/docker-import-* exists);
+    that import ends, and the temp dir goes, when the connection closes."""
+
+    writing, waiting = SOCKET_SEND, SOCKET_RECV
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.target = Target("side dockerd", "docker", daemon.env(), daemon)
+        self.frozen = None
+
+    def imports(self):
+        return list(Path(self.daemon.dir, "data", "tmp").glob("docker-import-*"))
+
+    def hold(self, proc):
+        """Freeze the daemon while docker-dir-exec's load is in progress."""
+        wait_until(self.imports, 60, "import in the daemon", proc, poll=0.0002)
+        self.frozen = self.daemon.pid
+        freeze(self.frozen)
+        assert self.imports(), "the daemon finished the import before it could be frozen"
+
+    def release(self):
+        if self.frozen:
+            thaw(self.frozen)
+            self.frozen = None
+
+    def check_abandoned(self, load, stream_cut):
+        """After docker-dir-exec ended: the daemon's import ends with the connection. With
+        the stream cut it leaves no image; the whole stream, already in the daemon's socket
+        buffer, the daemon may still import: then the image is whole, under the private tag."""
+        self.release()
+        wait_until(lambda: not self.imports(), 60, "end of the daemon's import (its connection closed)")
+        ref = private_ref(load.image)
+        if stream_cut:
+            assert not self.target.has(ref) and not self.target.has(load.image), "an image from a cut stream"
+        elif self.target.has(ref):
+            assert self.target.image_id(ref) == load.image
 
 
-def test_daemon_killed_during_load(side_daemon, big_dir):
+class ChildLoad:
+    """podman: the load is a `podman load` child fed through a pipe. The child is frozen
+    as soon as it runs; it must end with docker-dir-exec, killed on a signal, by the
+    parent-death signal on SIGKILL (it could neither finish nor notice the closed pipe)."""
+
+    writing, waiting = PIPE_WRITE, CHILD_WAIT
+
+    def __init__(self, target):
+        self.target = target
+        self.frozen = None
+
+    def hold(self, proc):
+        self.frozen = wait_until(lambda: load_child(proc.pid), 60, "podman load process", proc)
+        freeze(self.frozen)
+        assert state_of(self.frozen) == "T", "podman load finished before it could be stopped"
+
+    def release(self):
+        if self.frozen and state_of(self.frozen) not in (None, "Z"):
+            os.kill(self.frozen, signal.SIGKILL)
+            thaw(self.frozen)
+        self.frozen = None
+
+    def check_abandoned(self, load, stream_cut):
+        loader = self.frozen
+        wait_until(lambda: state_of(loader) in (None, "Z"), 30, "end of the podman load child")
+        assert not self.target.has(private_ref(load.image)), "podman imported a load it never finished reading"
+        self.release()
+
+
+@pytest.fixture(params=["docker-api", "podman"])
+def loading(request):
+    """The engine a load goes to, and how it is held in progress (DaemonLoad, ChildLoad)."""
+    if request.param == "docker-api":
+        return DaemonLoad(request.getfixturevalue("side_daemon"))
+    return ChildLoad(request.getfixturevalue("podman"))
+
+
+def exec_on(target, *args):
+    """docker-dir-exec on `target` (containers without network: the side daemon has none)."""
+    return start_exec("--engine", target.engine, "--network", "none", *args, env=target.env)
+
+
+def run_on(target, *args):
+    return run_exec("--engine", target.engine, "--network", "none", *args, env=target.env)
+
+
+def engine_containers(target, label):
+    return target.cli("ps", "-a", "-q", "--filter", f"label={label}").stdout.split()
+
+
+@contextlib.contextmanager
+def cold(target, load):
+    """The engine lacks the image before and after."""
+    refs = (private_ref(load.image), load.image)
+    target.remove(*refs)
+    try:
+        yield
+    finally:
+        target.remove(*refs)
+
+
+@pytest.mark.parametrize("phase", ["writing", "waiting"])
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
+def test_signal_during_load(loading, loads, phase, signum):
+    """A signal while the image loads: the engine's import is abandoned, no container
+    starts, the lock is free, and the next exec loads and runs."""
+    load, target = loads[phase], loading.target
+    label = f"docker-dir-test-signal={uuid.uuid4().hex}"
+    with cold(target, load):
+        proc = exec_on(target, f"--engine-arg=--label={label}", *load.mount, load.dir, *load.run, "sleep", "300")
+        try:
+            loading.hold(proc)
+            wait_until(lambda: asleep_in(proc.pid, loading.writing + loading.waiting), 30,
+                       "docker-dir-exec asleep sending the stream or waiting for the answer", proc)
+            where = loading.writing if phase == "writing" else loading.waiting
+            assert asleep_in(proc.pid, where), f"docker-dir-exec is not {phase}"
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=15)
+            assert proc.returncode == 128 + signum, err
+            assert assert_one_line_error(err).startswith("docker-dir-exec: interrupted")
+            loading.check_abandoned(load, stream_cut=phase == "writing")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            loading.release()
+        assert not engine_containers(target, label)
+        assert lock_is_free(load.image)
+        again = run_on(target, *load.mount, load.dir, *load.run, "echo", "again")
+        assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
+
+
+def test_sigkill_during_load(loading, loads):
+    """SIGKILL cannot be handled: the engine's import ends with docker-dir-exec (it would
+    otherwise go on for nobody), the kernel drops the lock, and the next exec loads."""
+    load, target = loads["writing"], loading.target
+    with cold(target, load):
+        proc = exec_on(target, load.dir, "echo", "ran")
+        try:
+            loading.hold(proc)
+            wait_until(lambda: asleep_in(proc.pid, loading.writing), 30, "docker-dir-exec sending the stream", proc)
+            proc.kill()
+            proc.wait()
+            loading.check_abandoned(load, stream_cut=True)
+            assert lock_is_free(load.image)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            loading.release()
+        again = run_on(target, load.dir, "echo", "again")
+        assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
+
+
+def untar_helper(daemon):
+    """The process dockerd 20.10 unpacks a loaded archive in (`docker-untar`, its own
+    binary re-executed), fed the stream through a pipe."""
+    return next((pid for pid in all_children(daemon.pid) if argv_of(pid)[:1] == ["docker-untar"]), None)
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: s.name)
+def test_signal_while_waiting_for_another_load(side_daemon, loads, signum):
+    """An exec waiting for the load lock goes at once on a signal; the loading one goes on.
+    The daemon must answer the waiting exec's questions, so it is not frozen whole: only its
+    helper unpacking the first exec's stream is, which holds that load (and the lock) open."""
+    load, target = loads["writing"], Target("side dockerd", "docker", side_daemon.env(), side_daemon)
+    with cold(target, load):
+        first = exec_on(target, load.dir, "echo", "first")
+        helper = wait_until(lambda: untar_helper(side_daemon), 60, "the daemon unpacking the load", first,
+                            poll=0.0002)
+        freeze(helper)
+        try:
+            assert state_of(helper) == "T", "the daemon unpacked the whole load before it could be stopped"
+            second = exec_on(target, load.dir, "echo", "second")
+            assert second.stderr.readline().startswith(INFO_PREFIX)
+            second.send_signal(signum)
+            out, err = second.communicate(timeout=15)
+            assert second.returncode == 128 + signum, err
+            assert out == ""
+            assert assert_one_line_error(err).startswith("docker-dir-exec: interrupted")
+        finally:
+            thaw(helper)
+            out, err = first.communicate(timeout=120)
+        assert (first.returncode, out) == (0, "first\n"), err
+
+
+# -- the daemon killed during a load (a side dockerd: never the shared one) -------
+
+def test_daemon_killed_during_load(side_daemon, loads):
     """dockerd is frozen while it unpacks the archive (its docker-import-* temp dir exists),
     then SIGKILLed: docker-dir-exec says so in one line; while the daemon is down it says
     how to start it; once the daemon is back, the next exec loads the image whole."""
-    directory, image, big_sha = big_dir
+    load, loading = loads["writing"], DaemonLoad(side_daemon)
     env = side_daemon.env()
-    launch = argv_of(side_daemon.process.pid)
-    unpacking = Path(side_daemon.dir, "data", "tmp")
-    proc = start_exec("--network", "none", directory, "echo", "ran", env=env)
-    try:
-        wait_until(lambda: list(unpacking.glob("docker-import-*")), 60, "load in the daemon", proc)
-        side_daemon.kill(signal.SIGSTOP)
-        assert list(unpacking.glob("docker-import-*")), "the load finished before the daemon could be stopped"
-        side_daemon.kill(signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode in (EXIT_ENGINE_UNAVAILABLE, EXIT_ENGINE_FAILED), err
-    assert out == ""
-    assert_one_line_error(err)
-    assert lock_is_free(image)
-
-    down = run_exec("--network", "none", directory, "echo", "ran", env=env, timeout=5)  # a hang guard
-    assert down.returncode == EXIT_ENGINE_UNAVAILABLE, down.stderr
-    assert "start the daemon" in assert_one_line_error(down.stderr)
-
-    restart(side_daemon, launch)
-    again = run_exec("--network", "none", directory, "sha256sum", "/big.bin", env=env)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.split()[0] == big_sha
-    assert side_daemon.docker("image", "inspect", "--format", "{{.Id}}", private_ref(image)).stdout.strip() == image
-
-
-def test_sigkill_during_load(cold_dir):
-    """SIGKILL cannot be handled: the engine's load dies with docker-dir-exec (it would
-    otherwise import for nobody), the kernel drops the lock, and the next exec loads."""
-    directory, image = cold_dir()
-    proc = start_exec(directory, "echo", "ran")
-    loader = wait_until(lambda: load_child(proc.pid), 60, "docker load process", proc)
-    os.kill(loader, signal.SIGSTOP)  # it can neither finish nor notice the closed pipe
-    try:
-        wait_until(lambda: wchan(proc.pid) in WRITING_TO_PIPE, 30, "docker-dir-exec writing", proc)
-        proc.kill()
-        proc.wait()
-        wait_until(lambda: state_of(loader) in (None, "Z"), 2, "end of the docker load child (parent-death signal)")
-        assert lock_is_free(image)
-    finally:
+    with cold(loading.target, load):
+        proc = exec_on(loading.target, load.dir, "echo", "ran")
         try:
-            os.kill(loader, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-    again = run_exec(directory, "echo", "again")
-    assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
+            loading.hold(proc)
+            side_daemon.kill(signal.SIGKILL)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode in (EXIT_ENGINE_UNAVAILABLE, EXIT_ENGINE_FAILED), err
+        assert out == ""
+        assert_one_line_error(err)
+        assert lock_is_free(load.image)
+
+        down = run_exec("--network", "none", load.dir, "echo", "ran", env=env, timeout=5)  # a hang guard
+        assert down.returncode == EXIT_ENGINE_UNAVAILABLE, down.stderr
+        assert "start the daemon" in assert_one_line_error(down.stderr)
+
+        side_daemon.restart()
+        again = run_on(loading.target, load.dir, "sha256sum", "/big.bin")
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.split()[0] == load.big_sha
+        assert loading.target.image_id(private_ref(load.image)) == load.image
