@@ -223,7 +223,9 @@ class Paused:
             while stat_of(self.engine)[0] not in "TtZX":
                 time.sleep(0.001)
             assert wait_blocked(self.proc, CHILD_WAIT), self.proc.communicate()
-            assert file_sizes(self.temp) == self.expected
+            # the export is extracted into a staging directory of the temp dir, then moved to blobs/
+            (staging,) = [p for p in self.temp.iterdir() if p.name.startswith(".staging-")]
+            assert file_sizes(staging) == self.expected
         assert self.dir.exists() == self.had_dir and self.temp.exists()
 
     def _step_engine(self, arrived):
@@ -281,7 +283,17 @@ def pauses(side, tmp_path):
 
 @pytest.fixture(scope="module")
 def multi_files(side, images, tmp_path_factory):
-    """The files of a whole save of `multi` from the side daemon, and their sizes."""
+    """The files of the side daemon's export of `multi` (what a save extracts), and their sizes."""
+    d = tmp_path_factory.mktemp("multi-export")
+    export = subprocess.run(f"docker save {images.multi} | tar -x -C {d}", shell=True, env=side.env(),
+                            capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr
+    return file_sizes(d)
+
+
+@pytest.fixture(scope="module")
+def multi_saved(side, images, tmp_path_factory):
+    """The files docker-dir-save writes for `multi`, and their sizes."""
     d = tmp_path_factory.mktemp("multi-saved") / "img"
     proc = cli("docker-dir-save", images.multi, d, env=side.env())
     assert proc.returncode == 0, proc.stderr
@@ -354,7 +366,8 @@ def test_force_keeps_old_content_when_interrupted(side, images, multi_files, tmp
     assert os.listdir(tmp_path) == ["img"]
 
 
-def test_force_replaces_only_once_new_content_is_complete(images, multi_files, tmp_path, old_dir, pauses):
+def test_force_replaces_only_once_new_content_is_complete(images, multi_files, multi_saved, tmp_path, old_dir,
+                                                          pauses):
     """DIR is watched at every step of the rest of the save, the commit included: it is
     always one whole tree, old or new."""
     save = pauses("mid", "api", images.multi, tmp_path, multi_files, "--force")
@@ -366,7 +379,7 @@ def test_force_replaces_only_once_new_content_is_complete(images, multi_files, t
     save.release_engine()  # the daemon sends the rest; docker-dir-save goes on only in the short runs below
     seen = []
     while save.proc.poll() is None:
-        state = "old" if file_sizes(old_dir) == old_files else "new" if file_sizes(old_dir) == multi_files else None
+        state = "old" if file_sizes(old_dir) == old_files else "new" if file_sizes(old_dir) == multi_saved else None
         assert state, f"DIR is neither the old nor the new tree after {seen}: {sorted(os.listdir(old_dir))}"
         if not seen or seen[-1] != state:
             seen.append(state)
@@ -594,7 +607,7 @@ def save_with_a_dropped_signal(refs):
 
 engine.save = save_with_a_dropped_signal
 trap_signals()
-sys.exit(run("docker-dir-save", lambda argv: argv, lambda args: save.save(engine, [{ref!r}], {dir!r}) and 0))
+sys.exit(run("docker-dir-save", lambda argv: argv, lambda args: save.save([save.EngineImage({ref!r})], {dir!r}, engine) and 0))
 """
 
 

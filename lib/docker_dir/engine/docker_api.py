@@ -130,6 +130,9 @@ class Upload:
         try:
             reply = _Reply(self._conn.makefile("rb"))
             body = reply.read_all()
+        except OSError as err:  # no reply, or half of one: the daemon went away meanwhile
+            self._complaint = f"the daemon closed the connection before it answered ({err}); is it still running?"
+            return 1, "", self._complaint
         finally:
             self._conn.close()
         if reply.status != 200:
