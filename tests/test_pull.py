@@ -1,0 +1,482 @@
+"""docker-dir-save docker://REF DIR: images pulled from a registry with no engine (issue 21).
+
+Every registry here is real: Debian's docker-registry (tests/registry.py: anonymous HTTP,
+TLS + htpasswd Basic, TLS + token auth with its token server), filled by real clients
+(`docker push`, `skopeo copy`, `podman manifest push --all`) or, for documents no client
+writes, through the registry's own HTTP API. The oracles are real too: `docker pull` +
+`docker images --no-trunc` and `podman pull` for the ID, `docker image inspect` for
+RepoDigests, skopeo and umoci for what reads the directory. BlobProxy (tests/registry.py)
+sends blob downloads to another host name and injects faults there.
+
+Two things no real registry does are served by a tiny hostile server in this file (see
+test_hostile_server): distribution refuses to store a manifest over 4 MiB or one whose body
+contradicts its Content-Type, and it never serves a manifest that does not match the
+digest it was asked for.
+"""
+import base64
+import contextlib
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+
+import registry as registry_module
+from conftest import BIN, cli, cli_on_tty, docker, image_id_of, import_image, one_line_error, private_ref
+from engines import Unavailable, podman_env
+from registry import RegistryServer, push_platform_index
+
+from docker_dir.application.pull import RegistryImage
+from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CANT_WRITE, EXIT_ENGINE_UNAVAILABLE, EXIT_NO_PERMISSION,
+                               EXIT_SELECTION, EXIT_USAGE, EXIT_VERIFY)
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+TEMP_MARK = ".docker-dir-save-"
+NO_ENGINE = {"PATH": "/nonexistent"}  # no docker, no podman, nothing else either
+MiB = 1 << 20
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def save(*args, env=None, timeout=300):
+    return cli("docker-dir-save", *args, env=env, timeout=timeout)
+
+
+def saved_id(proc):
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def dir_id(directory, *args):
+    proc = cli("docker-dir-id", *args, directory)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def dir_json(directory, *args):
+    proc = cli("docker-dir-id", "--json", *args, directory)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def verified(directory, *args):
+    proc = cli("docker-dir-id", "--verify", *args, directory)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def blob_bytes(directory, digest):
+    return (Path(directory) / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes()
+
+
+def dir_manifest(directory):
+    """The OCI manifest DIR's index.json names (a single-image directory)."""
+    index = json.loads((Path(directory) / "index.json").read_text())
+    (descriptor,) = index["manifests"]
+    return descriptor, json.loads(blob_bytes(directory, descriptor["digest"]))
+
+
+def nothing_written(parent, *kept):
+    """Neither DIR nor a temp dir of the save: only `kept` in parent."""
+    assert sorted(os.listdir(parent)) == sorted(kept)
+
+
+def tree_digest(directory):
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
+def isolated_env(tmp_path, **extra):
+    """No engine on PATH and no login anywhere but what the test writes: the docker and
+    containers places where credentials are looked for all point into tmp_path."""
+    home = tmp_path / "home"
+    for sub in (".docker", ".config", "run"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    env = {"PATH": "/nonexistent", "HOME": str(home), "DOCKER_CONFIG": str(home / ".docker"),
+           "XDG_CONFIG_HOME": str(home / ".config"), "XDG_RUNTIME_DIR": str(home / "run")}
+    env.update({name: str(value) for name, value in extra.items()})
+    return env
+
+
+@contextlib.contextmanager
+def trusted(ca_cert, *hosts, base="/etc/docker/certs.d"):
+    """The CA in BASE/HOST:PORT/ca.crt for each host (where docker and podman look), removed after."""
+    made = []
+    try:
+        for host in hosts:
+            directory = Path(base) / host
+            directory.mkdir(parents=True)
+            made.append(directory)
+            shutil.copy(ca_cert, directory / "ca.crt")
+        yield made
+    finally:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def host_of(url):
+    return urlsplit(url).netloc
+
+
+def put_blob(registry, repo, data):
+    """A blob uploaded with the registry's API (POST, then PUT ?digest=); returns its digest."""
+    digest = sha256(data)
+    started = registry.request("POST", f"/v2/{repo}/blobs/uploads/", data=b"")
+    assert started.status == 202, started.body
+    location = urlsplit(started.headers["Location"])
+    answer = registry.request("PUT", f"{location.path}?{location.query}&digest={quote(digest)}", data=data,
+                              headers={"Content-Type": "application/octet-stream"})
+    assert answer.status == 201, answer.body
+    return digest
+
+
+def put_manifest(registry, repo, reference, document, media_type):
+    """A manifest or index stored with the registry's API; returns (digest, size)."""
+    data = document if isinstance(document, bytes) else json.dumps(document).encode()
+    answer = registry.request("PUT", f"/v2/{repo}/manifests/{reference}", data=data,
+                              headers={"Content-Type": media_type})
+    assert answer.status == 201, answer.body
+    return sha256(data), len(data)
+
+
+def podman_pull_id(registry, ref, workdir):
+    """The ID podman shows after pulling HOST/ref (podman's storage is cleaned up after)."""
+    try:
+        env = podman_env(workdir)
+    except Unavailable as why:
+        pytest.fail(f"podman is the oracle here and is missing: {why}")
+    source = f"{registry.host}/{ref}"
+    pulled = subprocess.run(["podman", "pull", "-q", *registry.podman_flags(), source], env=env,
+                            capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr
+    try:
+        shown = subprocess.run(["podman", "images", "--no-trunc", "--format", "{{.ID}}", source], env=env,
+                               capture_output=True, text=True, check=True).stdout.split()
+    finally:
+        subprocess.run(["podman", "rmi", "-f", pulled.stdout.strip()], env=env, capture_output=True)
+    (image,) = set(shown)
+    return image if image.startswith("sha256:") else "sha256:" + image
+
+
+def docker_pull(registry, ref):
+    """(ID as `docker images --no-trunc` shows it, RepoDigests) after `docker pull HOST/ref`."""
+    source = f"{registry.host}/{ref}"
+    registry.pull(ref)
+    try:
+        repository, tag = source.rsplit(":", 1)
+        shown = docker("images", "--no-trunc", "--format", "{{.Tag}} {{.ID}}", repository).stdout.split("\n")
+        image = dict(line.split() for line in shown if line.strip())[tag]
+        digests = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", source).stdout)
+    finally:
+        docker("rmi", source, check=False)
+    return image, digests
+
+
+class Pushed:
+    def __init__(self, registry, repo, tag, image_id, digest):
+        self.registry, self.repo, self.tag, self.id, self.digest = registry, repo, tag, image_id, digest
+
+    @property
+    def ref(self):
+        return f"{self.repo}:{self.tag}"
+
+    @property
+    def source(self):
+        return f"docker://{self.registry.host}/{self.repo}:{self.tag}"
+
+    def via(self, host):
+        return f"docker://{host}/{self.repo}:{self.tag}"
+
+    def manifest(self):
+        return self.registry.manifest(self.repo, self.tag).json
+
+
+def push(registry, engine_ref, repo=None, tag="1"):
+    repo = repo or unique("pull/app")
+    digest = registry.push(engine_ref, f"{repo}:{tag}").digest
+    return Pushed(registry, repo, tag, image_id_of(engine_ref), digest)
+
+
+# -- fixtures ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def app(docker_engine, rootfs, tmp_path_factory, registry_anon):
+    """A 4-layer image (busybox, two 2 MiB random layers, a marker) in registry_anon; the
+    engine keeps it (tests that need it absent use fresh images)."""
+    context = tmp_path_factory.mktemp("app")
+    shutil.copytree(rootfs, context / "rootfs", symlinks=True)
+    for name in ("a", "b"):
+        (context / f"data-{name}.bin").write_bytes(os.urandom(2 * MiB))
+    marker = uuid.uuid4().hex
+    (context / "marker").write_text(marker + "\n")
+    ref = f"{unique('docker-dir-pull/app')}:1"
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY rootfs/ /\nCOPY data-a.bin /data/a.bin\n"
+                                        "COPY data-b.bin /data/b.bin\nCOPY marker /marker\n"
+                                        'ENV PATH=/bin\nCMD ["sh"]\n')
+    docker("build", "-q", "-t", ref, str(context), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    pushed = push(registry_anon, ref)
+    pushed.engine_ref, pushed.marker, pushed.context = ref, marker, context
+    yield pushed
+    docker("rmi", "-f", pushed.id, check=False)
+
+
+@pytest.fixture
+def fresh_pushed(fresh_image, registry_anon):
+    """Factory: a new one-layer image pushed to `registry`, then removed from the engine,
+    so a pull into the engine is a real one."""
+    def make(registry=registry_anon, repo=None, tag="1", keep=False):
+        engine_ref = f"fixture/pull:{uuid.uuid4().hex[:8]}"
+        fresh_image(engine_ref)
+        pushed = push(registry, engine_ref, repo, tag)
+        if not keep:
+            docker("rmi", "-f", pushed.id)
+        return pushed
+    return make
+
+
+@pytest.fixture
+def out(tmp_path):
+    """An empty parent directory for DIR (out/img), so 'nothing written' is checkable."""
+    parent = tmp_path / "out"
+    parent.mkdir()
+    return parent
+
+
+# -- 1. the pull, with no engine ------------------------------------------------------------
+
+def test_pull_by_tag_and_by_digest_with_no_engine(app, out):
+    by_tag, by_digest = out / "tag", out / "digest"
+    assert saved_id(save(app.source, by_tag, env=NO_ENGINE)) == app.id
+    assert saved_id(save(f"docker://{app.registry.host}/{app.repo}@{app.digest}", by_digest,
+                         env=NO_ENGINE)) == app.id
+    for directory in (by_tag, by_digest):
+        assert verified(directory) == app.id
+        assert dir_json(directory)["repo_digests"] == [f"{app.registry.host}/{app.repo}@{app.digest}"]
+    assert dir_json(by_tag)["repo_tags"] == [f"{app.registry.host}/{app.ref}"]
+    assert dir_json(by_digest)["repo_tags"] == []  # a digest names no tag
+    assert (tree_digest(by_tag / "blobs") == tree_digest(by_digest / "blobs"))
+
+
+def test_several_sources_in_one_save(app, images, fresh_pushed, out, tmp_path):
+    """A registry image, an engine image and an oci: directory in one save."""
+    other = fresh_pushed()
+    layout = tmp_path / "layout"
+    assert saved_id(save(images.two[0], layout)) == images.two_id
+    proc = save(app.source, images.one, f"oci:{layout}", other.source, out / "img")
+    assert sorted(saved_id(proc).split()) == sorted({app.id, images.one_id, images.two_id, other.id})
+    for image_id in (app.id, images.one_id, images.two_id, other.id):
+        assert verified(out / "img", "--config", image_id) == image_id
+    assert dir_id(out / "img", "--repo-tag", f"{app.registry.host}/{app.ref}") == app.id
+    assert dir_id(out / "img", "--repo-tag", images.one) == images.one_id
+
+
+@pytest.mark.parametrize("reference", ["python:3.12", "library/python:3.12", "docker.io/library/python:3.12",
+                                       "index.docker.io/python:3.12", "python"])
+def test_docker_hub_names_go_to_docker_hub(reference, out):
+    """Docker's name rules: no host is Docker Hub, whose API is registry-1.docker.io; there
+    is no internet here, so the pull fails there with 69."""
+    assert str(RegistryImage(reference)) == "docker://docker.io/library/python:" + (
+        "3.12" if ":" in reference else "latest")
+    line = one_line_error(save(f"docker://{reference}", out / "img", env=NO_ENGINE), EXIT_ENGINE_UNAVAILABLE)
+    assert "registry-1.docker.io" in line
+    nothing_written(out)
+
+
+@pytest.mark.parametrize("reference, registry, repository", [
+    ("localhost/team/app:1", "localhost", "team/app"),
+    ("registry.example:5000/app", "registry.example:5000", "app"),
+    ("Team/app:1", "Team", "app"),  # capitals: a host, never a name
+    ("team/app:1", "docker.io", "team/app"),  # one slash and no dot: a Docker Hub user's repository
+])
+def test_host_or_name(reference, registry, repository):
+    assert str(RegistryImage(reference)).startswith(f"docker://{registry}/{repository}:")
+
+
+@pytest.mark.parametrize("reference, said", [
+    ("", "it is empty"),
+    ("team/App:1", "lowercase"),
+    ("app:-1", "a tag is"),
+    ("app@sha256:abc", "the digest must be"),
+    ("http://host/app", "no URL scheme"),
+])
+def test_malformed_references(reference, said, out):
+    line = one_line_error(save(f"docker://{reference}", out / "img", env=NO_ENGINE), EXIT_USAGE)
+    assert said in line
+    nothing_written(out)
+
+
+# -- 2. the ID users expect, layers as the registry serves them ------------------------------
+
+def push_zstd(registry, pushed, workdir):
+    """skopeo's zstd: the image copied into a dir: with zstd layers (an OCI manifest; skopeo
+    converts the config too), then into the registry. The layer is the fresh image's own,
+    so skopeo's blob-info cache knows no gzip twin of it to substitute."""
+    copy = workdir / "zstd"
+    registry.skopeo_copy(pushed.source, f"dir:{copy}", "--format", "oci", "--dest-compress",
+                         "--dest-compress-format", "zstd")
+    registry.skopeo_copy(f"dir:{copy}", f"docker://{registry.host}/{pushed.repo}:zstd")
+    manifest = registry.manifest(pushed.repo, "zstd")
+    return Pushed(registry, pushed.repo, "zstd", manifest.json["config"]["digest"], manifest.digest)
+
+
+def push_uncompressed(registry, engine_ref, pushed, workdir):
+    """Docker's config and the engine's uncompressed layer tar under an OCI manifest, pushed
+    with the registry's API (what docker and podman also pull, BRIEF §8)."""
+    exported = workdir / "exported"
+    exported.mkdir()
+    subprocess.run(f"docker save {engine_ref} | tar -x -C {exported}", shell=True, check=True)
+    (entry,) = json.loads((exported / "manifest.json").read_text())
+    config = (exported / entry["Config"]).read_bytes()
+    layers = [(exported / path).read_bytes() for path in entry["Layers"]]
+    document = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": put_blob(registry, pushed.repo, config),
+                           "size": len(config)},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            "digest": put_blob(registry, pushed.repo, layer), "size": len(layer)}
+                           for layer in layers]}
+    digest, _ = put_manifest(registry, pushed.repo, "plain", document, OCI_MANIFEST)
+    return Pushed(registry, pushed.repo, "plain", sha256(config), digest)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_id_is_the_one_docker_and_podman_pull_show(compression, fresh_pushed, out, tmp_path):
+    """The ID docker-dir-id prints is the one `docker pull` + `docker images --no-trunc` and
+    `podman pull` show; layers stay as the registry serves them (gzip from docker push,
+    zstd from skopeo, uncompressed); --json gives the manifest digest and RepoDigests."""
+    gzipped = fresh_pushed(keep=compression == "none")  # the uncompressed layer comes from the engine
+    if compression == "gzip":
+        pushed = gzipped
+    elif compression == "zstd":
+        pushed = push_zstd(gzipped.registry, gzipped, tmp_path)
+    else:
+        pushed = push_uncompressed(gzipped.registry, gzipped.id, gzipped, tmp_path)
+        docker("rmi", "-f", gzipped.id)
+    assert saved_id(save(pushed.source, out / "img", env=NO_ENGINE)) == pushed.id
+    served = pushed.manifest()
+    descriptor, kept = dir_manifest(out / "img")
+    assert [layer["digest"] for layer in kept["layers"]] == [layer["digest"] for layer in served["layers"]]
+    suffix = {"gzip": "+gzip", "zstd": "+zstd", "none": ""}[compression]
+    assert [layer["mediaType"] for layer in kept["layers"]] == ["application/vnd.oci.image.layer.v1.tar" + suffix]
+    for layer in served["layers"]:
+        assert blob_bytes(out / "img", layer["digest"]) == pushed.registry.blob(pushed.repo, layer["digest"])
+    summary = dir_json(out / "img")
+    repo_digest = f"{pushed.registry.host}/{pushed.repo}@{pushed.digest}"
+    assert summary["repo_digests"] == [repo_digest]
+    if served["mediaType"] == OCI_MANIFEST:  # kept byte for byte: its digest is the registry's
+        assert summary["manifest_digest"] == descriptor["digest"] == pushed.digest
+    assert verified(out / "img") == pushed.id
+    assert podman_pull_id(pushed.registry, pushed.ref, tmp_path / "podman") == pushed.id
+    if compression != "zstd":  # dockerd 20.10 cannot read zstd layers
+        image, repo_digests = docker_pull(pushed.registry, pushed.ref)
+        assert image == pushed.id
+        assert summary["repo_digests"] == repo_digests
+
+
+# -- 3. multi-platform -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def manifest_list(registry_anon, rootfs, tmp_path_factory):
+    """The same two platforms as platform_index, as a Docker manifest list of v2s2 manifests."""
+    return push_platform_index(registry_anon, f"{unique('index-v2s2')}/multi:1", rootfs,
+                               tmp_path_factory.mktemp("manifest-list"), manifest_format="v2s2")
+
+
+@pytest.fixture(params=["oci index", "docker manifest list"])
+def index(request):
+    return request.getfixturevalue("platform_index" if request.param == "oci index" else "manifest_list")
+
+
+def config_of(index, platform):
+    return index.registry.manifest(index.repo, index.manifests[platform]).json["config"]["digest"]
+
+
+def test_platform_of_an_index(index, out):
+    source = f"docker://{index.registry.host}/{index.repo_tag}"
+    native, foreign = config_of(index, index.native), config_of(index, index.foreign)
+    assert saved_id(save(source, out / "native", env=NO_ENGINE)) == native
+    assert saved_id(save("--platform", index.foreign, source, out / "foreign", env=NO_ENGINE)) == foreign
+    assert verified(out / "native") == native and verified(out / "foreign") == foreign
+    config = json.loads(blob_bytes(out / "foreign", foreign))
+    assert f"{config['os']}/{config['architecture']}" == index.foreign
+    # the manifest of that platform is the one the registry's index names
+    assert dir_json(out / "foreign")["repo_digests"] == [f"{index.registry.host}/{index.repo}@{index.digest}"]
+    line = one_line_error(save("--platform", "linux/s390x", source, out / "none", env=NO_ENGINE), EXIT_SELECTION)
+    assert "linux/s390x" in line and index.native in line and index.foreign in line
+    nothing_written(out, "native", "foreign")
+
+
+def skopeo_config_digest(directory, tag, arch=None):
+    """The digest of the config skopeo reads from oci:DIR:TAG (for this host, or `arch`)."""
+    proc = subprocess.run(["skopeo", *(["--override-arch", arch] if arch else []), "inspect", "--config", "--raw",
+                           f"oci:{directory}:{tag}"], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    return sha256(proc.stdout)
+
+
+def umoci_unpacks(directory, tag, workdir):
+    copy = workdir / "umoci-layout"
+    shutil.copytree(directory, copy)  # umoci writes into the layout it unpacks from (its lock)
+    subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{copy}:{tag}", workdir / "bundle"], check=True,
+                   capture_output=True)
+    return (workdir / "bundle" / "rootfs" / "platform").read_text().strip()
+
+
+def test_platform_of_an_index(index, out, tmp_path):
+    source = f"docker://{index.registry.host}/{index.repo_tag}"
+    native, foreign = config_of(index, index.native), config_of(index, index.foreign)
+    assert saved_id(save(source, out / "native", env=NO_ENGINE)) == native
+    assert saved_id(save("--platform", index.foreign, source, out / "foreign", env=NO_ENGINE)) == foreign
+    assert verified(out / "native") == native and verified(out / "foreign") == foreign
+    config = json.loads(blob_bytes(out / "foreign", foreign))
+    assert f"{config['os']}/{config['architecture']}" == index.foreign
+    assert dir_json(out / "foreign")["repo_digests"] == [f"{index.registry.host}/{index.repo}@{index.digest}"]
+    assert umoci_unpacks(out / "foreign", index.tag, tmp_path) == index.foreign  # the marker file of that image
+    line = one_line_error(save("--platform", "linux/s390x", source, out / "none", env=NO_ENGINE), EXIT_SELECTION)
+    assert "linux/s390x" in line and index.native in line and index.foreign in line
+    nothing_written(out, "native", "foreign")
+
+
+def test_all_platforms(index, out):
+    """The whole index kept: docker-dir-id and exec choose with --platform, skopeo reads it
+    (this host's platform, or another with --override-arch). umoci 0.4.7 lists it but
+    unpacks no nested index ("tag is ambiguous", as for skopeo's own `copy --all` layout),
+    so it unpacks the single-platform pulls of test_platform_of_an_index instead."""
+    source = f"docker://{index.registry.host}/{index.repo_tag}"
+    native, foreign = config_of(index, index.native), config_of(index, index.foreign)
+    directory = out / "img"
+    assert sorted(saved_id(save("--all-platforms", source, directory, env=NO_ENGINE)).split()) == sorted(
+        [native, foreign])
+    assert dir_id(directory) == native
+    assert verified(directory, "--platform", index.foreign) == foreign
+    assert verified(directory, "--platform", index.native) == native
+    assert skopeo_config_digest(directory, index.tag) == native
+    assert skopeo_config_digest(directory, index.tag, index.foreign.split("/")[1]) == foreign
+    listed = subprocess.run(["umoci", "ls", "--layout", directory], capture_output=True, text=True)
+    assert listed.stdout.split() == [index.tag], listed.stderr
+    if index.media_type == OCI_INDEX:  # the registry's own index, byte for byte
+        (descriptor,) = json.loads((directory / "index.json").read_text())["manifests"]
+        assert descriptor["digest"] == index.digest
+    line = one_line_error(save("--all-platforms", source, f"oci:{directory}", out / "two", env=NO_ENGINE),
+                          EXIT_USAGE)
+    assert "--all-platforms" in line
+    nothing_written(out, "img")
