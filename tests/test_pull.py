@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -480,3 +481,239 @@ def test_all_platforms(index, out):
                           EXIT_USAGE)
     assert "--all-platforms" in line
     nothing_written(out, "img")
+
+
+# -- 4. authentication -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(docker_engine, rootfs):
+    """A one-layer image for the registries with auth."""
+    ref = f"{unique('docker-dir-pull/small')}:1"
+    image = import_image(rootfs, ref, label=uuid.uuid4().hex)
+    yield ref
+    docker("rmi", "-f", image, check=False)
+
+
+@pytest.fixture(scope="module")
+def on_tls(small, registry_tls):
+    return push(registry_tls, small)
+
+
+@pytest.fixture(scope="module")
+def on_token(small, registry_token):
+    return push(registry_token, small)  # the token server lets alice pull any repository
+
+
+@pytest.fixture
+def trust_tls(registry_tls):
+    with trusted(registry_tls.ca_cert, registry_tls.host):
+        yield registry_tls
+
+
+@pytest.fixture
+def trust_token(registry_token):
+    with trusted(registry_token.ca_cert, registry_token.host, host_of(registry_token.token_server.url)):
+        yield registry_token
+
+
+def secrets_of(credentials):
+    """What must never show: the password, and the base64 of user:password (Basic, config.json)."""
+    user, password = credentials
+    return [password, base64.b64encode(f"{user}:{password}".encode()).decode()]
+
+
+def assert_secrets_absent(secrets, proc, *directories):
+    assert secrets and all(secrets)
+    for secret in secrets:
+        assert secret not in proc.stdout and secret not in proc.stderr
+    files = [path for directory in directories for path in Path(directory).rglob("*") if path.is_file()]
+    for path in files:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, path
+
+
+def write_helper(directory, name, credentials, log):
+    """docker-credential-NAME standing in for a real keychain helper (docker-credential-pass,
+    -secretservice, -osxkeychain): the `get` protocol, server on stdin, JSON on stdout."""
+    directory.mkdir(parents=True, exist_ok=True)
+    helper = directory / f"docker-credential-{name}"
+    helper.write_text("#!/bin/sh\n"
+                      '[ "$1" = get ] || exit 1\n'
+                      "read -r server\n"
+                      f'echo "$server" >> {log}\n'
+                      f'printf \'{{"ServerURL":"%s","Username":"{credentials[0]}","Secret":"{credentials[1]}"}}\\n\' '
+                      '"$server"\n')
+    helper.chmod(0o755)
+    return directory
+
+
+def credentials_env(source, registry, tmp_path, credentials=None):
+    """An isolated environment where `source` holds the credentials for registry."""
+    credentials = credentials or registry.credentials
+    env = isolated_env(tmp_path)
+    if source == "config.json auths":
+        registry.docker_config(env["DOCKER_CONFIG"], credentials)
+    elif source == "credHelpers":
+        name = unique("ddtest")
+        helpers = write_helper(tmp_path / "helpers", name, credentials, tmp_path / "helper.log")
+        (Path(env["DOCKER_CONFIG"]) / "config.json").write_text(json.dumps({"credHelpers": {registry.host: name}}))
+        env["PATH"] = f"{helpers}:/nonexistent"
+    else:
+        env["REGISTRY_AUTH_FILE"] = str(registry.auth_file(tmp_path / "auth.json", credentials))
+    return env
+
+
+@pytest.mark.parametrize("source", ["config.json auths", "credHelpers", "REGISTRY_AUTH_FILE"])
+@pytest.mark.parametrize("kind", ["basic", "token"])
+def test_credentials(kind, source, request, out, tmp_path):
+    registry = request.getfixturevalue("trust_tls" if kind == "basic" else "trust_token")
+    pushed = request.getfixturevalue("on_tls" if kind == "basic" else "on_token")
+    env = credentials_env(source, registry, tmp_path)
+    if kind == "token":
+        registry.token_server.requests.clear()
+    proc = save(pushed.source, out / "img", env=env)
+    assert saved_id(proc) == pushed.id
+    assert verified(out / "img") == pushed.id
+    if source == "credHelpers":  # the helper was asked, for this registry
+        assert (tmp_path / "helper.log").read_text().split() == [registry.host]
+    if kind == "token":  # the token was alice's, for pulling this repository
+        asked = [r for r in registry.token_server.requests if r.scopes]
+        assert asked and all(r.user == registry.username and r.status == 200 for r in asked)
+        assert {scope for r in asked for scope in r.scopes} == {f"repository:{pushed.repo}:pull"}
+    assert_secrets_absent(secrets_of(registry.credentials), proc, out)
+
+
+def test_token_anonymous_pull_of_a_public_repository(small, trust_token, out, tmp_path):
+    pushed = push(trust_token, small, repo=unique("public/app"))
+    trust_token.token_server.requests.clear()
+    assert saved_id(save(pushed.source, out / "img", env=isolated_env(tmp_path))) == pushed.id
+    asked = [r for r in trust_token.token_server.requests if r.scopes]
+    assert asked and all(r.user is None for r in asked)
+
+
+@pytest.mark.parametrize("kind, case", [("basic", "wrong password"), ("basic", "no credentials"),
+                                        ("token", "wrong password"), ("token", "no credentials"),
+                                        ("token", "no grant")])
+def test_refused_login(kind, case, request, out, tmp_path):
+    """77, naming the registry and how to log in; nothing written; no secret in the message,
+    the --debug traceback, or anything on disk."""
+    registry = request.getfixturevalue("trust_tls" if kind == "basic" else "trust_token")
+    pushed = request.getfixturevalue("on_tls" if kind == "basic" else "on_token")
+    user, password = registry.credentials
+    if case == "wrong password":
+        credentials = (user, "wrong-" + password)
+    elif case == "no grant":
+        credentials = (unique("nobody"), uuid.uuid4().hex)
+        registry.token_server.add_user(*credentials)
+    else:
+        credentials = None
+    env = isolated_env(tmp_path)
+    if credentials:
+        registry.docker_config(env["DOCKER_CONFIG"], credentials)
+    line = one_line_error(save(pushed.source, out / "img", env=env), EXIT_NO_PERMISSION)
+    assert registry.host in line and f"docker login {registry.host}" in line
+    if case == "wrong password":
+        assert "refused the credentials" in line
+    nothing_written(out)
+    debug = save("--debug", pushed.source, out / "img", env=env)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "AuthRefused" in debug.stderr
+    nothing_written(out)
+    for proc in (debug,):
+        assert_secrets_absent(secrets_of(credentials or registry.credentials) + secrets_of(registry.credentials),
+                              proc, out)
+
+
+# -- 5. TLS ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("base", ["/etc/docker/certs.d", "/etc/containers/certs.d"])
+def test_ca_from_certs_d(base, on_tls, out, tmp_path):
+    registry = on_tls.registry
+    env = credentials_env("config.json auths", registry, tmp_path)
+    line = one_line_error(save(on_tls.source, out / "img", env=env), EXIT_ENGINE_UNAVAILABLE)
+    assert "certificate" in line and f"/etc/docker/certs.d/{registry.host}/ca.crt" in line
+    nothing_written(out)
+    with trusted(registry.ca_cert, registry.host, base=base):
+        assert saved_id(save(on_tls.source, out / "img", env=env)) == on_tls.id
+
+
+class ClientCertRegistry(RegistryServer):
+    """The TLS + Basic registry that also wants a client certificate its CA signed
+    (distribution's http.tls.clientcas). The readiness check and the oracle show one."""
+
+    def _prepare(self):
+        super()._prepare()
+        _, _, self.client_cert, self.client_key = self.ca.issue("client", "docker-dir test client", server=False)
+        ca, cert, key = self.ca, str(self.client_cert), str(self.client_key)
+
+        def with_client_certificate():
+            context = ssl.create_default_context(cafile=str(ca.cert_path))
+            context.load_cert_chain(cert, key)
+            return context
+        self.ca.client_context = with_client_certificate
+        shutil.copy(self.client_cert, self.cert_dir / "client.cert")  # for skopeo --cert-dir
+        shutil.copy(self.client_key, self.cert_dir / "client.key")
+
+    def _write_config(self):
+        super()._write_config()
+        path = self.dir / "config.yml"
+        config = json.loads(path.read_text())
+        config["http"]["tls"]["clientcas"] = [str(self.ca_cert)]
+        path.write_text(json.dumps(config))
+
+
+def test_client_certificate_from_certs_d(fresh_pushed, out, tmp_path):
+    with ClientCertRegistry("basic-tls", label="registry (client certificates)") as registry:
+        source = fresh_pushed()
+        pushed = Pushed(registry, source.repo, source.tag, source.id, None)
+        copy_between(source, registry)
+        env = credentials_env("config.json auths", registry, tmp_path)
+        with trusted(registry.ca_cert, registry.host) as (certs,):
+            line = one_line_error(save(pushed.source, out / "img", env=env), EXIT_ENGINE_UNAVAILABLE)
+            assert f"{registry.host} refused the TLS session" in line
+            assert f"(NAME.cert and NAME.key) in /etc/docker/certs.d/{registry.host}/" in line
+            nothing_written(out)
+            shutil.copy(registry.client_cert, certs / "client.cert")
+            shutil.copy(registry.client_key, certs / "client.key")
+            assert saved_id(save(pushed.source, out / "img", env=env)) == pushed.id
+
+
+def copy_between(pushed, registry):
+    """skopeo copy of a pushed image into another registry, same repository and tag."""
+    subprocess.run(["skopeo", "copy", "-q", *pushed.registry.skopeo_flags("src-"), *registry.skopeo_flags("dest-"),
+                    pushed.source, f"docker://{registry.host}/{pushed.ref}"], check=True, capture_output=True)
+
+
+def non_loopback_address():
+    for line in subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout.splitlines():
+        address = line.split()[3].split("/")[0]
+        if not address.startswith("127."):
+            return address
+    return None
+
+
+class BoundRegistry(RegistryServer):
+    """The anonymous plain HTTP registry on another local address than loopback."""
+
+    def __init__(self, address):
+        super().__init__("anonymous", label=f"registry (plain HTTP on {address})")
+        self.address = address
+
+    @property
+    def host(self):
+        return f"{self.address}:{self.port}"
+
+
+def test_plain_http_only_to_loopback_or_insecure_registry(fresh_pushed, out):
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to serve a registry on")
+    with BoundRegistry(address) as registry:
+        source = fresh_pushed()
+        pushed = Pushed(registry, source.repo, source.tag, source.id, None)
+        copy_between(source, registry)
+        line = one_line_error(save(pushed.source, out / "img", env=NO_ENGINE), EXIT_ENGINE_UNAVAILABLE)
+        assert "does not speak TLS" in line and f"--insecure-registry {registry.host}" in line
+        nothing_written(out)
+        assert saved_id(save("--insecure-registry", registry.host, pushed.source, out / "img",
+                             env=NO_ENGINE)) == pushed.id
