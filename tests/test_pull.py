@@ -717,3 +717,237 @@ def test_plain_http_only_to_loopback_or_insecure_registry(fresh_pushed, out):
         nothing_written(out)
         assert saved_id(save("--insecure-registry", registry.host, pushed.source, out / "img",
                              env=NO_ENGINE)) == pushed.id
+
+
+# -- 6. redirects to blob storage --------------------------------------------------------------
+
+def blob_digests(pushed):
+    manifest = pushed.manifest()
+    return {manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+
+
+def digest_of(request):
+    return request.path.rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize("kind", ["basic", "token"])
+def test_blobs_from_storage_without_the_registry_authorization(kind, request, blob_proxy, out, tmp_path):
+    """Blob GETs are redirected to another host name (BlobProxy's storage): the blobs come
+    from there, and the registry's Authorization never reaches it."""
+    registry = request.getfixturevalue("registry_tls" if kind == "basic" else "registry_token")
+    pushed = request.getfixturevalue("on_tls" if kind == "basic" else "on_token")
+    proxy = blob_proxy(registry)
+    hosts = [proxy.host, proxy.storage_host] + ([host_of(registry.token_server.url)] if kind == "token" else [])
+    env = isolated_env(tmp_path)
+    registry.docker_config(env["DOCKER_CONFIG"], registry.credentials, host=proxy.host)
+    with trusted(registry.ca_cert, *hosts):
+        assert saved_id(save(pushed.via(proxy.host), out / "img", env=env)) == pushed.id
+    assert verified(out / "img") == pushed.id
+    wanted = blob_digests(pushed)
+    redirected = [r for r in proxy.requests if r.redirected]
+    assert {digest_of(r) for r in redirected} == wanted
+    scheme = {"basic": "Basic ", "token": "Bearer "}[kind]
+    assert all(r.headers.get("authorization", "").startswith(scheme) for r in redirected)
+    fetched = [r for r in proxy.storage_requests if r.method == "GET"]
+    assert {digest_of(r) for r in fetched} == wanted and all(r.status == 200 for r in fetched)
+    assert [r.headers["authorization"] for r in fetched if "authorization" in r.headers] == []
+
+
+# -- 7. integrity and atomicity ---------------------------------------------------------------
+
+def largest_layer(pushed):
+    layer = max(pushed.manifest()["layers"], key=lambda layer: layer["size"])
+    return layer["digest"], layer["size"]
+
+
+@pytest.fixture
+def old_dir(fresh_pushed, out):
+    """Factory: DIR holding another image already (for --force), with its files' digests."""
+    def make():
+        other = fresh_pushed()
+        assert saved_id(save(other.source, out / "img", env=NO_ENGINE)) == other.id
+        return other, tree_digest(out / "img")
+    return make
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_corrupt_blob(force, app, blob_proxy, old_dir, out):
+    old = old_dir() if force else None
+    proxy = blob_proxy(app.registry)
+    digest, _ = largest_layer(app)
+    corrupt = proxy.corrupt(match=digest)
+    line = one_line_error(save(*(["--force"] if force else []), app.via(proxy.host), out / "img", env=NO_ENGINE),
+                          EXIT_VERIFY)
+    assert corrupt.fired and f"blob {digest}" in line
+    if force:
+        nothing_written(out, "img")
+        assert tree_digest(out / "img") == old[1] and verified(out / "img") == old[0].id
+    else:
+        nothing_written(out)
+
+
+def test_cut_transfer_resumes_with_range(app, blob_proxy, out):
+    proxy = blob_proxy(app.registry)
+    digest, size = largest_layer(app)
+    after = 256 << 10
+    cut = proxy.cut(after, match=digest, times=2)
+    assert saved_id(save(app.via(proxy.host), out / "img", env=NO_ENGINE)) == app.id
+    assert cut.fired == 2 and verified(out / "img") == app.id
+    tries = [r for r in proxy.storage_requests if r.method == "GET" and digest_of(r) == digest]
+    assert [(r.status, r.range) for r in tries] == [(200, None), (206, (after, size - 1)),
+                                                   (206, (2 * after, size - 1))]
+    assert [r.bytes_out for r in tries] == [after, after, size - 2 * after]
+
+
+def test_cut_more_times_than_the_retries(app, blob_proxy, out):
+    proxy = blob_proxy(app.registry)
+    digest, _ = largest_layer(app)
+    cut = proxy.cut(256 << 10, match=digest, times=None)
+    line = one_line_error(save(app.via(proxy.host), out / "img", env=NO_ENGINE), EXIT_ENGINE_UNAVAILABLE)
+    assert f"blob {digest}" in line and "broke 4 times" in line
+    assert cut.fired == 4  # the first try and 3 resumes: bounded
+    nothing_written(out)
+
+
+@contextlib.contextmanager
+def storage_held(monkeypatch):
+    """Blob bytes from BlobProxy's storage wait until released: a pull is then surely
+    mid-download (its .partial files exist). Yields (started, release) events."""
+    original = registry_module._StorageHandler._send_bytes
+    started, release = threading.Event(), threading.Event()
+
+    def held(handler, *args):
+        started.set()
+        release.wait(120)
+        return original(handler, *args)
+
+    monkeypatch.setattr(registry_module._StorageHandler, "_send_bytes", held)
+    try:
+        yield started, release
+    finally:
+        release.set()
+
+
+def temp_dirs(parent):
+    return sorted(name for name in os.listdir(parent) if TEMP_MARK in name)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_sigkill_mid_download(force, app, blob_proxy, old_dir, out, monkeypatch):
+    """kill -9 while blobs stream: DIR absent (or the old one whole); the next save to
+    DIR removes what the killed one left."""
+    old = old_dir() if force else None
+    proxy = blob_proxy(app.registry)
+    argv = [sys.executable, str(BIN / "docker-dir-save"), *(["--force"] if force else []), app.via(proxy.host),
+            str(out / "img")]
+    with storage_held(monkeypatch) as (started, release):
+        proc = subprocess.Popen(argv, env=NO_ENGINE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert started.wait(60), "the pull never reached the blob storage"
+            (temp,) = temp_dirs(out)
+            assert [p for p in (out / temp).rglob("*.partial")], "no blob was being written"
+        finally:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    if force:
+        assert tree_digest(out / "img") == old[1] and verified(out / "img") == old[0].id
+    else:
+        assert not (out / "img").exists()
+    assert temp_dirs(out) == [temp]  # SIGKILL leaves it: nothing could clean up
+    assert saved_id(save("--force", app.source, out / "img", env=NO_ENGINE)) == app.id
+    nothing_written(out, "img")
+
+
+def test_sigkill_at_random_moments(app, out):
+    """kill -9 at random moments of pulls: each time DIR is absent or whole."""
+    from conftest import seeded_rng
+
+    rng, _ = seeded_rng()
+    argv = [sys.executable, str(BIN / "docker-dir-save"), app.source, str(out / "img")]
+    for _ in range(6):
+        proc = subprocess.Popen(argv, env=NO_ENGINE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.kill()
+        proc.wait()
+        if (out / "img").exists():
+            assert verified(out / "img") == app.id
+            shutil.rmtree(out / "img")
+    assert saved_id(save(app.source, out / "img", env=NO_ENGINE)) == app.id
+    nothing_written(out, "img")
+
+
+# -- 8. only what is missing, in parallel, with progress ----------------------------------------
+
+def test_repull_downloads_only_the_new_layer(app, blob_proxy, out, tmp_path):
+    repo = unique("pull/updated")
+    first = Pushed(app.registry, repo, "1", app.id, app.registry.push(app.engine_ref, f"{repo}:1").digest)
+    proxy = blob_proxy(app.registry)
+    assert saved_id(save(first.via(proxy.host), out / "img", env=NO_ENGINE)) == app.id
+    context = tmp_path / "update"
+    context.mkdir()
+    (context / "top.bin").write_bytes(os.urandom(MiB))
+    (context / "Dockerfile").write_text(f"FROM {app.engine_ref}\nCOPY top.bin /top.bin\n")
+    updated_ref = f"{unique('docker-dir-pull/updated')}:1"
+    docker("build", "-q", "-t", updated_ref, str(context), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    try:
+        second = push(app.registry, updated_ref, repo, "1")
+    finally:
+        docker("rmi", "-f", updated_ref, check=False)
+    manifest = second.manifest()
+    new_layer = manifest["layers"][-1]
+    proxy.forget()
+    assert saved_id(save("--force", second.via(proxy.host), out / "img", env=NO_ENGINE)) == second.id
+    assert verified(out / "img") == second.id
+    fetched = [r for r in proxy.storage_requests if r.method == "GET"]
+    assert {digest_of(r) for r in fetched} == {new_layer["digest"], manifest["config"]["digest"]}
+    downloaded = proxy.bytes_downloaded()
+    new_bytes = new_layer["size"] + manifest["config"]["size"]
+    print(f"re-pull: {downloaded} bytes downloaded for a new layer of {new_layer['size']} bytes")
+    assert new_bytes <= downloaded <= new_bytes + (64 << 10)  # + manifest and /v2/
+
+
+class InFlight:
+    """Counts blob responses BlobProxy's storage is sending at once; each waits (bounded)
+    for a second one, so a client fetching in parallel shows it and a serial one does not."""
+
+    def __init__(self, monkeypatch):
+        self.now = self.most = 0
+        self.condition = threading.Condition()
+        original = registry_module._StorageHandler._send_bytes
+
+        def counted(handler, *args):
+            with self.condition:
+                self.now += 1
+                self.most = max(self.most, self.now)
+                self.condition.notify_all()
+                self.condition.wait_for(lambda: self.most >= 2, timeout=10)
+            try:
+                return original(handler, *args)
+            finally:
+                with self.condition:
+                    self.now -= 1
+
+        monkeypatch.setattr(registry_module._StorageHandler, "_send_bytes", counted)
+
+
+def test_blobs_download_in_parallel(app, blob_proxy, out, monkeypatch):
+    proxy = blob_proxy(app.registry)
+    in_flight = InFlight(monkeypatch)
+    assert saved_id(save(app.via(proxy.host), out / "img", env=NO_ENGINE)) == app.id
+    assert len([r for r in proxy.storage_requests if r.method == "GET"]) == len(blob_digests(app)) == 5
+    assert in_flight.most >= 2
+
+
+def test_progress_line_on_a_terminal(app, out):
+    from docker_dir.cli.common import human
+
+    manifest = app.manifest()
+    total = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
+    status, output = cli_on_tty("docker-dir-save", app.source, out / "img", env=NO_ENGINE)
+    text = output.decode()
+    assert status == 0, text
+    progress = [line for line in text.replace("\r", "\n").splitlines() if line.startswith(f"pulling {app.source}: ")]
+    assert progress, text
+    final = progress[-1]
+    assert f"{human(total)} of {human(total)} (100%), " in final and "/s, " in final
