@@ -25,7 +25,7 @@ def registry_errors(body):
             part += f" ({detail})" if isinstance(detail, str) and detail else ""
             if part and part not in parts:
                 parts.append(part)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return cut(body)
     return cut("; ".join(parts))
 
@@ -36,5 +36,5 @@ def error_codes(body):
 
     try:
         return {error["code"] for error in loads_json(body)["errors"] if isinstance(error.get("code"), str)}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return set()
