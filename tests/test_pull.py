@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def put_manifest(registry, repo, reference, document, media_type):
     data = document if isinstance(document, bytes) else json.dumps(document).encode()
     answer = registry.request("PUT", f"/v2/{repo}/manifests/{reference}", data=data,
                               headers={"Content-Type": media_type})
-    assert answer.status == 201, answer.body
+    assert answer.status == 201, answer.body.decode()
     return sha256(data), len(data)
 
 
@@ -624,6 +625,16 @@ def test_refused_login(kind, case, request, out, tmp_path):
                               proc, out)
 
 
+def test_damaged_credentials_file(on_tls, trust_tls, out, tmp_path):
+    """A config.json nested past the parser's recursion is named, not a traceback."""
+    env = isolated_env(tmp_path)
+    config = Path(env["DOCKER_CONFIG"]) / "config.json"
+    config.write_bytes(b'{"auths":' + b"[" * 100000 + b"]" * 100000 + b"}")
+    line = one_line_error(save(on_tls.source, out / "img", env=env), EXIT_USAGE)
+    assert str(config) in line
+    nothing_written(out)
+
+
 # -- 5. TLS ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("base", ["/etc/docker/certs.d", "/etc/containers/certs.d"])
@@ -951,3 +962,229 @@ def test_progress_line_on_a_terminal(app, out):
     assert progress, text
     final = progress[-1]
     assert f"{human(total)} of {human(total)} (100%), " in final and "/s, " in final
+
+
+# -- 9. errors ---------------------------------------------------------------------------------
+
+def test_unreachable_registry(out):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    line = one_line_error(save(f"docker://127.0.0.1:{port}/x/y:1", out / "img", env=NO_ENGINE),
+                          EXIT_ENGINE_UNAVAILABLE)
+    assert f"cannot connect to 127.0.0.1:{port}" in line
+    nothing_written(out)
+
+
+@pytest.mark.parametrize("what", ["repository", "tag", "digest"])
+def test_no_such_image(what, app, out):
+    host = app.registry.host
+    source = {"repository": f"docker://{host}/{unique('no/such')}:1",
+              "tag": f"docker://{host}/{app.repo}:no-such-tag",
+              "digest": f"docker://{host}/{app.repo}@sha256:{'0' * 64}"}[what]
+    line = one_line_error(save(source, out / "img", env=NO_ENGINE), EXIT_SELECTION)
+    assert host in line and "HTTP 404" in line
+    nothing_written(out)
+
+
+def image_parts(pushed):
+    """(config descriptor, layer descriptors) of a pushed image, to build documents on."""
+    manifest = pushed.manifest()
+    return manifest["config"], manifest["layers"]
+
+
+def oci_manifest(config, layers):
+    return {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": dict(config, mediaType=OCI_CONFIG),
+            "layers": layers}
+
+
+def descriptor(media_type, digest_size):
+    digest, size = digest_size
+    return {"mediaType": media_type, "digest": digest, "size": size}
+
+
+def hostile_in_registry(registry, pushed, case):
+    """A document that breaks docker-dir's rules but that distribution stores and serves;
+    returns the repository:tag to pull."""
+    repo = unique("hostile/doc")
+    config, layers = image_parts(pushed)
+    registry.push(pushed.engine_ref, f"{repo}:base")  # the blobs, in this repository
+    manifest = put_manifest(registry, repo, "manifest", oci_manifest(config, [
+        dict(layer, mediaType="application/vnd.oci.image.layer.v1.tar+gzip") for layer in layers]), OCI_MANIFEST)
+    if case == "deep nesting":  # indexes in indexes, deeper than any tool writes
+        child = descriptor(OCI_MANIFEST, manifest)
+        for level in range(6):
+            child = descriptor(OCI_INDEX, put_manifest(registry, repo, f"level{level}",
+                                                       {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                                        "manifests": [child]}, OCI_INDEX))
+        put_manifest(registry, repo, "1", {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [child]},
+                     OCI_INDEX)
+    elif case == "descriptor that lies":  # an index naming an index as an image manifest
+        inner = put_manifest(registry, repo, "inner", {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                                       "manifests": [descriptor(OCI_MANIFEST, manifest)]}, OCI_INDEX)
+        put_manifest(registry, repo, "1", {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                           "manifests": [descriptor(OCI_MANIFEST, inner)]}, OCI_INDEX)
+    return f"{repo}:1"
+
+
+@pytest.mark.parametrize("case, said", [("deep nesting", "nested deeper"),
+                                        ("descriptor that lies", "its media type says")])
+def test_hostile_documents_in_a_real_registry(case, said, app, out):
+    ref = hostile_in_registry(app.registry, app, case)
+    line = one_line_error(save(f"docker://{app.registry.host}/{ref}", out / "img", env=NO_ENGINE), EXIT_BAD_DIR)
+    assert said in line
+    nothing_written(out)
+
+
+class ForeignLayersRegistry(RegistryServer):
+    """The anonymous registry configured to store manifests whose layers name URLs
+    (distribution refuses them unless validation.manifests.urls allows some)."""
+
+    def _write_config(self):
+        super()._write_config()
+        path = self.dir / "config.yml"
+        config = json.loads(path.read_text())
+        config["validation"] = {"manifests": {"urls": {"allow": ["^https?://"]}}}
+        path.write_text(json.dumps(config))
+
+
+def test_layer_urls_pointing_elsewhere(app, out):
+    """A non-distributable layer to be fetched from another URL: refused (65), neither
+    fetched there nor trusted."""
+    with ForeignLayersRegistry("anonymous", label="registry (foreign layers allowed)") as registry:
+        repo = "hostile/urls"
+        config, layers = image_parts(app)
+        for descriptor_ in (config, *layers):
+            put_blob(registry, repo, app.registry.blob(app.repo, descriptor_["digest"]))
+        foreign = {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                   "digest": sha256(b"elsewhere"), "size": 9, "urls": ["http://elsewhere.example/layer.tar.gz"]}
+        put_manifest(registry, repo, "1", oci_manifest(config, [foreign] + layers), OCI_MANIFEST)
+        line = one_line_error(save(f"docker://{registry.host}/{repo}:1", out / "img", env=NO_ENGINE), EXIT_BAD_DIR)
+    assert f"layer {foreign['digest'][:19]}" in line and "other URLs" in line
+    nothing_written(out)
+
+
+class HostileRegistry:
+    """A tiny fake registry on loopback for what distribution never sends (see the module
+    docstring). `routes` maps a path (query string ignored) to (status, headers, body), or
+    (Content-Type, body) for a 200; GET /v2/ answers 200 unless routed; the rest is 404."""
+
+    def __init__(self, routes):
+        self.routes = routes
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                route = owner.routes.get(self.path.split("?", 1)[0])
+                if route is None and self.path == "/v2/":
+                    route = (200, {}, b"{}")
+                elif route is None:
+                    route = (404, {"Content-Type": "application/json"},
+                             b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}')
+                elif len(route) == 2:
+                    route = (200, {"Content-Type": route[0]}, route[1])
+                status, headers, body = route
+                self.send_response(status)
+                for name, value in dict(headers, **{"Content-Length": str(len(body))}).items():
+                    self.send_header(name, value.replace("{host}", owner.host))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.host = f"127.0.0.1:{self.server.server_port}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hostile_registry():
+    servers = []
+
+    def make(routes):
+        servers.append(HostileRegistry(routes))
+        return servers[-1]
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def nested(depth):
+    """JSON arrays nested `depth` deep: small, and deeper than Python's parser recurses."""
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("case, code, said", [
+    ("huge", EXIT_BAD_DIR, "larger than 4 MiB"),
+    ("deeply nested", EXIT_BAD_DIR, "not valid JSON"),
+    ("deeply nested error", EXIT_SELECTION, "HTTP 404"),
+    ("deeply nested token answer", EXIT_BAD_DIR, "answered without a token"),
+    ("type that lies", EXIT_BAD_DIR, "but it says it is"),
+    ("other content for a digest", EXIT_VERIFY, "sent content with digest"),
+])
+def test_hostile_server(case, code, said, hostile_registry, out):
+    """Documents distribution refuses to store or never sends: a manifest over its 4 MiB
+    limit, JSON nested past any parser's recursion (as a manifest, an error body, a token
+    service's answer), a body whose mediaType contradicts the Content-Type it is served
+    with, and content that is not what its digest names."""
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": sha256(b"{}"), "size": 2}, "layers": []}
+    reference = "1"
+    path = "/v2/hostile/doc/manifests/1"
+    routes = {}
+    if case == "huge":
+        routes[path] = (OCI_MANIFEST, json.dumps(dict(manifest, padding="x" * (5 * MiB))).encode())
+    elif case == "deeply nested":
+        routes[path] = (OCI_MANIFEST, b'{"mediaType":"%s","layers":%s}' % (OCI_MANIFEST.encode(), nested(100000)))
+    elif case == "deeply nested error":
+        routes[path] = (404, {"Content-Type": "application/json"}, b'{"errors":%s}' % nested(5000))
+    elif case == "deeply nested token answer":
+        routes["/v2/"] = (401, {"WWW-Authenticate": 'Bearer realm="http://{host}/token",service="hostile"'}, b"")
+        routes["/token"] = ("application/json", b'{"token":%s}' % nested(100000))
+    elif case == "type that lies":
+        routes[path] = (OCI_INDEX, json.dumps(manifest).encode())
+    else:
+        reference = sha256(b"what was asked for")
+        routes[f"/v2/hostile/doc/manifests/{reference}"] = (OCI_MANIFEST, json.dumps(manifest).encode())
+    server = hostile_registry(routes)
+    separator = "@" if reference.startswith("sha256:") else ":"
+    line = one_line_error(save(f"docker://{server.host}/hostile/doc{separator}{reference}", out / "img",
+                               env=NO_ENGINE), code)
+    assert said in line and server.host in line
+    nothing_written(out)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MB tmpfs: the app image (about 5 MB) does not fit, a one-layer image (1 MB) does."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_disk_full(force, app, fresh_pushed, small_fs):
+    old = None
+    if force:
+        other = fresh_pushed()
+        assert saved_id(save(other.source, small_fs / "img", env=NO_ENGINE)) == other.id
+        old = tree_digest(small_fs / "img")
+    line = one_line_error(save(*(["--force"] if force else []), app.source, small_fs / "img", env=NO_ENGINE),
+                          EXIT_CANT_WRITE)
+    assert "no space" in line.lower()
+    if force:
+        nothing_written(small_fs, "img")
+        assert tree_digest(small_fs / "img") == old and verified(small_fs / "img") == other.id
+    else:
+        nothing_written(small_fs)
