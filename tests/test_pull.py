@@ -19,12 +19,14 @@ import hashlib
 import http.server
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -1188,3 +1190,68 @@ def test_disk_full(force, app, fresh_pushed, small_fs):
         assert tree_digest(small_fs / "img") == old and verified(small_fs / "img") == other.id
     else:
         nothing_written(small_fs)
+
+
+# -- 10. and after: the pulled directory runs; the hot paths import no registry client ---------------
+
+REGISTRY_MODULES = {"docker_dir.registry", "docker_dir.application.pull", "ssl", "http.client"}
+
+
+def imported_modules(tool, *args, cwd=None, env=None):
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(BIN / tool), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+
+
+def label_of(directory, image_id):
+    return json.loads(blob_bytes(directory, image_id))["config"]["Labels"]["docker-dir-test"]
+
+
+def test_pulled_dir_runs_with_docker_exec(fresh_pushed, out, tmp_path):
+    """Pulled with no engine, then run on the main dockerd (which never had the image: it
+    loads the registry's gzip layers); docker-dir-id and the hot exec import nothing of the
+    registry client."""
+    pushed = fresh_pushed()
+    assert image_id_of(pushed.id) is None
+    assert saved_id(save(pushed.source, out / "img", env=NO_ENGINE)) == pushed.id
+    label = label_of(out / "img", pushed.id)
+    proc = cli("docker-dir-exec", out / "img", "cat", "/docker-dir-test", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, label), proc.stderr
+    assert image_id_of(private_ref(pushed.id)) == pushed.id
+    id_imports = imported_modules("docker-dir-id", out / "img")
+    assert "docker_dir.cli.id" in id_imports and not id_imports & REGISTRY_MODULES
+    exec_imports = imported_modules("docker-dir-exec", out / "img", "true", cwd=tmp_path)
+    assert "docker_dir.cli.exec" in exec_imports and not exec_imports & REGISTRY_MODULES
+
+
+def test_hpc_path_with_charliecloud(fresh_pushed, tmp_path):
+    """The no-engine workflow end to end as an unprivileged user with only ch-run on PATH and
+    no daemon: pull, docker-dir-id, docker-dir-exec --engine charliecloud."""
+    from hosts import ROOTLESS, charliecloud, or_skip, remove_tree, run_as, user_dir, user_venv
+
+    ch_run = or_skip(charliecloud)
+    venv = or_skip(user_venv)
+    pushed = fresh_pushed()
+    tools = Path(tempfile.mkdtemp(prefix="docker-dir-pull-ch-", dir="/var/tmp"))
+    work = user_dir(ROOTLESS, "pull")
+    try:
+        tools.chmod(0o755)
+        for program in (ch_run, shutil.which("setpriv")):
+            os.symlink(program, tools / os.path.basename(program))
+        env = {"PATH": str(tools), "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+               "DOCKER_DIR_CACHE": str(work / "cache")}
+
+        def as_user(tool, *args):
+            proc = run_as(ROOTLESS, [venv / f"docker-dir-{tool}", *map(str, args)], cwd=work, env=env)
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout
+
+        assert as_user("save", pushed.source, work / "img") == pushed.id + "\n"
+        assert as_user("id", work / "img") == pushed.id + "\n"
+        label = label_of(work / "img", pushed.id)
+        assert as_user("exec", "--engine", "charliecloud", work / "img", "cat", "/docker-dir-test") == label
+        assert (work / "img").stat().st_uid == pwd.getpwnam(ROOTLESS).pw_uid
+    finally:
+        remove_tree(work)
+        shutil.rmtree(tools)
