@@ -8,10 +8,11 @@ writes, through the registry's own HTTP API. The oracles are real too: `docker p
 RepoDigests, skopeo and umoci for what reads the directory. BlobProxy (tests/registry.py)
 sends blob downloads to another host name and injects faults there.
 
-Two things no real registry does are served by a tiny hostile server in this file (see
-test_hostile_server): distribution refuses to store a manifest over 4 MiB or one whose body
-contradicts its Content-Type, and it never serves a manifest that does not match the
-digest it was asked for.
+What no real registry sends comes from a tiny hostile server in this file (see
+test_hostile_server): distribution refuses to store a manifest over 4 MiB, JSON nested
+deeper than Go's parser allows, or a manifest whose body contradicts its Content-Type; it
+never serves a manifest that does not match the digest it was asked for; and its errors
+and tokens are well-formed.
 """
 import base64
 import contextlib
@@ -36,7 +37,8 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 import registry as registry_module
-from conftest import BIN, cli, cli_on_tty, docker, image_id_of, import_image, one_line_error, private_ref
+from conftest import (BIN, cli, cli_on_tty, docker, image_id_of, import_image, one_line_error, private_ref, raw_save,
+                      seeded_rng)
 from engines import Unavailable, podman_env
 from registry import RegistryServer, push_platform_index
 
@@ -62,8 +64,8 @@ def sha256(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def save(*args, env=None, timeout=300):
-    return cli("docker-dir-save", *args, env=env, timeout=timeout)
+def save(*args, env=None):
+    return cli("docker-dir-save", *args, env=env)
 
 
 def saved_id(proc):
@@ -110,16 +112,14 @@ def tree_digest(directory):
             for p in sorted(Path(directory).rglob("*")) if p.is_file()}
 
 
-def isolated_env(tmp_path, **extra):
+def isolated_env(tmp_path):
     """No engine on PATH and no login anywhere but what the test writes: the docker and
     containers places where credentials are looked for all point into tmp_path."""
     home = tmp_path / "home"
     for sub in (".docker", ".config", "run"):
         (home / sub).mkdir(parents=True, exist_ok=True)
-    env = {"PATH": "/nonexistent", "HOME": str(home), "DOCKER_CONFIG": str(home / ".docker"),
-           "XDG_CONFIG_HOME": str(home / ".config"), "XDG_RUNTIME_DIR": str(home / "run")}
-    env.update({name: str(value) for name, value in extra.items()})
-    return env
+    return {"PATH": "/nonexistent", "HOME": str(home), "DOCKER_CONFIG": str(home / ".docker"),
+            "XDG_CONFIG_HOME": str(home / ".config"), "XDG_RUNTIME_DIR": str(home / "run")}
 
 
 @contextlib.contextmanager
@@ -226,32 +226,31 @@ def push(registry, engine_ref, repo=None, tag="1"):
 @pytest.fixture(scope="module")
 def app(docker_engine, rootfs, tmp_path_factory, registry_anon):
     """A 4-layer image (busybox, two 2 MiB random layers, a marker) in registry_anon; the
-    engine keeps it (tests that need it absent use fresh images)."""
+    engine keeps it (tests that need it absent use fresh images); engine_ref names it there."""
     context = tmp_path_factory.mktemp("app")
     shutil.copytree(rootfs, context / "rootfs", symlinks=True)
     for name in ("a", "b"):
         (context / f"data-{name}.bin").write_bytes(os.urandom(2 * MiB))
-    marker = uuid.uuid4().hex
-    (context / "marker").write_text(marker + "\n")
+    (context / "marker").write_text(uuid.uuid4().hex + "\n")
     ref = f"{unique('docker-dir-pull/app')}:1"
     (context / "Dockerfile").write_text("FROM scratch\nCOPY rootfs/ /\nCOPY data-a.bin /data/a.bin\n"
                                         "COPY data-b.bin /data/b.bin\nCOPY marker /marker\n"
                                         'ENV PATH=/bin\nCMD ["sh"]\n')
     docker("build", "-q", "-t", ref, str(context), env={**os.environ, "DOCKER_BUILDKIT": "0"})
     pushed = push(registry_anon, ref)
-    pushed.engine_ref, pushed.marker, pushed.context = ref, marker, context
+    pushed.engine_ref = ref
     yield pushed
     docker("rmi", "-f", pushed.id, check=False)
 
 
 @pytest.fixture
 def fresh_pushed(fresh_image, registry_anon):
-    """Factory: a new one-layer image pushed to `registry`, then removed from the engine,
-    so a pull into the engine is a real one."""
-    def make(registry=registry_anon, repo=None, tag="1", keep=False):
+    """Factory: a new one-layer image pushed to registry_anon, then removed from the engine
+    (unless `keep`), so a pull into the engine is a real one."""
+    def make(keep=False):
         engine_ref = f"fixture/pull:{uuid.uuid4().hex[:8]}"
         fresh_image(engine_ref)
-        pushed = push(registry, engine_ref, repo, tag)
+        pushed = push(registry_anon, engine_ref)
         if not keep:
             docker("rmi", "-f", pushed.id)
         return pushed
@@ -278,7 +277,7 @@ def test_pull_by_tag_and_by_digest_with_no_engine(app, out):
         assert dir_json(directory)["repo_digests"] == [f"{app.registry.host}/{app.repo}@{app.digest}"]
     assert dir_json(by_tag)["repo_tags"] == [f"{app.registry.host}/{app.ref}"]
     assert dir_json(by_digest)["repo_tags"] == []  # a digest names no tag
-    assert (tree_digest(by_tag / "blobs") == tree_digest(by_digest / "blobs"))
+    assert tree_digest(by_tag / "blobs") == tree_digest(by_digest / "blobs")
 
 
 def test_several_sources_in_one_save(app, images, fresh_pushed, out, tmp_path):
@@ -346,9 +345,7 @@ def push_zstd(registry, pushed, workdir):
 def push_uncompressed(registry, engine_ref, pushed, workdir):
     """Docker's config and the engine's uncompressed layer tar under an OCI manifest, pushed
     with the registry's API (what docker and podman also pull, BRIEF §8)."""
-    exported = workdir / "exported"
-    exported.mkdir()
-    subprocess.run(f"docker save {engine_ref} | tar -x -C {exported}", shell=True, check=True)
+    exported = raw_save(engine_ref, workdir / "exported")
     (entry,) = json.loads((exported / "manifest.json").read_text())
     config = (exported / entry["Config"]).read_bytes()
     layers = [(exported / path).read_bytes() for path in entry["Layers"]]
@@ -414,21 +411,6 @@ def config_of(index, platform):
     return index.registry.manifest(index.repo, index.manifests[platform]).json["config"]["digest"]
 
 
-def test_platform_of_an_index(index, out):
-    source = f"docker://{index.registry.host}/{index.repo_tag}"
-    native, foreign = config_of(index, index.native), config_of(index, index.foreign)
-    assert saved_id(save(source, out / "native", env=NO_ENGINE)) == native
-    assert saved_id(save("--platform", index.foreign, source, out / "foreign", env=NO_ENGINE)) == foreign
-    assert verified(out / "native") == native and verified(out / "foreign") == foreign
-    config = json.loads(blob_bytes(out / "foreign", foreign))
-    assert f"{config['os']}/{config['architecture']}" == index.foreign
-    # the manifest of that platform is the one the registry's index names
-    assert dir_json(out / "foreign")["repo_digests"] == [f"{index.registry.host}/{index.repo}@{index.digest}"]
-    line = one_line_error(save("--platform", "linux/s390x", source, out / "none", env=NO_ENGINE), EXIT_SELECTION)
-    assert "linux/s390x" in line and index.native in line and index.foreign in line
-    nothing_written(out, "native", "foreign")
-
-
 def skopeo_config_digest(directory, tag, arch=None):
     """The digest of the config skopeo reads from oci:DIR:TAG (for this host, or `arch`)."""
     proc = subprocess.run(["skopeo", *(["--override-arch", arch] if arch else []), "inspect", "--config", "--raw",
@@ -460,7 +442,7 @@ def test_platform_of_an_index(index, out, tmp_path):
     nothing_written(out, "native", "foreign")
 
 
-def test_all_platforms(index, out):
+def test_all_platforms(index, out, tmp_path):
     """The whole index kept: docker-dir-id and exec choose with --platform, skopeo reads it
     (this host's platform, or another with --override-arch). umoci 0.4.7 lists it but
     unpacks no nested index ("tag is ambiguous", as for skopeo's own `copy --all` layout),
@@ -473,6 +455,11 @@ def test_all_platforms(index, out):
     assert dir_id(directory) == native
     assert verified(directory, "--platform", index.foreign) == foreign
     assert verified(directory, "--platform", index.native) == native
+    try:
+        ran = cli("docker-dir-exec", "--platform", index.native, directory, "cat", "/platform", cwd=tmp_path)
+        assert (ran.returncode, ran.stdout) == (0, index.native + "\n"), ran.stderr
+    finally:
+        docker("rmi", "-f", private_ref(native), check=False)
     assert skopeo_config_digest(directory, index.tag) == native
     assert skopeo_config_digest(directory, index.tag, index.foreign.split("/")[1]) == foreign
     listed = subprocess.run(["umoci", "ls", "--layout", directory], capture_output=True, text=True)
@@ -551,12 +538,25 @@ def write_helper(directory, name, credentials, log):
     return directory
 
 
+def login(argv, credentials, env):
+    proc = subprocess.run([*argv, "-u", credentials[0], "--password-stdin"], input=credentials[1] + "\n", env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def credentials_env(source, registry, tmp_path, credentials=None):
     """An isolated environment where `source` holds the credentials for registry."""
     credentials = credentials or registry.credentials
     env = isolated_env(tmp_path)
     if source == "config.json auths":
         registry.docker_config(env["DOCKER_CONFIG"], credentials)
+    elif source == "docker login":  # into $DOCKER_CONFIG/config.json
+        login(["docker", "login", registry.host], credentials, dict(os.environ, DOCKER_CONFIG=env["DOCKER_CONFIG"]))
+        assert registry.host in json.loads((Path(env["DOCKER_CONFIG"]) / "config.json").read_text())["auths"]
+    elif source == "podman login":  # into $XDG_RUNTIME_DIR/containers/auth.json
+        login(["podman", "login", "--cert-dir", registry.cert_dir, registry.host], credentials,
+              {**{k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}, "XDG_RUNTIME_DIR": env["XDG_RUNTIME_DIR"]})
+        assert (Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json").exists()
     elif source == "credHelpers":
         name = unique("ddtest")
         helpers = write_helper(tmp_path / "helpers", name, credentials, tmp_path / "helper.log")
@@ -567,7 +567,7 @@ def credentials_env(source, registry, tmp_path, credentials=None):
     return env
 
 
-@pytest.mark.parametrize("source", ["config.json auths", "credHelpers", "REGISTRY_AUTH_FILE"])
+@pytest.mark.parametrize("source", ["docker login", "podman login", "credHelpers", "REGISTRY_AUTH_FILE"])
 @pytest.mark.parametrize("kind", ["basic", "token"])
 def test_credentials(kind, source, request, out, tmp_path):
     registry = request.getfixturevalue("trust_tls" if kind == "basic" else "trust_token")
@@ -614,7 +614,8 @@ def test_refused_login(kind, case, request, out, tmp_path):
     env = isolated_env(tmp_path)
     if credentials:
         registry.docker_config(env["DOCKER_CONFIG"], credentials)
-    line = one_line_error(save(pushed.source, out / "img", env=env), EXIT_NO_PERMISSION)
+    refused = save(pushed.source, out / "img", env=env)
+    line = one_line_error(refused, EXIT_NO_PERMISSION)
     assert registry.host in line and f"docker login {registry.host}" in line
     if case == "wrong password":
         assert "refused the credentials" in line
@@ -622,9 +623,9 @@ def test_refused_login(kind, case, request, out, tmp_path):
     debug = save("--debug", pushed.source, out / "img", env=env)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "AuthRefused" in debug.stderr
     nothing_written(out)
-    for proc in (debug,):
-        assert_secrets_absent(secrets_of(credentials or registry.credentials) + secrets_of(registry.credentials),
-                              proc, out)
+    secrets = secrets_of(registry.credentials) + (secrets_of(credentials) if credentials else [])
+    for proc in (refused, debug):
+        assert_secrets_absent(secrets, proc, out)
 
 
 def test_damaged_credentials_file(on_tls, trust_tls, out, tmp_path):
@@ -698,10 +699,13 @@ def copy_between(pushed, registry):
 
 
 def non_loopback_address():
-    for line in subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout.splitlines():
-        address = line.split()[3].split("/")[0]
-        if not address.startswith("127."):
-            return address
+    """docker0's address (a bridge local to this machine), else any other non-loopback one."""
+    for selection in (["dev", "docker0"], []):
+        listed = subprocess.run(["ip", "-4", "-o", "addr", "show", *selection], capture_output=True, text=True)
+        for line in listed.stdout.splitlines():
+            address = line.split()[3].split("/")[0]
+            if not address.startswith("127."):
+                return address
     return None
 
 
@@ -874,8 +878,6 @@ def test_sigkill_mid_download(force, app, blob_proxy, old_dir, out, monkeypatch)
 
 def test_sigkill_at_random_moments(app, out):
     """kill -9 at random moments of pulls: each time DIR is absent or whole."""
-    from conftest import seeded_rng
-
     rng, _ = seeded_rng()
     argv = [sys.executable, str(BIN / "docker-dir-save"), app.source, str(out / "img")]
     for _ in range(6):
