@@ -936,7 +936,7 @@ class InFlight:
                 self.now += 1
                 self.most = max(self.most, self.now)
                 self.condition.notify_all()
-                self.condition.wait_for(lambda: self.most >= 2, timeout=10)
+                self.condition.wait_for(lambda: self.most >= 2, timeout=5)
             try:
                 return original(handler, *args)
             finally:
