@@ -554,8 +554,9 @@ def credentials_env(source, registry, tmp_path, credentials=None):
         login(["docker", "login", registry.host], credentials, dict(os.environ, DOCKER_CONFIG=env["DOCKER_CONFIG"]))
         assert registry.host in json.loads((Path(env["DOCKER_CONFIG"]) / "config.json").read_text())["auths"]
     elif source == "podman login":  # into $XDG_RUNTIME_DIR/containers/auth.json
+        without_docker_config = {name: value for name, value in os.environ.items() if name != "DOCKER_CONFIG"}
         login(["podman", "login", "--cert-dir", registry.cert_dir, registry.host], credentials,
-              {**{k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}, "XDG_RUNTIME_DIR": env["XDG_RUNTIME_DIR"]})
+              dict(without_docker_config, XDG_RUNTIME_DIR=env["XDG_RUNTIME_DIR"]))
         assert (Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json").exists()
     elif source == "credHelpers":
         name = unique("ddtest")
