@@ -102,7 +102,7 @@ registry's CA when the registry is HTTPS, so upload Locations the registry build
 Host header stay valid) that passes every request through, streamed (chunked or not,
 uploads included), on keep-alive connections, except:
     - blob GETs (/v2/NAME/blobs/sha256:HEX): the proxy sends the registry a HEAD with the
-      client's headers; on 200 it answers 307 to
+      client's headers; on 200 (206 when they ask for a Range) it answers 307 to
       SCHEME://localhost:PORT2/blobs/sha256:HEX?repository=NAME, a storage server under a
       different host name that serves the bytes from the registry's storage (Range
       honoured: 206 + Content-Range; 416 out of range). Otherwise the GET goes through.
@@ -955,7 +955,7 @@ class _ProxyHandler(_Handler):
                 record.bytes_out = self.send_simple(fault.status, f"fault injected: {fault.status}\n")
                 return
             blob = BLOB_PATH.match(url.path) if self.command == "GET" else None
-            if blob and self._exchange("HEAD", record, body=False, relay=False).status == 200:
+            if blob and self._exchange("HEAD", record, body=False, relay=False).status in (200, 206):
                 record.redirected = True
                 record.status = 307
                 self.send_simple(307, headers=[("Location", proxy._storage_location(blob["name"], blob["digest"])),

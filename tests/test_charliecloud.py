@@ -398,7 +398,8 @@ def test_shebang_script_outside_the_cwd(venv, shared, cache, work, oracle):
 
 
 def test_hot_path_imports_only_what_it_needs(runtime, tmp_path):
-    """As the trampoline it is: no plumbum, subprocess, json, argparse, tarfile or the unpacker."""
+    """As the trampoline it is: no plumbum, subprocess, json, argparse, tarfile, the unpacker
+    or the registry client."""
     env = dict(os.environ, DOCKER_DIR_ENGINE="charliecloud", DOCKER_DIR_CACHE=str(tmp_path / "cache"))
     assert cli("docker-dir-exec", "--load-only", runtime.dir, env=env).returncode == 0
     proc = subprocess.run([sys.executable, "-X", "importtime", str(BIN / "docker-dir-exec"), str(runtime.dir)],
@@ -407,7 +408,8 @@ def test_hot_path_imports_only_what_it_needs(runtime, tmp_path):
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "docker_dir.engine.charliecloud" in imported
     assert not imported & {"plumbum", "subprocess", "json", "argparse", "tarfile", "docker_dir.format.unpack",
-                           "docker_dir.application.load"}, imported
+                           "docker_dir.application.load", "docker_dir.registry", "docker_dir.application.pull",
+                           "ssl", "http.client"}, imported
 
 
 # -- where nothing else is -----------------------------------------------------------

@@ -43,7 +43,8 @@ def test_missing_command_gives_127(saved, tmp_path):
 
 def test_hot_path_imports_only_what_it_needs(saved, tmp_path):
     """No plumbum; and, with a docker client config present, none of json, argparse or
-    socket.py, whose imports would cost as much as the rest of exec's own work."""
+    socket.py, whose imports would cost as much as the rest of exec's own work, nor the
+    registry client (ssl, http.client)."""
     assert cli("docker-dir-exec", "--load-only", saved.one).returncode == 0
     client_config = tmp_path / "docker-config"
     client_config.mkdir()
@@ -54,7 +55,8 @@ def test_hot_path_imports_only_what_it_needs(saved, tmp_path):
     assert proc.returncode == 0, proc.stderr
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "docker_dir.cli.exec" in imported  # importtime did report
-    assert not imported & {"plumbum", "json", "argparse", "socket"}, imported
+    assert not imported & {"plumbum", "json", "argparse", "socket", "ssl", "http.client", "docker_dir.registry",
+                           "docker_dir.application.pull"}, imported
 
 
 def test_stdin_passes_through(saved, tmp_path):

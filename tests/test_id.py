@@ -62,14 +62,18 @@ def test_no_daemon_needed(images, saved):
 
 
 def test_imports_only_what_it_needs(saved):
-    """No plumbum, and none of the modules whose import would double the start-up time."""
+    """No plumbum, none of the modules whose import would double the start-up time, and
+    nothing of the registry client (docker-dir-save docker://)."""
     code = ("import sys, runpy; sys.argv=['docker-dir-id', %r]\n"
             "try: runpy.run_path(%r, run_name='__main__')\n"
             "except SystemExit: pass\n"
             "assert 'plumbum' not in sys.modules, 'plumbum imported'\n"
             "assert 'subprocess' not in sys.modules, 'subprocess imported'\n"
             "assert 'argparse' not in sys.modules, 'argparse imported'\n"
-            "assert 'json' not in sys.modules, 'json imported'\n") % (str(saved.one), str(BIN / "docker-dir-id"))
+            "assert 'json' not in sys.modules, 'json imported'\n"
+            "pulling = [m for m in sys.modules if m.startswith(('docker_dir.registry', 'docker_dir.application.pull',"
+            " 'http.', 'ssl'))]\n"
+            "assert not pulling, f'{pulling} imported'\n") % (str(saved.one), str(BIN / "docker-dir-id"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 

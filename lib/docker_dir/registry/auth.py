@@ -141,7 +141,7 @@ def _parse_token_answer(body):
 
     try:
         answer = loads_json(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None, 0
     if not isinstance(answer, dict):
         return None, 0

@@ -426,7 +426,7 @@ class Registry:
 
         try:
             document = loads_json(data)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: nested deeper than the parser goes
             raise BadRegistryData(f"{self.host} sent {what} that is not valid JSON ({cut(str(err), 80)}); "
                                   "it is misbehaving") from None
         if not isinstance(document, dict):

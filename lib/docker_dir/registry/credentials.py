@@ -137,7 +137,7 @@ def _read_config(path):
         raise UsageError(f"cannot read registry credentials from {path}: {err}; fix or remove it") from None
     try:
         config = loads_json(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         config = None
     raw = None  # the file's secrets must not outlive this point as a plain local
     if not isinstance(config, dict):
@@ -218,7 +218,7 @@ def _parse_helper_answer(out, source):
     """Credentials from a helper's JSON answer, or None when it is not one. Never raises."""
     try:
         answer = loads_json(out)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(answer, dict):
         return None

@@ -24,7 +24,7 @@ def registry_errors(body):
             part += f" ({detail})" if isinstance(detail, str) and detail else ""
             if part and part not in parts:
                 parts.append(part)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return cut(body)
     return cut("; ".join(parts))
 
@@ -33,5 +33,5 @@ def error_codes(body):
     """The set of `code`s in a registry's error body (empty when there are none)."""
     try:
         return {error["code"] for error in loads_json(body)["errors"] if isinstance(error.get("code"), str)}
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return set()
