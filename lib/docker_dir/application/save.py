@@ -133,8 +133,13 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
             if isinstance(source, DirectoryImages):
                 entries += _from_directory(source, tmp, blobs, selectors)
             elif isinstance(source, RegistryImage):
-                pulled = pull(source, blobs, selectors, reporter, insecure,
-                              reuse_dir=path if os.path.isdir(path) else None)
+                try:
+                    pulled = pull(source, blobs, selectors, reporter, insecure,
+                                  reuse_dir=path if os.path.isdir(path) else None)
+                except CantWrite as err:  # it names a file of the temp dir, which is gone
+                    why = ("no space left on the device; nothing was written, free space and save again"
+                           if "No space" in str(err) else f"{err}; nothing was written")
+                    raise CantWrite(f"{path}: {why}") from None
                 entries += pulled.entries
                 index = pulled.index and (pulled.index, pulled.repo_tags)
                 received += pulled.nbytes

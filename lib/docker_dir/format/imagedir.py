@@ -241,9 +241,13 @@ class Image:
             "size": self.present_layer_size(),
             "manifest_digest": self.manifest_digest(),
             "repo_digests": self.repo_digests,
-            "platform": str(self.platform) if self.platform else None,
+            "platform": _shown_platform(self.platform or self.platform_of_config()),
             "layout": self.image_dir.reader.NAME,
         }
+
+
+def _shown_platform(platform):
+    return str(platform) if platform else None
 
 
 def identity(path):
