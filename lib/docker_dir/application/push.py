@@ -10,7 +10,9 @@ goes last, so an interrupted push never leaves a tag naming missing blobs.
 Reproducible: the config goes up with its original bytes (the image ID stays what
 docker-dir-id prints), layers stored compressed go up as they are, and uncompressed ones
 are compressed (gzip by default, zstd, or none) deterministically: the same bytes on
-every push with the same zlib or zstd library, hence the same manifest digest. What a
+every push with the same zlib or zstd library, hence the same manifest digest. DIR's own
+manifest (and, with --all-platforms, its index) goes up byte for byte when it describes
+exactly the blobs pushed, so an image pulled from a registry keeps its digest. What a
 layer compressed to is remembered in the cache directory (layer-digests.json), so a
 re-push asks the registry for the compressed digest first and compresses only what it
 lacks. hashlib and the compressors are imported here freely: push is no hot path.
@@ -75,7 +77,8 @@ def push(path, target, repo_tag=None, config=None, platform=None, all_platforms=
         else:
             for data in manifests:
                 registry.put_manifest(ref.repository, "sha256:" + hashlib.sha256(data).hexdigest(), data, OCI_MANIFEST)
-            digest = registry.put_manifest(ref.repository, ref.tag, _index_over(images, manifests), OCI_INDEX)
+            index = _own_index(images, manifests) or _index_over(images, manifests)
+            digest = registry.put_manifest(ref.repository, ref.tag, index, OCI_INDEX)
     remembered.pushed(ref.registry, ref.repository, pusher.digests)
     return Pushed(ref.with_digest(digest), digest, pusher.uploaded_bytes, pusher.counts)
 
@@ -102,6 +105,22 @@ def _pulled_from(images, registry):
             if host == registry and repository not in found:
                 found.append(repository)
     return found
+
+
+def _own_index(images, manifests):
+    """The bytes of DIR's OCI index over the images if it lists exactly the pushed manifests,
+    in order and nothing else (a pulled index goes back with the digest it came with)."""
+    parents = {image.json_blobs[-2][1] if len(image.json_blobs) >= 2 else None for image in images}
+    if len(parents) != 1 or None in parents:
+        return None
+    document, data = _own_document(images[0].image_dir, parents.pop())
+    if document is None or document.get("mediaType", OCI_INDEX) != OCI_INDEX or "subject" in document:
+        return None
+    listed = [(d.get("mediaType"), d.get("digest"), d.get("size")) if isinstance(d, dict) else None
+              for d in document.get("manifests") or []]
+    if listed != [(OCI_MANIFEST, "sha256:" + hashlib.sha256(m).hexdigest(), len(m)) for m in manifests]:
+        return None
+    return data
 
 
 def _index_over(images, manifests):
@@ -251,23 +270,32 @@ def _own_manifest(image, config, layers):
     digest = image.json_blobs[-1][1] if image.json_blobs else hex_of_digest(image.manifest_digest())
     if digest is None:
         return None
-    try:
-        data = image.image_dir.read_bytes(f"blobs/sha256/{digest}", "absent")
-    except (BadImageDir, ContentMissing):  # a layout without manifests in blobs/ (containers dir:)
-        return None
-    if hashlib.sha256(data).hexdigest() != digest:
-        return None
-    try:
-        manifest = json.loads(data)
-    except ValueError:
+    manifest, data = _own_document(image.image_dir, digest)
+    if manifest is None:
         return None
     described = [(d.get("digest"), d.get("size"), d.get("mediaType"))
                  for d in manifest.get("layers", []) if isinstance(d, dict)]
-    if (manifest.get("mediaType") != OCI_MANIFEST or not isinstance(manifest.get("config"), dict)
+    # mediaType is optional in an OCI manifest (podman and buildah leave it out)
+    if (manifest.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST or not isinstance(manifest.get("config"), dict)
             or manifest["config"].get("digest") != "sha256:" + config[0]
             or described != [("sha256:" + hexd, size, media_type) for hexd, size, media_type in layers]):
         return None
     return data
+
+
+def _own_document(image_dir, hexd):
+    """(parsed, bytes) of the JSON blob `hexd` of DIR when it is there whole, else (None, None)."""
+    try:
+        data = image_dir.read_bytes(f"blobs/sha256/{hexd}", "absent")
+    except (BadImageDir, ContentMissing):  # a layout without manifests in blobs/ (containers dir:)
+        return None, None
+    if hashlib.sha256(data).hexdigest() != hexd:
+        return None, None
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None, None
+    return (document, data) if isinstance(document, dict) else (None, None)
 
 
 def _opened_at(path, offset):
