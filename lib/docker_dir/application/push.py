@@ -25,12 +25,13 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import BadImageDir, ContentMissing, UsageError
+from ..errors import BadImageDir, ContentMissing, UsageError, VerifyError
 from ..format.canonical import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, encode, layer_media_type
 from ..format.compression import GZIP, NONE, ZSTD, sniff_compression
 from ..format.consistent import read_consistently
-from ..format.names import hex_of_digest
-from ..format.streams import CHUNK, sha256_file
+from ..format.names import hex_of_digest, short
+from ..format.streams import CHUNK, HashingReader, sha256_file
+from ..format.verify import CORRUPT
 from ..fs import open_regular, write_if_changed
 from ..nodelocal import BuildDir, private_dir, remove_abandoned
 from ..registry.client import Registry
@@ -185,11 +186,13 @@ class _Pusher:
         image_dir = image.image_dir
         config_path = image_dir.resolve(image.config_path)
         config = self._task(pool, config_path, self._config, config_path, image.config_digest(), counted)
+        diff_ids = image.diff_ids() or []
         layers = []
-        for layer in image.layers:
+        for i, layer in enumerate(image.layers):
             path = image_dir.resolve(layer.path)
-            layers.append(self._task(pool, path, self._layer, path, hex_of_digest(layer.digest), layer.media_type,
-                                     counted))
+            diff_hex = hex_of_digest(diff_ids[i]) if i < len(diff_ids) else None
+            layers.append(self._task(pool, path, self._layer, path, hex_of_digest(layer.digest), diff_hex,
+                                     layer.media_type, counted))
         return config, layers
 
     def _task(self, pool, path, work, *args):
@@ -201,9 +204,11 @@ class _Pusher:
     def _config(self, path, hexd, counted):
         return self._present(hexd, os.stat(path).st_size, lambda: path, counted) + (OCI_CONFIG,)
 
-    def _layer(self, path, stored_hex, declared, counted):
+    def _layer(self, path, stored_hex, diff_hex, declared, counted):
         """Make one layer of DIR present in the registry, compressed first if it must be:
-        (hex, size, media type) as the registry holds it."""
+        (hex, size, media type) as the registry holds it. An uncompressed layer is checked
+        against its digests as it is compressed: the registry sees only the compressed
+        bytes, and would take a damaged layer for a new one."""
         with open_regular(path) as stream:
             stored = sniff_compression(stream.read(512))
         if stored is None:
@@ -212,12 +217,17 @@ class _Pusher:
             hexd = stored_hex or sha256_file(path)
             found = self._present(hexd, os.stat(path).st_size, lambda: path, counted)
             return found + (layer_media_type(stored, declared),)
-        diff_hex = stored_hex or sha256_file(path)
+        expected = {name for name in (stored_hex, diff_hex) if name}
+        diff_hex = diff_hex or stored_hex or sha256_file(path)
         known = self.remembered.compressed(diff_hex, self.compress)
         made = {}
 
         def compressed():
-            hexd, size, made_path = _compress_file(path, self.work, self.compress)
+            hexd, size, made_path, source_hex = _compress_file(path, self.work, self.compress)
+            wrong = sorted(expected - {source_hex})
+            if wrong:
+                raise VerifyError(f"{path}: content sha256:{short(source_hex)} does not match its digest "
+                                  f"sha256:{short(wrong[0])}; {CORRUPT}")
             if known and (hexd, size) != known:
                 raise UsageError(f"{path}: compressed now to sha256:{hexd[:12]}, earlier to sha256:{known[0][:12]} "
                                  f"(another zlib or zstd library?); remove {self.remembered.path} and push again")
@@ -305,10 +315,11 @@ def _opened_at(path, offset):
 
 
 def _compress_file(path, work, method):
-    """(hex, size, path) of `path` compressed into the work directory, deterministically:
-    gzip with no name and mtime 0 (as gzip -n), or zstd at its default level."""
+    """(hex, size, path, hex of the source) of `path` compressed into the work directory,
+    deterministically: gzip with no name and mtime 0 (as gzip -n), or zstd at its default level."""
     out_path = os.path.join(work, os.urandom(8).hex())
-    with open_regular(path) as src, open(out_path, "wb") as raw:
+    with open_regular(path) as opened, open(out_path, "wb") as raw:
+        src = HashingReader(opened)
         hashing = _HashingWriter(raw)
         if method == GZIP:
             with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=hashing, mtime=0) as out:
@@ -319,7 +330,7 @@ def _compress_file(path, work, method):
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=False)
             with compressor.stream_writer(hashing, closefd=False) as out:
                 shutil.copyfileobj(src, out, CHUNK)
-    return hashing.hash.hexdigest(), hashing.size, out_path
+    return hashing.hash.hexdigest(), hashing.size, out_path, src.hash.hexdigest()
 
 
 class _HashingWriter:
