@@ -68,9 +68,9 @@ def push(path, target, repo_tag=None, config=None, platform=None, all_platforms=
     for image in images:
         image.require_content()
     cache = _cache_dir()
-    remove_abandoned(cache, lambda name: name.startswith(_WORK), shutil.rmtree)
+    remove_abandoned(cache, lambda name: name.startswith(_WORK), _remove_tree)
     remembered = _Remembered(cache)
-    with BuildDir(cache, _WORK, shutil.rmtree) as work, Registry(ref.registry, insecure=insecure) as registry:
+    with BuildDir(cache, _WORK, _remove_tree) as work, Registry(ref.registry, insecure=insecure) as registry:
         pusher = _Pusher(registry, ref.repository, work, compress, remembered, _pulled_from(images, ref.registry))
         manifests = pusher.run(images, reporter, f"pushing {path} to docker://{ref.registry}/{ref.repository}")
         if len(images) == 1:
@@ -80,8 +80,13 @@ def push(path, target, repo_tag=None, config=None, platform=None, all_platforms=
                 registry.put_manifest(ref.repository, "sha256:" + hashlib.sha256(data).hexdigest(), data, OCI_MANIFEST)
             index = _own_index(images, manifests) or _index_over(images, manifests)
             digest = registry.put_manifest(ref.repository, ref.tag, index, OCI_INDEX)
+        _remove_tree(work)  # the compressed layers are in the registry now; BuildDir removes it only on failure
     remembered.pushed(ref.registry, ref.repository, pusher.digests)
     return Pushed(ref.with_digest(digest), digest, pusher.uploaded_bytes, pusher.counts)
+
+
+def _remove_tree(path):
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _chosen(image_dir, repo_tag, config, platform, all_platforms):
