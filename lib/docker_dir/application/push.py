@@ -5,7 +5,8 @@ is made present in the registry by one task, a few tasks at a time: HEAD first; 
 registry lacks it, a cross-repository mount from a repository of that registry known to
 hold it (the one the image was pulled from, or one it was pushed to before), else an
 upload (chunked, resumed or restarted when dropped: registry/client.py). The manifest
-goes last, so an interrupted push never leaves a tag naming missing blobs.
+goes last, so an interrupted push never leaves a tag naming missing blobs; once the push
+fails or is interrupted, blobs not started are not, and those under way stop at their next read.
 
 Reproducible: the config goes up with its original bytes (the image ID stays what
 docker-dir-id prints), layers stored compressed go up as they are, and uncompressed ones
@@ -166,6 +167,7 @@ class _Pusher:
         self.digests = []  # every blob the registry holds for the image once the push is done
         self._lock = threading.Lock()
         self._tasks = {}  # a blob's path in DIR -> its Future: (hex, size, media type) as pushed
+        self._stopping = threading.Event()  # set when the push fails or is interrupted
 
     def run(self, images, reporter, label):
         progress = reporter.transfer(label, total=None)
@@ -176,9 +178,16 @@ class _Pusher:
 
         try:
             with ThreadPoolExecutor(PARALLEL) as pool:
-                planned = [self._plan(pool, image, counted) for image in images]
-                manifests = [self._manifest(image, config.result(), [layer.result() for layer in layers])
-                             for image, (config, layers) in zip(images, planned)]
+                try:
+                    planned = [self._plan(pool, image, counted) for image in images]
+                    manifests = [self._manifest(image, config.result(), [layer.result() for layer in layers])
+                                 for image, (config, layers) in zip(images, planned)]
+                except BaseException:
+                    # Ctrl-C or a failed blob: the blobs not started are not, those under way stop at
+                    # their next read, instead of all of them going up before the error shows
+                    self._stopping.set()
+                    pool.shutdown(cancel_futures=True)
+                    raise
         except BaseException:
             progress.cancel()
             raise
@@ -228,7 +237,7 @@ class _Pusher:
         made = {}
 
         def compressed():
-            hexd, size, made_path, source_hex = _compress_file(path, self.work, self.compress)
+            hexd, size, made_path, source_hex = _compress_file(path, self.work, self.compress, self._stopping)
             wrong = sorted(expected - {source_hex})
             if wrong:
                 raise VerifyError(f"{path}: content sha256:{short(source_hex)} does not match its digest "
@@ -251,6 +260,7 @@ class _Pusher:
         """(hex, size) of a blob once the registry holds it: found (HEAD), mounted from a
         repository known to hold it, or uploaded from source() (a path, made on demand)."""
         digest = "sha256:" + hexd
+        self._check_going_on()
         if self.registry.blob_size(self.repository, digest) is not None:
             outcome = "present"
         elif any(self.registry.mount_blob(self.repository, digest, other)
@@ -259,13 +269,18 @@ class _Pusher:
             outcome = "mounted"
         else:
             path = source()
-            self.registry.upload_blob(self.repository, digest, size, lambda offset: _opened_at(path, offset),
-                                      counted)
+            self._check_going_on()
+            self.registry.upload_blob(self.repository, digest, size,
+                                      lambda offset: _Stoppable(_opened_at(path, offset), self._stopping), counted)
             outcome = "uploaded"
         with self._lock:
             self.counts[outcome] += 1
             self.digests.append(hexd)
         return hexd, size
+
+    def _check_going_on(self):
+        if self._stopping.is_set():
+            raise _Stopped()
 
     def _manifest(self, image, config, layers):
         """DIR's own manifest when it names exactly the pushed blobs (the digest DIR
@@ -319,12 +334,12 @@ def _opened_at(path, offset):
     return stream
 
 
-def _compress_file(path, work, method):
+def _compress_file(path, work, method, stopping):
     """(hex, size, path, hex of the source) of `path` compressed into the work directory,
     deterministically: gzip with no name and mtime 0 (as gzip -n), or zstd at its default level."""
     out_path = os.path.join(work, os.urandom(8).hex())
     with open_regular(path) as opened, open(out_path, "wb") as raw:
-        src = HashingReader(opened)
+        src = HashingReader(_Stoppable(opened, stopping))
         hashing = _HashingWriter(raw)
         if method == GZIP:
             with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=hashing, mtime=0) as out:
@@ -336,6 +351,25 @@ def _compress_file(path, work, method):
             with compressor.stream_writer(hashing, closefd=False) as out:
                 shutil.copyfileobj(src, out, CHUNK)
     return hashing.hash.hexdigest(), hashing.size, out_path, src.hash.hexdigest()
+
+
+class _Stopped(Exception):
+    """A blob's task ends early: the push failed or was interrupted (the main thread says why)."""
+
+
+class _Stoppable:
+    """A binary reader whose reads raise _Stopped once `stopping` is set."""
+
+    def __init__(self, raw, stopping):
+        self.raw, self.stopping = raw, stopping
+
+    def read(self, size=-1):
+        if self.stopping.is_set():
+            raise _Stopped()
+        return self.raw.read(size)
+
+    def close(self):
+        self.raw.close()
 
 
 class _HashingWriter:
