@@ -9,7 +9,6 @@ is out of reach: NamespaceRelay listens on the registry's own address inside the
 namespace and forwards to it, so they pull the very reference docker-dir-push printed.
 """
 import ctypes
-import hashlib
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ import pytest
 from conftest import BIN, cli, cli_on_tty, docker, image_id_of, one_line_error
 
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE,
-                               EXIT_NO_PERMISSION, EXIT_USAGE)
+                               EXIT_NO_PERMISSION, EXIT_USAGE, EXIT_VERIFY)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -40,10 +39,6 @@ MiB = 1 << 20
 
 def unique(prefix):
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def sha256_of(path):
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # -- images saved as directories, absent from the main daemon ---------------------------------
@@ -324,6 +319,7 @@ def test_all_platforms_pushes_the_index(platform_index, index_dir, registry_anon
         platform_index.native]
     # and what docker pulls from the pushed index runs
     native_config = registry.manifest(repo, listed[platform_index.native]).json["config"]["digest"]
+    assert image_id_of(native_config) is None  # a real pull
     try:
         docker("pull", f"{registry.host}/{repo}@{digest}")
         assert image_id_of(f"{registry.host}/{repo}@{digest}") == native_config
@@ -536,13 +532,15 @@ def test_docker26_pulls_and_runs_it(published, registry_anon, reach, request, si
     target = request.getfixturevalue(side)
     reach(target, registry_anon)
 
-    target.cli("pull", published.ref)
+    try:
+        target.cli("pull", published.ref)
 
-    # the classic store names an image by its config, the containerd store by its manifest
-    assert target.image_id(published.ref) == (published.digest if side == "docker26c" else published.id)
-    run = target.cli("run", "--rm", "--network", "none", published.ref, "echo", f"pulled by {side}")
-    assert run.stdout == f"pulled by {side}\n"
-    target.remove(published.ref, published.id)
+        # the classic store names an image by its config, the containerd store by its manifest
+        assert target.image_id(published.ref) == (published.digest if side == "docker26c" else published.id)
+        run = target.cli("run", "--rm", "--network", "none", published.ref, "echo", f"pulled by {side}")
+        assert run.stdout == f"pulled by {side}\n"
+    finally:
+        target.remove(published.ref, published.id)
 
 
 def test_podman_pulls_and_runs_it(published, podman):
@@ -703,3 +701,348 @@ def test_more_cuts_than_retries_fail_and_leave_the_tag_alone(dirs, registry_anon
     proxy.clear_faults()
     new = pushed(dirs.small2, proxy.host, f"{repo}:1", env=env)
     assert registry_anon.manifest(repo, "1").digest == new != old
+
+
+# == 5. credentials, TLS, errors, interruptions ================================================
+
+def write_helper(directory, name, store):
+    """docker-credential-NAME: a stand-in for a keychain helper (docker-credential-pass,
+    -secretservice, -osxkeychain; none is on this machine) speaking the helper protocol:
+    `get` reads a server on stdin, prints {"ServerURL", "Username", "Secret"} or "credentials
+    not found in native keychain" with status 1. It logs the servers it was asked for."""
+    (directory / f"{name}.json").write_text(json.dumps(store))
+    script = directory / f"docker-credential-{name}"
+    script.write_text(f"""#!{sys.executable}
+import json, sys
+server = sys.stdin.read().strip()
+with open({str(directory / f"{name}.log")!r}, "a") as log:
+    log.write(server + "\\n")
+store = json.load(open({str(directory / f"{name}.json")!r}))
+if sys.argv[1:] != ["get"] or server not in store:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+print(json.dumps({{"ServerURL": server, "Username": store[server][0], "Secret": store[server][1]}}))
+""")
+    script.chmod(0o755)
+    return directory / f"{name}.log"
+
+
+def no_secret_shown(proc, secret):
+    assert secret not in proc.stdout and secret not in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["docker config", "credential helper", "REGISTRY_AUTH_FILE"])
+def test_credentials_where_logins_put_them(dirs, tls, env, tmp_path, where):
+    repo = unique("push/login")
+    user, password = tls.credentials
+    if where == "docker config":
+        tls.docker_config(env["DOCKER_CONFIG"])
+    elif where == "credential helper":
+        (Path(env["DOCKER_CONFIG"]) / "config.json").write_text(json.dumps({"credHelpers": {tls.host: "keychain"}}))
+        asked = write_helper(Path(env["PATH"]), "keychain", {tls.host: [user, password]})
+    else:
+        env["REGISTRY_AUTH_FILE"] = str(tls.auth_file(tmp_path / "auth.json"))
+
+    proc = push(dirs.small, f"{tls.host}/{repo}:1", env=env)
+
+    assert proc.returncode == 0, proc.stderr
+    no_secret_shown(proc, password)
+    assert tls.manifest(repo, "1").digest == proc.stdout.strip().partition("@")[2]
+    if where == "credential helper":
+        assert set(asked.read_text().split()) == {tls.host}
+
+
+def test_refused_login_is_77_and_shows_no_secret(dirs, tls, env):
+    repo = unique("push/refused")
+    tls.docker_config(env["DOCKER_CONFIG"], credentials=(tls.username, "wrong-" + tls.password))
+
+    proc = push(dirs.small, f"{tls.host}/{repo}:1", env=env)
+
+    line = one_line_error(proc, EXIT_NO_PERMISSION)
+    assert tls.host in line and "docker login" in line, line
+    no_secret_shown(proc, tls.password)
+    debug = push(dirs.small, f"{tls.host}/{repo}:1", "--debug", env=env)
+    assert debug.returncode and "Traceback" in debug.stderr
+    no_secret_shown(debug, tls.password)
+    assert tls.tags(repo) is None
+
+
+def test_no_secret_in_a_debug_traceback_mid_push(dirs, tls, blob_proxy, trust, env):
+    """A failure with valid credentials in use, deep in the upload: the traceback shows none."""
+    proxy = blob_proxy(tls)
+    trust(proxy.host, tls.ca_cert)
+    tls.docker_config(env["DOCKER_CONFIG"], host=proxy.host)
+    proxy.cut_upload(100 << 10, "/blobs/uploads/", times=None)
+
+    proc = push(dirs.small, f"{proxy.host}/{unique('push/debug')}:1", "--debug", env=env)
+
+    assert proc.returncode and "Traceback" in proc.stderr and "RegistryUnavailable" in proc.stderr
+    no_secret_shown(proc, tls.password)
+    assert not any("authorization" in r.headers and tls.password in r.headers["authorization"]
+                   for r in proxy.requests)  # the log redacts: this only checks it did
+
+
+def test_token_registry_push_inside_and_outside_the_grant(dirs, token, env):
+    token.docker_config(env["DOCKER_CONFIG"])  # alice: push to alice/*, pull elsewhere
+    own, foreign = unique("alice/app"), unique("bob/app")
+
+    digest = pushed(dirs.small, token.host, f"{own}:1", env=env)
+    refused = push(dirs.small, f"{token.host}/{foreign}:1", env=env)
+
+    assert token.manifest(own, "1").digest == digest
+    line = one_line_error(refused, EXIT_NO_PERMISSION)
+    # alice's login is good: the message says what she may not do, not that it was refused
+    assert token.host in line and f"repository {foreign}" in line and "insufficient_scope" in line, line
+    assert "refused the credentials" not in line, line
+    no_secret_shown(refused, token.password)
+    assert token.tags(foreign) is None
+    asked = [r for r in token.token_server.requests if any(foreign in scope for scope in r.scopes)]
+    assert asked and all(r.user == "alice" for r in asked)
+
+
+def test_unreachable_registry_is_69(dirs, env):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    line = one_line_error(push(dirs.small, f"127.0.0.1:{port}/push/nowhere:1", env=env), EXIT_ENGINE_UNAVAILABLE)
+    assert f"127.0.0.1:{port}" in line and "running" in line, line
+
+
+def test_registry_certificate_without_its_ca_is_69(dirs, registry_tls, blob_proxy, env):
+    proxy = blob_proxy(registry_tls)  # the registry's certificate, at an address no certs.d names
+    registry_tls.docker_config(env["DOCKER_CONFIG"], host=proxy.host)
+
+    line = one_line_error(push(dirs.small, f"{proxy.host}/{unique('push/no-ca')}:1", env=env),
+                          EXIT_ENGINE_UNAVAILABLE)
+
+    assert "certificate" in line and f"/etc/docker/certs.d/{proxy.host}/ca.crt" in line, line
+    assert blob_requests(proxy, "POST") == []
+
+
+def git(repo, *args):
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.org")
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env)
+
+
+def test_layers_dropped_by_git_annex_are_66(dirs, registry_anon, env, tmp_path):
+    if not shutil.which("git-annex"):
+        pytest.skip("git-annex not installed (Debian package git-annex)")
+    repo = tmp_path / "dataset"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "annex", "init", "-q")
+    copy_dir(dirs.small, repo / "img")
+    git(repo, "annex", "add", "-q", "img")
+    git(repo, "commit", "-q", "-m", "image")
+    layers = [f"img/blobs/sha256/{layer.split(':')[1]}" for layer in dir_json(dirs.small)["layers"]]
+    git(repo, "annex", "drop", "-q", "--force", *layers)
+    target = unique("push/dropped")
+
+    line = one_line_error(push(repo / "img", f"{registry_anon.host}/{target}:1", env=env), EXIT_CONTENT_MISSING)
+
+    assert "git annex get" in line or "datalad get" in line, line
+    assert registry_anon.tags(target) is None
+
+
+def damage_index(directory):
+    (directory / "index.json").write_text("{not json")
+
+
+def damage_layer_kind(directory):
+    """The largest layer replaced by bytes that are no tar, gzip or zstd."""
+    layer = max((directory / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    layer.write_bytes(b"\0garbage" * 1000)
+
+
+@pytest.mark.parametrize("damage", [damage_index, damage_layer_kind])
+def test_damaged_directory_is_65(dirs, registry_anon, env, tmp_path, damage):
+    damaged = copy_dir(dirs.small, tmp_path / "damaged")
+    damage(damaged)
+    target = unique("push/damaged")
+
+    line = one_line_error(push(damaged, f"{registry_anon.host}/{target}:1", env=env), EXIT_BAD_DIR)
+
+    assert str(damaged) in line, line
+    assert registry_anon.tags(target) is None
+
+
+@pytest.mark.parametrize("target, said", [
+    ("{host}/push/usage:1", "docker://"),
+    ("docker://{host}/push/usage@sha256:" + "a" * 64, "digest"),
+    ("docker://{host}/Push/Upper:1", "Push/Upper"),
+])
+def test_target_usage_errors_are_2(dirs, registry_anon, env, target, said):
+    proc = cli("docker-dir-push", dirs.small, target.format(host=registry_anon.host), env=env)
+    line = one_line_error(proc, EXIT_USAGE)
+    assert said in line, line
+
+
+def flip_a_byte(path):
+    """A byte in the middle of the file changed: a damaged copy that is still a tar or gzip."""
+    path.chmod(0o644)
+    with open(path, "r+b") as stream:
+        stream.seek(path.stat().st_size // 2)
+        byte = stream.read(1)
+        stream.seek(-1, os.SEEK_CUR)
+        stream.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("stored", ["uncompressed", "gzip"])
+def test_layer_that_does_not_match_its_digest_is_1(dirs, published, tls, env, tmp_path, stored):
+    """Uncompressed, docker-dir finds it as it compresses (the registry would see only new
+    compressed bytes); compressed, the registry finds it. Pushed where no blob can be
+    found or mounted, so the layer is read."""
+    if stored == "gzip":
+        source = tmp_path / "pulled"
+        assert cli("docker-dir-save", "-q", f"docker://{published.ref}", source, env=env).returncode == 0
+    else:
+        source = dirs.small
+    damaged = copy_dir(source, tmp_path / "damaged")
+    layers = [damaged / "blobs" / "sha256" / d.split(":")[1] for d in dir_json(damaged)["layers"]]
+    flip_a_byte(max(layers, key=lambda p: p.stat().st_size))
+    tls.docker_config(env["DOCKER_CONFIG"])
+    repo = unique("push/corrupt")
+
+    line = one_line_error(push(damaged, f"{tls.host}/{repo}:1", env=env), EXIT_VERIFY)
+
+    assert "does not match" in line and ("save the image again" in line or "--verify" in line), line
+    assert tls.tags(repo) is None
+
+
+def wait_for(condition, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the push ended before the moment wanted: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the moment wanted never came"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_push_leaves_no_tag_and_the_next_succeeds(dirs, registry_anon, blob_proxy, env, signum):
+    proxy = blob_proxy(registry_anon)
+    repo = unique("push/interrupted")
+    argv = [sys.executable, str(BIN / "docker-dir-push"), str(dirs.big), f"docker://{proxy.host}/{repo}:1"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Stopped at its first upload (a small blob's: the large layers are compressing or
+    # waiting for a worker), so the signal finds most of the work not done.
+    wait_for(lambda: blob_requests(proxy, "POST"), proc)
+    proc.send_signal(signal.SIGSTOP)
+    done = set(uploaded_digests(proxy))
+
+    proc.send_signal(signum)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+
+    if signum == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        assert work_dirs(env)  # a killed push leaves its work directory...
+    else:
+        assert (proc.returncode, out) == (128 + signum, "")
+        assert len(err.splitlines()) == 1 and "interrupted" in err and "Traceback" not in err, err
+        assert work_dirs(env) == []
+    after_signal = set(uploaded_digests(proxy)) - done
+    assert manifest_puts(proxy) == [] and registry_anon.tags(repo) is None
+    digest = pushed(dirs.big, proxy.host, f"{repo}:1", env=env)
+    assert registry_anon.manifest(repo, "1").digest == digest
+    assert work_dirs(env) == []  # ...which the next push removes
+    if signum != signal.SIGKILL:  # it stopped: the large layers not sent yet were not sent after the signal
+        large = {l["digest"] for l in registry_anon.manifest(repo, digest).json["layers"] if l["size"] > UPLOAD_CHUNK}
+        assert len(large) == 3 and len(large & after_signal) < 3, f"all went up after {signum.name}"
+
+
+def test_progress_is_one_line_on_a_terminal(dirs, registry_anon, env):
+    repo = unique("push/tty")
+    status, output = cli_on_tty("docker-dir-push", dirs.big, f"docker://{registry_anon.host}/{repo}:1", env=env)
+
+    assert status == 0, output
+    progress, summary, pinned, end = output.decode().split("\r\n")
+    label = f"pushing {dirs.big} to docker://{registry_anon.host}/{repo}: "
+    updates = [u for u in progress.split("\r") if u]
+    assert updates and all(u.startswith(label) and u.endswith("\x1b[K") for u in updates), progress
+    sent = summary.split("blobs uploaded, ")[1].split(";")[0]
+    assert updates[-1][len(label):].startswith(sent + ","), (updates[-1], summary)
+    assert pinned.startswith(f"{registry_anon.host}/{repo}@sha256:") and end == ""
+
+
+# == 6. -o FILE, and make ====================================================================
+
+def test_output_file_is_written_only_when_the_reference_changes(dirs, registry_anon, env, tmp_path):
+    target = f"{registry_anon.host}/{unique('push/output')}:1"
+    out = tmp_path / "pushed.ref"
+
+    first = push(dirs.small, target, "-o", out, env=env)
+
+    assert first.returncode == 0 and first.stdout == "", first.stderr
+    pinned = out.read_text()
+    assert pinned.endswith("\n") and registry_anon.manifest(*target.split("/", 1)[1].split(":")).digest == \
+        pinned.strip().partition("@")[2]
+    day_ago = time.time() - 86400
+    os.utime(out, (day_ago, day_ago))
+    inode = out.stat().st_ino
+
+    assert push(dirs.small, target, "-o", out, env=fresh_cache(env, tmp_path)).returncode == 0
+    assert out.read_text() == pinned and out.stat().st_mtime == day_ago and out.stat().st_ino == inode
+
+    assert push(dirs.small2, target, "-o", out, env=env).returncode == 0
+    assert out.read_text() != pinned and out.stat().st_mtime > day_ago
+    assert out.stat().st_ino != inode  # replaced by a rename, never rewritten in place
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    changed = out.read_text()
+    # a failed push leaves it as it was
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{sock.getsockname()[1]}/push/output:1"
+    assert push(dirs.small, nowhere, "-o", out, env=env).returncode == EXIT_ENGINE_UNAVAILABLE
+    assert out.read_text() == changed
+
+
+MAKEFILE = """\
+# save, then push whenever the image changed
+image:
+\tdocker-dir-save $(IMAGE_REF) $@
+
+image.id: image
+\tdocker-dir-id -o $@ image
+
+image.pushed: image.id
+\tdocker-dir-push -q -o $@ image docker://$(TARGET)
+"""
+
+
+def test_make_pushes_again_only_for_a_new_image(fresh_image, registry_anon, tmp_path):
+    ref = f"fixture/push-make-{uuid.uuid4().hex[:8]}:latest"
+    first = fresh_image(ref)
+    second = fresh_image()
+    repo = unique("push/make")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "Makefile").write_text(MAKEFILE)
+    path = os.pathsep.join([str(BIN), os.path.dirname(sys.executable), os.environ["PATH"]])
+    make_env = dict(os.environ, PATH=path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+
+    def make():
+        proc = subprocess.run(["make", f"IMAGE_REF={ref}", f"TARGET={registry_anon.host}/{repo}:1", "image.pushed"],
+                              cwd=work, env=make_env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        time.sleep(0.02)  # past the file system's timestamp granularity, so a rewrite shows
+        return [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("docker-dir-")]
+
+    def pushed_digest():
+        return (work / "image.pushed").read_text().strip().partition("@")[2]
+
+    assert make() == ["docker-dir-save", "docker-dir-id", "docker-dir-push"]
+    assert registry_anon.manifest(repo, "1").json["config"]["digest"] == first
+    digest = pushed_digest()
+    assert registry_anon.manifest(repo, "1").digest == digest
+
+    assert make() == []  # nothing changed
+
+    assert cli("docker-dir-save", "-q", "--force", ref, work / "image").returncode == 0
+    assert make() == ["docker-dir-id"]  # the same image saved again: its ID is unchanged, no push
+
+    docker("tag", second, ref)
+    assert cli("docker-dir-save", "-q", "--force", ref, work / "image").returncode == 0
+    assert make() == ["docker-dir-id", "docker-dir-push"]
+    assert pushed_digest() != digest and registry_anon.manifest(repo, "1").digest == pushed_digest()
+    assert registry_anon.manifest(repo, "1").json["config"]["digest"] == second
