@@ -28,7 +28,7 @@ import pytest
 from conftest import BIN, cli, cli_on_tty, docker, image_id_of, one_line_error
 
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CONTENT_MISSING, EXIT_ENGINE_FAILED, EXIT_ENGINE_UNAVAILABLE,
-                               EXIT_NO_PERMISSION, EXIT_USAGE, EXIT_VERIFY)
+                               EXIT_NO_PERMISSION, EXIT_SELECTION, EXIT_USAGE, EXIT_VERIFY)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -179,10 +179,10 @@ def tls(registry_tls, trust):
 
 @pytest.fixture
 def token(registry_token, trust):
+    """The token registry, and its token server, trusted."""
     trust(registry_token.host, registry_token.ca_cert)
     trust(f"127.0.0.1:{registry_token.token_server.server.port}", registry_token.ca_cert)
-    yield registry_token
-    registry_token.token_server.reset_policy()
+    return registry_token
 
 
 # -- the proxy's log ---------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_selectors_choose_the_image(dirs, registry_anon, env, tmp_path):
 
     refused = push(both, f"{registry_anon.host}/{repo}:1", env=env)
 
-    line = one_line_error(refused, 67)
+    line = one_line_error(refused, EXIT_SELECTION)
     assert "--repo-tag" in line or "--config" in line, line
     assert registry_anon.tags(repo) is None
     by_tag = pushed(both, registry_anon.host, f"{repo}:tag", "--repo-tag", f"{dirs.name}:other", env=env)
@@ -508,13 +508,14 @@ def reach():
 
 @pytest.fixture(scope="module")
 def published(dirs, registry_anon, tmp_path_factory):
-    """dirs.small pushed (gzip) by docker-dir-push with no engine: (pinned reference, digest, ID)."""
+    """dirs.small pushed (gzip) by docker-dir-push with no engine: the pinned reference, its
+    digest, and the ID docker-dir-id prints for the directory, which every client must report."""
     cache = tmp_path_factory.mktemp("published-cache")
     environment = dict(os.environ, PATH=str(tmp_path_factory.mktemp("no-engine")), XDG_CACHE_HOME=str(cache))
     proc = push(dirs.small, f"{registry_anon.host}/{unique('push/published')}:1", env=environment)
     assert proc.returncode == 0, proc.stderr
     pinned = proc.stdout.strip()
-    return SimpleNamespace(ref=pinned, digest=pinned.partition("@")[2], id=dirs.ids["small"])
+    return SimpleNamespace(ref=pinned, digest=pinned.partition("@")[2], id=image_id(dirs.small))
 
 
 def test_docker_2010_pulls_and_runs_it(published):
