@@ -14,7 +14,7 @@ from plumbum import local
 
 from benchlib import BENCH, PY, RESULTS, fmt, ratio
 
-ORDER = ("id", "save", "exec", "charliecloud", "pull")
+ORDER = ("id", "save", "exec", "charliecloud", "pull", "push")
 
 
 def load_benches():

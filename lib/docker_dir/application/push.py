@@ -5,12 +5,15 @@ is made present in the registry by one task, a few tasks at a time: HEAD first; 
 registry lacks it, a cross-repository mount from a repository of that registry known to
 hold it (the one the image was pulled from, or one it was pushed to before), else an
 upload (chunked, resumed or restarted when dropped: registry/client.py). The manifest
-goes last, so an interrupted push never leaves a tag naming missing blobs.
+goes last, so an interrupted push never leaves a tag naming missing blobs; once the push
+fails or is interrupted, blobs not started are not, and those under way stop at their next read.
 
 Reproducible: the config goes up with its original bytes (the image ID stays what
 docker-dir-id prints), layers stored compressed go up as they are, and uncompressed ones
 are compressed (gzip by default, zstd, or none) deterministically: the same bytes on
-every push with the same zlib or zstd library, hence the same manifest digest. What a
+every push with the same zlib or zstd library, hence the same manifest digest. DIR's own
+manifest (and, with --all-platforms, its index) goes up byte for byte when it describes
+exactly the blobs pushed, so an image pulled from a registry keeps its digest. What a
 layer compressed to is remembered in the cache directory (layer-digests.json), so a
 re-push asks the registry for the compressed digest first and compresses only what it
 lacks. hashlib and the compressors are imported here freely: push is no hot path.
@@ -23,12 +26,13 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import BadImageDir, ContentMissing, UsageError
+from ..errors import BadImageDir, ContentMissing, UsageError, VerifyError
 from ..format.canonical import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, encode, layer_media_type
 from ..format.compression import GZIP, NONE, ZSTD, sniff_compression
 from ..format.consistent import read_consistently
-from ..format.names import hex_of_digest
-from ..format.streams import CHUNK, sha256_file
+from ..format.names import hex_of_digest, short
+from ..format.streams import CHUNK, HashingReader, sha256_file
+from ..format.verify import CORRUPT
 from ..fs import open_regular, write_if_changed
 from ..nodelocal import BuildDir, private_dir, remove_abandoned
 from ..registry.client import Registry
@@ -66,9 +70,9 @@ def push(path, target, repo_tag=None, config=None, platform=None, all_platforms=
     for image in images:
         image.require_content()
     cache = _cache_dir()
-    remove_abandoned(cache, lambda name: name.startswith(_WORK), shutil.rmtree)
+    remove_abandoned(cache, lambda name: name.startswith(_WORK), _remove_tree)
     remembered = _Remembered(cache)
-    with BuildDir(cache, _WORK, shutil.rmtree) as work, Registry(ref.registry, insecure=insecure) as registry:
+    with BuildDir(cache, _WORK, _remove_tree) as work, Registry(ref.registry, insecure=insecure) as registry:
         pusher = _Pusher(registry, ref.repository, work, compress, remembered, _pulled_from(images, ref.registry))
         manifests = pusher.run(images, reporter, f"pushing {path} to docker://{ref.registry}/{ref.repository}")
         if len(images) == 1:
@@ -76,12 +80,18 @@ def push(path, target, repo_tag=None, config=None, platform=None, all_platforms=
         else:
             for data in manifests:
                 registry.put_manifest(ref.repository, "sha256:" + hashlib.sha256(data).hexdigest(), data, OCI_MANIFEST)
-            digest = registry.put_manifest(ref.repository, ref.tag, _index_over(images, manifests), OCI_INDEX)
+            index = _own_index(images, manifests) or _index_over(images, manifests)
+            digest = registry.put_manifest(ref.repository, ref.tag, index, OCI_INDEX)
+        _remove_tree(work)  # the compressed layers are in the registry now; BuildDir removes it only on failure
     remembered.pushed(ref.registry, ref.repository, pusher.digests)
     urls = {layer.path: blob_url(ref.registry, ref.repository, "sha256:" + pusher.stored[path])
             for image in images for layer in image.layers
             for path in [image.image_dir.resolve(layer.path)] if path in pusher.stored}
     return Pushed(ref.with_digest(digest), digest, pusher.uploaded_bytes, pusher.counts, urls)
+
+
+def _remove_tree(path):
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _chosen(image_dir, repo_tag, config, platform, all_platforms):
@@ -106,6 +116,22 @@ def _pulled_from(images, registry):
             if host == registry and repository not in found:
                 found.append(repository)
     return found
+
+
+def _own_index(images, manifests):
+    """The bytes of DIR's OCI index over the images if it lists exactly the pushed manifests,
+    in order and nothing else (a pulled index goes back with the digest it came with)."""
+    parents = {image.json_blobs[-2][1] if len(image.json_blobs) >= 2 else None for image in images}
+    if len(parents) != 1 or None in parents:
+        return None
+    document, data = _own_document(images[0].image_dir, parents.pop())
+    if document is None or document.get("mediaType", OCI_INDEX) != OCI_INDEX or "subject" in document:
+        return None
+    listed = [(d.get("mediaType"), d.get("digest"), d.get("size")) if isinstance(d, dict) else None
+              for d in document.get("manifests") or []]
+    if listed != [(OCI_MANIFEST, "sha256:" + hashlib.sha256(m).hexdigest(), len(m)) for m in manifests]:
+        return None
+    return data
 
 
 def _index_over(images, manifests):
@@ -146,6 +172,7 @@ class _Pusher:
         self.stored = {}  # path in DIR -> hex of the layers that went up as they are stored
         self._lock = threading.Lock()
         self._tasks = {}  # a blob's path in DIR -> its Future: (hex, size, media type) as pushed
+        self._stopping = threading.Event()  # set when the push fails or is interrupted
 
     def run(self, images, reporter, label):
         progress = reporter.transfer(label, total=None)
@@ -156,9 +183,16 @@ class _Pusher:
 
         try:
             with ThreadPoolExecutor(PARALLEL) as pool:
-                planned = [self._plan(pool, image, counted) for image in images]
-                manifests = [self._manifest(image, config.result(), [layer.result() for layer in layers])
-                             for image, (config, layers) in zip(images, planned)]
+                try:
+                    planned = [self._plan(pool, image, counted) for image in images]
+                    manifests = [self._manifest(image, config.result(), [layer.result() for layer in layers])
+                                 for image, (config, layers) in zip(images, planned)]
+                except BaseException:
+                    # Ctrl-C or a failed blob: the blobs not started are not, those under way stop at
+                    # their next read, instead of all of them going up before the error shows
+                    self._stopping.set()
+                    pool.shutdown(cancel_futures=True)
+                    raise
         except BaseException:
             progress.cancel()
             raise
@@ -171,11 +205,13 @@ class _Pusher:
         image_dir = image.image_dir
         config_path = image_dir.resolve(image.config_path)
         config = self._task(pool, config_path, self._config, config_path, image.config_digest(), counted)
+        diff_ids = image.diff_ids() or []
         layers = []
-        for layer in image.layers:
+        for i, layer in enumerate(image.layers):
             path = image_dir.resolve(layer.path)
-            layers.append(self._task(pool, path, self._layer, path, hex_of_digest(layer.digest), layer.media_type,
-                                     counted))
+            diff_hex = hex_of_digest(diff_ids[i]) if i < len(diff_ids) else None
+            layers.append(self._task(pool, path, self._layer, path, hex_of_digest(layer.digest), diff_hex,
+                                     layer.media_type, counted))
         return config, layers
 
     def _task(self, pool, path, work, *args):
@@ -187,9 +223,11 @@ class _Pusher:
     def _config(self, path, hexd, counted):
         return self._present(hexd, os.stat(path).st_size, lambda: path, counted) + (OCI_CONFIG,)
 
-    def _layer(self, path, stored_hex, declared, counted):
+    def _layer(self, path, stored_hex, diff_hex, declared, counted):
         """Make one layer of DIR present in the registry, compressed first if it must be:
-        (hex, size, media type) as the registry holds it."""
+        (hex, size, media type) as the registry holds it. An uncompressed layer is checked
+        against its digests as it is compressed: the registry sees only the compressed
+        bytes, and would take a damaged layer for a new one."""
         with open_regular(path) as stream:
             stored = sniff_compression(stream.read(512))
         if stored is None:
@@ -200,12 +238,17 @@ class _Pusher:
             with self._lock:
                 self.stored[path] = hexd
             return found + (layer_media_type(stored, declared),)
-        diff_hex = stored_hex or sha256_file(path)
+        expected = {name for name in (stored_hex, diff_hex) if name}
+        diff_hex = diff_hex or stored_hex or sha256_file(path)
         known = self.remembered.compressed(diff_hex, self.compress)
         made = {}
 
         def compressed():
-            hexd, size, made_path = _compress_file(path, self.work, self.compress)
+            hexd, size, made_path, source_hex = _compress_file(path, self.work, self.compress, self._stopping)
+            wrong = sorted(expected - {source_hex})
+            if wrong:
+                raise VerifyError(f"{path}: content sha256:{short(source_hex)} does not match its digest "
+                                  f"sha256:{short(wrong[0])}; {CORRUPT}")
             if known and (hexd, size) != known:
                 raise UsageError(f"{path}: compressed now to sha256:{hexd[:12]}, earlier to sha256:{known[0][:12]} "
                                  f"(another zlib or zstd library?); remove {self.remembered.path} and push again")
@@ -224,6 +267,7 @@ class _Pusher:
         """(hex, size) of a blob once the registry holds it: found (HEAD), mounted from a
         repository known to hold it, or uploaded from source() (a path, made on demand)."""
         digest = "sha256:" + hexd
+        self._check_going_on()
         if self.registry.blob_size(self.repository, digest) is not None:
             outcome = "present"
         elif any(self.registry.mount_blob(self.repository, digest, other)
@@ -232,13 +276,18 @@ class _Pusher:
             outcome = "mounted"
         else:
             path = source()
-            self.registry.upload_blob(self.repository, digest, size, lambda offset: _opened_at(path, offset),
-                                      counted)
+            self._check_going_on()
+            self.registry.upload_blob(self.repository, digest, size,
+                                      lambda offset: _Stoppable(_opened_at(path, offset), self._stopping), counted)
             outcome = "uploaded"
         with self._lock:
             self.counts[outcome] += 1
             self.digests.append(hexd)
         return hexd, size
+
+    def _check_going_on(self):
+        if self._stopping.is_set():
+            raise _Stopped()
 
     def _manifest(self, image, config, layers):
         """DIR's own manifest when it names exactly the pushed blobs (the digest DIR
@@ -258,23 +307,32 @@ def _own_manifest(image, config, layers):
     digest = image.json_blobs[-1][1] if image.json_blobs else hex_of_digest(image.manifest_digest())
     if digest is None:
         return None
-    try:
-        data = image.image_dir.read_bytes(f"blobs/sha256/{digest}", "absent")
-    except (BadImageDir, ContentMissing):  # a layout without manifests in blobs/ (containers dir:)
-        return None
-    if hashlib.sha256(data).hexdigest() != digest:
-        return None
-    try:
-        manifest = json.loads(data)
-    except ValueError:
+    manifest, data = _own_document(image.image_dir, digest)
+    if manifest is None:
         return None
     described = [(d.get("digest"), d.get("size"), d.get("mediaType"))
                  for d in manifest.get("layers", []) if isinstance(d, dict)]
-    if (manifest.get("mediaType") != OCI_MANIFEST or not isinstance(manifest.get("config"), dict)
+    # mediaType is optional in an OCI manifest (podman and buildah leave it out)
+    if (manifest.get("mediaType", OCI_MANIFEST) != OCI_MANIFEST or not isinstance(manifest.get("config"), dict)
             or manifest["config"].get("digest") != "sha256:" + config[0]
             or described != [("sha256:" + hexd, size, media_type) for hexd, size, media_type in layers]):
         return None
     return data
+
+
+def _own_document(image_dir, hexd):
+    """(parsed, bytes) of the JSON blob `hexd` of DIR when it is there whole, else (None, None)."""
+    try:
+        data = image_dir.read_bytes(f"blobs/sha256/{hexd}", "absent")
+    except (BadImageDir, ContentMissing):  # a layout without manifests in blobs/ (containers dir:)
+        return None, None
+    if hashlib.sha256(data).hexdigest() != hexd:
+        return None, None
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None, None
+    return (document, data) if isinstance(document, dict) else (None, None)
 
 
 def _opened_at(path, offset):
@@ -283,11 +341,12 @@ def _opened_at(path, offset):
     return stream
 
 
-def _compress_file(path, work, method):
-    """(hex, size, path) of `path` compressed into the work directory, deterministically:
-    gzip with no name and mtime 0 (as gzip -n), or zstd at its default level."""
+def _compress_file(path, work, method, stopping):
+    """(hex, size, path, hex of the source) of `path` compressed into the work directory,
+    deterministically: gzip with no name and mtime 0 (as gzip -n), or zstd at its default level."""
     out_path = os.path.join(work, os.urandom(8).hex())
-    with open_regular(path) as src, open(out_path, "wb") as raw:
+    with open_regular(path) as opened, open(out_path, "wb") as raw:
+        src = HashingReader(_Stoppable(opened, stopping))
         hashing = _HashingWriter(raw)
         if method == GZIP:
             with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=hashing, mtime=0) as out:
@@ -298,7 +357,26 @@ def _compress_file(path, work, method):
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=False)
             with compressor.stream_writer(hashing, closefd=False) as out:
                 shutil.copyfileobj(src, out, CHUNK)
-    return hashing.hash.hexdigest(), hashing.size, out_path
+    return hashing.hash.hexdigest(), hashing.size, out_path, src.hash.hexdigest()
+
+
+class _Stopped(Exception):
+    """A blob's task ends early: the push failed or was interrupted (the main thread says why)."""
+
+
+class _Stoppable:
+    """A binary reader whose reads raise _Stopped once `stopping` is set."""
+
+    def __init__(self, raw, stopping):
+        self.raw, self.stopping = raw, stopping
+
+    def read(self, size=-1):
+        if self.stopping.is_set():
+            raise _Stopped()
+        return self.raw.read(size)
+
+    def close(self):
+        self.raw.close()
 
 
 class _HashingWriter:

@@ -389,6 +389,10 @@ class Registry:
         codes = error_codes(body)
         if status == 401:
             credentials = self._credentials if self._credentials is not _UNSET else None
+            if credentials and _insufficient_scope(response):  # a good login, whose token lacks this permission
+                return AuthRefused(f"{self.host} does not let the user of the credentials from {credentials.source} "
+                                   f"{doing} (HTTP 401 insufficient_scope{said}); {login_advice(self.host)} as a "
+                                   "user allowed to")
             if credentials:
                 return AuthRefused(f"{self.host} refused the credentials from {credentials.source} for "
                                    f"repository {repo} (HTTP 401{said}); {login_advice(self.host)}")
@@ -639,6 +643,12 @@ def _pick_challenge(header):
         if kind in challenges:
             return kind, challenges[kind]
     return None
+
+
+def _insufficient_scope(response):
+    """Whether a 401 says the token was good but does not grant what was asked."""
+    challenge = _pick_challenge(response.header("WWW-Authenticate"))
+    return challenge is not None and challenge[0] == "bearer" and challenge[1].get("error") == "insufficient_scope"
 
 
 def _checked_digest(digest):
