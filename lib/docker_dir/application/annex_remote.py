@@ -45,7 +45,9 @@ class DockerDirRemote(SpecialRemote):
         if found is None:
             return False
         size = self._ask(found, lambda registry, repository, digest: registry.blob_size(repository, digest))
-        return [{"url": url, "size": size}] if size is not None else False
+        # One entry without "url" is CHECKURL-CONTENTS; with it, annexremote answers CHECKURL-MULTI,
+        # a list of files with empty names, of which git annex addurl adds none.
+        return [{"size": size}] if size is not None else False
 
     def checkpresent(self, key):
         urls = self._urls(key)
