@@ -1,6 +1,7 @@
 """Recording in a git-annex repository that the layers of a saved or pushed image can be
 had from a registry (--annex-urls): the layers are annexed (the JSON files stay in git,
-as DIR/.gitattributes says) and each gets its docker-blob:// URL (annex_remote.py),
+as DIR/.gitattributes says: written here when DIR has none, as for a DIR saved without
+--gitattributes and then pushed) and each gets its docker-blob:// URL (annex_remote.py),
 registered with git-annex, which counts the registry as a copy. The docker-dir special
 remote is set up once per repository, with autoenable=true so clones have it too.
 """
@@ -10,6 +11,7 @@ import sys
 from .. import process
 from ..errors import CantWrite, EngineUnavailable, UsageError, first_line
 from ..format.imagedir import ImageDir
+from .save import gitattributes
 
 REMOTE = "docker-dir"
 
@@ -27,6 +29,7 @@ def record_urls(directory, urls):
     if _git(["config", "--get", f"remote.{REMOTE}.annex-externaltype"], root, "", check=False).strip() != REMOTE:
         _git(["annex", "initremote", REMOTE, "type=external", f"externaltype={REMOTE}", "encryption=none",
               "autoenable=true"], root, "setting up the docker-dir special remote", env=env)
+    _ensure_gitattributes(directory)
     _git(["annex", "add", "--quiet", os.path.abspath(directory)], root, f"annexing {directory}", env=env)
     layers = _layer_paths(directory)
     keys = {}
@@ -43,6 +46,19 @@ def record_urls(directory, urls):
         _git(["annex", "setpresentkey", "--batch"], root, "recording the layers as present in their registry",
              env=env, input="".join(f"{key} {uuid} 1\n" for key in keys.values()))
     return len(keys), len(layers) - len(keys)
+
+
+def _ensure_gitattributes(directory):
+    """Without DIR/.gitattributes, git annex add would annex the manifest and config too
+    (DataLad's and git-annex's default): then the ID needs the annex's content."""
+    path = os.path.join(directory, ".gitattributes")
+    if os.path.lexists(path):
+        return  # the user's, or --gitattributes': theirs to keep
+    try:
+        with open(path, "x", encoding="utf-8") as out:
+            out.write(gitattributes(ImageDir(directory)))
+    except OSError as err:
+        raise CantWrite(f"cannot write {path}: {err.strerror}") from None
 
 
 def _layer_paths(directory):

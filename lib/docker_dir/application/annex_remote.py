@@ -13,7 +13,7 @@ delete. Speaks git-annex's external special remote protocol through annexremote.
 import os
 import re
 
-from annexremote import RemoteError, SpecialRemote
+from annexremote import ProtocolError, RemoteError, SpecialRemote
 
 from ..errors import DockerDirError, SelectionError, first_line
 from ..registry.client import Registry
@@ -44,16 +44,27 @@ class DockerDirRemote(SpecialRemote):
         found = parse_blob_url(url)
         if found is None:
             return False
-        size = self._ask(found, lambda registry, repository, digest: registry.blob_size(repository, digest))
-        return [{"url": url, "size": size}] if size is not None else False
+        size = self._blob_size(found)
+        # One entry without "url" is CHECKURL-CONTENTS; with it, annexremote answers CHECKURL-MULTI,
+        # a list of files with empty names, of which git annex addurl adds none.
+        return [{"size": size}] if size is not None else False
 
     def checkpresent(self, key):
-        urls = self._urls(key)
-        if not urls:
-            return False
-        for found in urls:
-            if self._ask(found, lambda registry, repository, digest: registry.blob_size(repository, digest)) is not None:
-                return True
+        failures = []
+        for found in self._urls(key):
+            try:
+                if self._blob_size(found) is not None:
+                    return True
+            except RemoteError as err:  # another URL (another registry) may still answer
+                failures.append(str(err))
+        if failures:
+            # Counting copies for a drop, git-annex keeps CHECKPRESENT-UNKNOWN's message to
+            # itself ("Unable to access these remotes"): say why.
+            try:
+                self.annex.info(failures[-1])
+            except ProtocolError:
+                pass  # a git-annex older than INFO (7.20191230): the message stays unsaid
+            raise RemoteError(failures[-1])
         return False
 
     def transfer_retrieve(self, key, local_file):
@@ -80,6 +91,9 @@ class DockerDirRemote(SpecialRemote):
 
     def _urls(self, key):
         return [found for found in map(parse_blob_url, self.annex.geturls(key, URL_SCHEME)) if found]
+
+    def _blob_size(self, found):
+        return self._ask(found, lambda registry, repository, digest: registry.blob_size(repository, digest))
 
     def _registry(self, host):
         if host not in self._registries:
