@@ -85,11 +85,10 @@ def rebuilt_small(work, runs):
         remove_image(new_id)
     med = {n: median(v) for n, v in samples.items()}
     print("  rebuilt small image medians: " + ", ".join(f"{n} {v * 1000:.0f} ms" for n, v in med.items()), flush=True)
-    return row(f"exec cold, image rebuilt with a 1 MiB top layer ({size / 1e6:.0f} MB image, base in the engine) "
-               "vs docker load -i + run", "s", med["docker-dir"], med["raw docker"], None, goal=1.10,
-               baseline="docker load -i + run",
-               note=f"{runs} runs, median; raw: docker load -i IMAGE.tar && docker run --rm --init ID sh -c true "
-                    "(IMAGE.tar by docker save -o, not timed); fastest run: "
+    return row(f"exec cold, {size / 1e6:.0f} MB image rebuilt with a 1 MiB top layer, vs docker load -i + run", "s",
+               med["docker-dir"], med["raw docker"], None, goal=1.10, baseline="docker load -i + run",
+               note=f"{runs} runs, median; the base (busybox + 1 MiB) in the engine; raw: docker load -i IMAGE.tar && "
+                    "docker run --rm --init ID sh -c true (IMAGE.tar by docker save -o, not timed); fastest run: "
                     + ", ".join(f"{n} {min(v) * 1000:.0f} ms" for n, v in samples.items())
                     + "; median client CPU time (user+sys): "
                     + ", ".join(f"{n} {median(v) * 1000:.0f} ms" for n, v in cpu.items())), \
