@@ -156,8 +156,10 @@ def flatten(nodes, path=()):
 def print_phases(logs, min_ms=0.3):
     flat = [flatten(tree(log)) for log in logs]
     order = []
-    for run_order, _ in flat:
-        order += [entry for entry in run_order if entry not in order]
+    for run_order, _ in flat:  # a step only some runs had goes after the step before it in its run
+        for i, entry in enumerate(run_order):
+            if entry not in order:
+                order.insert(order.index(run_order[i - 1]) + 1 if i else 0, entry)
     lines = []
     for key, depth, label in order:
         found = [values[key] for _, values in flat if key in values]
