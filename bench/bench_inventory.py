@@ -6,6 +6,7 @@ private storage. Prints medians; writes results/inventory.json (not a table row:
 is a part of the cold path, which bench_exec times whole)."""
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,11 +32,14 @@ RUNS = 5 if quick_mode() else 15
 
 def fill(import_one):
     work = tempfile.mkdtemp(prefix="docker-dir-bench-inventory-")
-    for n in range(IMAGES):
-        path = os.path.join(work, f"f{n}")
-        with open(path, "w") as out:
-            out.write(f"image {n}\n")
-        import_one(local["tar"]["-C", work, "-c", f"f{n}"], f"docker-dir-bench/inventory:{n}")
+    try:
+        for n in range(IMAGES):
+            path = os.path.join(work, f"f{n}")
+            with open(path, "w") as out:
+                out.write(f"image {n}\n")
+            import_one(local["tar"]["-C", work, "-c", f"f{n}"], f"docker-dir-bench/inventory:{n}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def timed(engine, calls):
@@ -70,18 +74,21 @@ def main():
     with open(conf, "w") as out:
         out.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{storage}/root"\nrunroot = "{storage}/run"\n')
     env["CONTAINERS_STORAGE_CONF"] = conf
-    with local.env(**env):
-        os.environ.update(env)
-        fill(lambda tar, ref: (tar | local["podman"]["import", "-q", "-", ref])())
-        processes = []
-        engine = PodmanEngine()
-        original = process.run  # podman's calls are processes: count them there
-        process.run = lambda argv, *a, **k: processes.append(argv) or original(argv, *a, **k)
-        try:
-            results["podman 4.3"] = timed(engine, processes)
-        finally:
-            process.run = original
-        local["podman"]["rmi", "-a", "-f"](retcode=None)
+    try:
+        with local.env(**env):
+            os.environ.update(env)
+            fill(lambda tar, ref: (tar | local["podman"]["import", "-q", "-", ref])())
+            processes = []
+            engine = PodmanEngine()
+            original = process.run  # podman's calls are processes: count them there
+            process.run = lambda argv, *a, **k: processes.append(argv) or original(argv, *a, **k)
+            try:
+                results["podman 4.3"] = timed(engine, processes)
+            finally:
+                process.run = original
+                local["podman"]["rmi", "-a", "-f"](retcode=None)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
     for name, (seconds, calls, chains) in results.items():
         print(f"  {name}: {IMAGES} images, {calls} engine calls, {seconds * 1000:.1f} ms (median of {RUNS}), "
               f"{chains} chain IDs", flush=True)
