@@ -8,15 +8,20 @@
   `localhost/docker-dir:<hex>` too) before each run; vs `tar -c -C DIR . | docker
   load && docker run --rm ID sh -c true`;
 - parallel: 8 cold execs started at once; wall time until the last one exits, and
-  how many `docker load`s the engine saw.
+  how many `docker load`s the engine saw;
+- rebuilt: the image with one more 1 MiB layer while the engine holds the old one,
+  against `tar -c DIR | docker load && docker run`; and (issue 19, where fixed costs
+  show) a small image so rebuilt against `docker load -i IMAGE.tar && docker run
+  --rm --init`, the way a user who keeps `docker save -o` archives does it.
 """
 import os
 import subprocess
 import sys
 import time
 
-from benchlib import (CHECKOUT, adapter, bench_image, docker_dir, has_image, interleaved, median, quick_mode,
-                      raw_save, rebuilt_image, remove_image, row, run_timed, workdir, write_results)
+from benchlib import (CHECKOUT, SMALL_BASE_LAYERS, adapter, bench_image, docker_dir, has_image, interleaved, median,
+                      quick_mode, raw_load_file_and_run, raw_save, rebuilt_image, remove_image, row, run_timed,
+                      save_tar, workdir, write_results)
 
 PARALLEL = 8
 COMMAND = ["sh", "-c", "true"]
@@ -52,6 +57,42 @@ def same_flags_argv(image_id, cwd):
 
     request = RunRequest(image_id, COMMAND, cwd, [Mount(cwd, cwd)])
     return ["docker", *DockerEngine().run_command(request).argv[1:]]
+
+
+def rebuilt_small(work, runs):
+    """Issue 19's measure: a small base held by the engine, rebuilt with a 1 MiB layer;
+    docker-dir-exec DIR against `docker load -i IMAGE.tar && docker run --rm --init`
+    (IMAGE.tar made once by `docker save -o`, not timed). The base is small so what
+    both sides pay whatever the size (start-up, engine requests) is most of the time."""
+    with bench_image(SMALL_BASE_LAYERS) as (ref, base_id, _), rebuilt_image(ref, 1) as (new_ref, new_id):
+        new_dir, tar = os.path.join(work, "small-rebuilt"), os.path.join(work, "small-rebuilt.tar")
+        raw_save(new_ref, new_dir)
+        save_tar(new_ref, tar)
+        size = int(subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", new_id], check=True,
+                                  stdout=subprocess.PIPE, text=True).stdout)
+
+        def only_new_is_missing(name):
+            remove_image(new_id)
+            if not has_image(base_id):
+                raise RuntimeError(f"the base image {base_id} went away; the run would not be what is timed")
+            if has_image(new_id):
+                raise RuntimeError(f"{new_id} still in the engine; the cold run would be warm")
+
+        cpu = {}
+        samples = interleaved({"docker-dir": lambda: run_timed(docker_dir("exec", new_dir, *COMMAND), cwd=work),
+                               "raw docker": lambda: run_timed(raw_load_file_and_run(tar, new_id, COMMAND))},
+                              runs, before_each=only_new_is_missing, cpu=cpu)
+        remove_image(new_id)
+    med = {n: median(v) for n, v in samples.items()}
+    print("  rebuilt small image medians: " + ", ".join(f"{n} {v * 1000:.0f} ms" for n, v in med.items()), flush=True)
+    return row(f"exec cold, {size / 1e6:.0f} MB image rebuilt with a 1 MiB top layer, vs docker load -i + run", "s",
+               med["docker-dir"], med["raw docker"], None, goal=1.10, baseline="docker load -i + run",
+               note=f"{runs} runs, median; the base (busybox + 1 MiB) in the engine; raw: docker load -i IMAGE.tar && "
+                    "docker run --rm --init ID sh -c true (IMAGE.tar by docker save -o, not timed); fastest run: "
+                    + ", ".join(f"{n} {min(v) * 1000:.0f} ms" for n, v in samples.items())
+                    + "; median client CPU time (user+sys): "
+                    + ", ".join(f"{n} {median(v) * 1000:.0f} ms" for n, v in cpu.items())), \
+        {"size": size, "samples": samples, "cpu": cpu}
 
 
 def main():
@@ -139,6 +180,7 @@ def main():
                                   before_each=only_new_is_missing, cpu=rebuilt_cpu)
             med_rebuilt = {n: median(v) for n, v in rebuilt.items()}
         remove_image(image_id)
+        small_row, small_info = rebuilt_small(work, 3 if quick else 15)
 
     cold_limit = 1.3 * med_cold["docker-dir"]
     rows = [
@@ -165,15 +207,16 @@ def main():
                     note=f"{cold_runs} runs, median; raw: tar -c DIR | docker load && docker run; docker-dir sends "
                          "the new layer only; median client CPU time: "
                          + ", ".join(f"{n} {median(v):.2f} s" for n, v in rebuilt_cpu.items())))
+    rows.append(small_row)
     rows.append(row(f"{PARALLEL} parallel hot execs (wall)", "s", med_par_hot["docker-dir"], med_par_hot["raw docker"],
                     med_par_hot["adapter"], note=f"{parallel_trials + 1} trials, median; image present: the engine's "
                                                  f"cost of starting {PARALLEL} containers at once, part of every "
                                                  "parallel cold figure"))
-    if max(loads["docker-dir"]) > 1:
-        rows[-2]["met"] = False
+    if max(loads["docker-dir"]) > 1:  # the goal says 1 load
+        next(r for r in rows if r["metric"].startswith(f"{PARALLEL} parallel cold"))["met"] = False
     write_results("exec", rows, {"image_size": image_size, "layers_mib": layers, "hot": hot, "hot_cpu": hot_cpu, "cold": cold, "cold_cpu": cold_cpu,
                                  "parallel": parallel, "loads": loads, "parallel_hot": parallel_hot,
-                                 "rebuilt": rebuilt, "rebuilt_cpu": rebuilt_cpu})
+                                 "rebuilt": rebuilt, "rebuilt_cpu": rebuilt_cpu, "rebuilt_small": small_info})
 
 
 if __name__ == "__main__":

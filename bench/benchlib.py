@@ -27,6 +27,10 @@ CHECKOUT = os.path.dirname(BENCH)
 RESULTS = os.path.join(BENCH, "results")  # per-script JSON, gitignored; report.py merges them
 PY = os.path.abspath(sys.executable)
 MiB = 1024 * 1024
+# The save row where fixed costs show: about 150 MB of image, 4 random layers on busybox.
+SAVE_150_LAYERS = [35] * 4
+# The cold exec row where fixed costs show: a base of busybox + 1 MiB, rebuilt with 1 MiB more.
+SMALL_BASE_LAYERS = [1]
 
 
 def docker_dir(tool, *args):
@@ -278,3 +282,32 @@ def raw_save(ref, directory):
     """The plain way: `docker save IMG | tar -x -C DIR`."""
     os.makedirs(directory, exist_ok=True)
     (local["docker"]["save", ref] | local["tar"]["-x", "-C", directory])()
+
+
+def raw_save_argv(ref, target):
+    """`docker save IMG | tar -x -C DIR` as one timed command (DIR made by it, as docker-dir-save makes its DIR)."""
+    return ["sh", "-c", 'mkdir "$2" && docker save "$1" | tar -x -C "$2"', "sh", ref, target]
+
+
+def save_tar(ref, path):
+    """`docker save -o`: the archive a user would keep and `docker load -i` (not timed)."""
+    subprocess.run(["docker", "save", "-o", path, ref], check=True, stdout=subprocess.DEVNULL)
+
+
+def raw_load_file_and_run(tar, image_id, command):
+    """The raw way issue 19 measured a rebuilt image's cold exec:
+    `docker load -i IMAGE.tar && docker run --rm --init ID CMD`."""
+    script = 'tar=$1 id=$2; shift 2; docker load -q -i "$tar" >/dev/null && docker run --rm --init "$id" "$@"'
+    return ["sh", "-c", script, "sh", tar, image_id, *command]
+
+
+def check_saved(target, image_id):
+    """A save that timed well must also have written the image: docker-dir-id reads DIR
+    back as `image_id`, and no build directory is left beside it."""
+    found = subprocess.run(docker_dir("id", target), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if found.returncode or found.stdout.split() != [image_id]:
+        raise RuntimeError(f"{target}: docker-dir-id says {found.stdout.strip() or found.stderr.strip()!r}, "
+                           f"not {image_id}: the save did not write the image")
+    beside = sorted(set(os.listdir(os.path.dirname(target))) - {os.path.basename(target)})
+    if beside:
+        raise RuntimeError(f"the save left {beside} beside {target}")
