@@ -34,16 +34,6 @@ ACCEPT = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"
 PARALLEL = 4
 
 
-class RegistryImage:
-    """An image in a registry: docker://[HOST[:PORT]/]NAME[:TAG|@sha256:DIGEST]."""
-
-    def __init__(self, text):
-        self.reference = Reference.parse(text)
-
-    def __str__(self):
-        return f"docker://{self.reference}"
-
-
 class Pulled:
     """What a pull put in the build directory: entries for write_layout, or (all
     platforms) the OCI index's bytes with its tag, and the bytes fetched."""
@@ -54,7 +44,7 @@ class Pulled:
 
 
 def pull(source, blobs, selectors, reporter, insecure=(), reuse_dir=None):
-    """The images of `source` (a RegistryImage) with their blobs in `blobs`."""
+    """The images of `source` (a save.RegistryImage) with their blobs in `blobs`."""
     ref = source.reference
     with Registry(ref.registry, insecure=insecure) as registry:
         top, media_type, digest = registry.get_manifest(ref.repository, ref.manifest_reference, ACCEPT)
@@ -82,13 +72,6 @@ def pull(source, blobs, selectors, reporter, insecure=(), reuse_dir=None):
         return Pulled(entries, nbytes=fetch.fetched, layer_urls=urls)
     return Pulled(index=_oci_index(blobs, top, media_type, leaves, entries), repo_tags=[tag] if tag else [],
                   nbytes=fetch.fetched, layer_urls=urls)
-
-
-def check_all_platforms(sources, selectors):
-    """--all-platforms keeps one registry index whole: it is the only source then."""
-    if selectors.all_platforms and (len(sources) != 1 or not isinstance(sources[0], RegistryImage)):
-        raise UsageError("--all-platforms keeps one registry image's whole index: give one docker:// SOURCE "
-                         "(from a directory, choose a platform with --platform)")
 
 
 class _Shown:
@@ -195,6 +178,10 @@ def _familiar(ref):
     return ref.repository[8:] if ref.repository.startswith("library/") else ref.repository
 
 
+class _Stopped(Exception):
+    """The pull failed or was interrupted: a download of another thread gives up."""
+
+
 class _Fetcher:
     """Blobs to fetch, each once, a few at a time, with one progress line; those the
     directory being replaced holds (checked against their digest) are reused instead."""
@@ -213,20 +200,32 @@ class _Fetcher:
         missing = {hexd: size for hexd, size in self.wanted.items() if not self._reused(hexd)}
         progress = reporter.transfer(label, total=sum(size or 0 for size in missing.values()) or None)
         lock = threading.Lock()
+        stopping = threading.Event()  # set when the pull fails or is interrupted
 
         def counted(nbytes):
+            if stopping.is_set():
+                raise _Stopped()  # a download under way stops at its next chunk
             with lock:
                 progress(nbytes)
 
         def fetch(hexd):
+            if stopping.is_set():
+                raise _Stopped()
             partial = self.blobs.path(f".{hexd}.partial")
             self.registry.fetch_blob(self.repository, "sha256:" + hexd, missing[hexd], partial, counted)
             os.rename(partial, self.blobs.path(hexd))
 
         try:
             with ThreadPoolExecutor(PARALLEL) as pool:
-                for future in [pool.submit(fetch, hexd) for hexd in sorted(missing, key=missing.get, reverse=True)]:
-                    future.result()
+                futures = [pool.submit(fetch, hexd) for hexd in sorted(missing, key=missing.get, reverse=True)]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    # Ctrl-C or a failed blob: the rest is not downloaded before the error shows
+                    stopping.set()
+                    pool.shutdown(cancel_futures=True)
+                    raise
         except BaseException:
             progress.cancel()
             raise

@@ -1,7 +1,9 @@
 """Save images into a directory, in the one layout docker-dir writes (format/canonical.py):
-from an engine (its export streamed and extracted safely, no temporary tar), or from
-another image directory or archive (copied, every blob checked against its digest).
-Everything is built in a hidden sibling of DIR, moved into place only when complete."""
+from an engine (its export streamed and extracted safely, no temporary tar), from a
+registry (pull.py), or from another image directory or archive (copied, every blob
+checked against its digest). Everything is built in a hidden sibling of DIR, moved into
+place only when complete. The registry client (http.client, ssl and the rest) is imported
+only for docker:// sources: an engine's save does not pay for it (bench/RESULTS.md)."""
 import errno
 import hashlib
 import os
@@ -23,7 +25,6 @@ from ..fs import move_into_place, open_regular
 from ..nodelocal import BuildDir, remove_abandoned
 from ..signals import SignalLatch
 from . import QUIET
-from .pull import RegistryImage, check_all_platforms, pull
 
 TEMP_MARK = ".docker-dir-save-"
 # Inside the build directory: an engine's export, or an archive, before its blobs move to blobs/.
@@ -50,6 +51,18 @@ class DirectoryImages:
 
     def __str__(self):
         return f"{self.transport}:{self.path}" + (f":{self.tag}" if self.tag else "")
+
+
+class RegistryImage:
+    """An image in a registry: docker://[HOST[:PORT]/]NAME[:TAG|@sha256:DIGEST]."""
+
+    def __init__(self, text):
+        from ..registry.reference import Reference
+
+        self.reference = Reference.parse(text)
+
+    def __str__(self):
+        return f"docker://{self.reference}"
 
 
 class Selectors:
@@ -133,6 +146,8 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
             if isinstance(source, DirectoryImages):
                 entries += _from_directory(source, tmp, blobs, selectors)
             elif isinstance(source, RegistryImage):
+                from .pull import pull
+
                 try:
                     pulled = pull(source, blobs, selectors, reporter, insecure,
                                   reuse_dir=path if os.path.isdir(path) else None)
@@ -157,6 +172,13 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
         latch.check()  # a signal whose exception was dropped stops us before the commit
         move_into_place(tmp, path, _remove_tree)
     return Saved(ids, received, time.monotonic() - started, layer_urls)
+
+
+def check_all_platforms(sources, selectors):
+    """--all-platforms keeps one registry index whole: it is the only source then."""
+    if selectors.all_platforms and (len(sources) != 1 or not isinstance(sources[0], RegistryImage)):
+        raise UsageError("--all-platforms keeps one registry image's whole index: give one docker:// SOURCE "
+                         "(from a directory, choose a platform with --platform)")
 
 
 def _check_engine_images(engine, refs):
@@ -205,11 +227,11 @@ def _adopted(image, blobs, placed):
     def real_path(relpath):
         return os.path.realpath(image_dir.resolve(relpath))
 
+    diff_ids = image.diff_ids() or []  # before the config moves away
     config = real_path(image.config_path)
     if config not in placed:
         placed[config] = (image.config_digest(), os.stat(config).st_size, None)
         blobs.adopt(config, image.config_digest())
-    diff_ids = image.diff_ids() or []
     layers = []
     for i, layer in enumerate(image.layers):
         real = real_path(layer.path)

@@ -5,8 +5,7 @@ import os
 import re
 import sys
 
-from ..application.pull import RegistryImage
-from ..application.save import DirectoryImages, EngineImage, Selectors, save
+from ..application.save import DirectoryImages, EngineImage, RegistryImage, Selectors, save
 from ..engine import get_engine
 from ..errors import UsageError
 from .common import TerminalReporter, human, print_output, report_annexed, require_stdout, run, trap_signals
