@@ -42,7 +42,7 @@ from conftest import (BIN, cli, cli_on_tty, docker, image_id_of, import_image, o
 from engines import Unavailable, podman_env
 from registry import RegistryServer, push_platform_index
 
-from docker_dir.application.pull import RegistryImage
+from docker_dir.application.save import RegistryImage
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CANT_WRITE, EXIT_ENGINE_UNAVAILABLE, EXIT_NO_PERMISSION,
                                EXIT_SELECTION, EXIT_USAGE, EXIT_VERIFY)
 

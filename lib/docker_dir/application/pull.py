@@ -15,7 +15,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import BadImageDir, BadRegistryData, SelectionError, UsageError
+from ..errors import BadImageDir, BadRegistryData, SelectionError
 from ..fastjson import loads_json
 from ..format.canonical import OCI_INDEX, OCI_MANIFEST, Entry, encode, layer_media_type
 from ..format.compression import media_type_compression
@@ -25,7 +25,7 @@ from ..format.oci import Walker
 from ..format.platform import Platform
 from ..format.streams import sha256_file
 from ..registry.client import Registry
-from ..registry.reference import DOCKER_HUB, Reference, blob_url
+from ..registry.reference import DOCKER_HUB, blob_url
 
 # What a pull accepts, most wanted first (as docker and podman ask).
 ACCEPT = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json", OCI_MANIFEST,
