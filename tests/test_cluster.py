@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import uuid
 
 import pytest
 
-from conftest import cli, docker, manifest
+from conftest import cli, docker, import_image, manifest, private_ref, raw_save
 from hosts import USER_DIRS, or_skip, sbatch, slurm_cluster
 from test_buildsystems import SNAKEFILE, check_counts, outputs, tool_env, write_inputs
 
@@ -221,9 +222,30 @@ def check_loaded_once(watch, loads, logs):
     assert any(WAITED in text for text in logs.values()), "no job waited for the load" + show(logs)
 
 
-def test_snakemake_cluster_generic_loads_once_and_reruns_only_for_a_new_image(slurm, cold_dir, fresh_image,
-                                                                           tmp_path):
-    directory, first = cold_dir("image")
+@pytest.fixture
+def loading_image(rootfs, tmp_path):
+    """Factory: a new image (tagged `ref`) with a 48 MB layer, so its load takes long enough
+    for two jobs started together to meet at the lock (a small one loads before the second
+    job asks); removed after the test."""
+    made = []
+
+    def make(ref):
+        root = tmp_path / f"root-{len(made)}"
+        shutil.copytree(rootfs, root, symlinks=True)
+        (root / "big.bin").write_bytes(os.urandom(48 << 20))
+        made.append(import_image(root, ref, label=uuid.uuid4().hex))
+        shutil.rmtree(root)
+        return made[-1]
+
+    yield make
+    for image in made:
+        docker("rmi", "-f", private_ref(image), image, check=False)
+
+
+def test_snakemake_cluster_generic_loads_once_and_reruns_only_for_a_new_image(slurm, loading_image, tmp_path):
+    first = loading_image(f"fixture/cluster-{uuid.uuid4().hex[:8]}:1")
+    directory = raw_save(first, tmp_path / "image")
+    docker("rmi", "-f", first)
     counts = write_inputs(tmp_path, 4)
 
     log, logs, watch, loads = snakemake_on_slurm(tmp_path, first)
@@ -244,7 +266,7 @@ def test_snakemake_cluster_generic_loads_once_and_reruns_only_for_a_new_image(sl
 
     # A new image saved over it, and gone from the engine again: every job that uses it reruns
     # on Slurm, and the new image too is loaded once.
-    second = fresh_image(f"fixture/cluster-{uuid.uuid4().hex[:8]}:latest")
+    second = loading_image(f"fixture/cluster-{uuid.uuid4().hex[:8]}:latest")
     proc = cli("docker-dir-save", "-q", "--force", second, directory)
     assert proc.returncode == 0, proc.stderr
     docker("rmi", "-f", second)
