@@ -141,7 +141,7 @@ def _entry(blobs, data, document, tag, repo_digest):
         layers.append((hexd, os.stat(blobs.path(hexd)).st_size, layer_media_type(compression, layer.get("mediaType"))))
     notes = {REPO_DIGEST_ANNOTATION: repo_digest}
     manifest = None
-    if document.get("mediaType") == OCI_MANIFEST:
+    if document.get("mediaType") in (OCI_MANIFEST, None):  # the OCI spec leaves it out of manifests (podman does)
         manifest = data
     else:
         notes[SOURCE_DIGEST_ANNOTATION] = "sha256:" + hashlib.sha256(data).hexdigest()

@@ -355,7 +355,7 @@ def _is_oci_manifest(manifest):
     """An OCI image manifest: OCI media types for itself, its config and its layers."""
     config = manifest.get("config") if isinstance(manifest, dict) else None
     layers = manifest.get("layers") if isinstance(manifest, dict) else None
-    return (manifest.get("mediaType") == OCI_MANIFEST and isinstance(config, dict)
+    return (manifest.get("mediaType") in (OCI_MANIFEST, None) and isinstance(config, dict)
             and config.get("mediaType") == OCI_CONFIG and isinstance(layers, list)
             and all(isinstance(d, dict) and str(d.get("mediaType")).startswith(OCI_LAYER_PREFIX) for d in layers))
 
