@@ -25,6 +25,7 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import isal
 from isal import isal_zlib
 
 from ..errors import BadImageDir, ContentMissing, UsageError, VerifyError
@@ -402,10 +403,21 @@ class _HashingWriter:
         self.raw.flush()
 
 
+def compressor_id(method):
+    """What makes `method`'s bytes what they are: the library, its version, the level."""
+    if method == GZIP:
+        return f"gzip:isal-{isal.__version__}:{GZIP_LEVEL}"
+    import zstandard  # as in _compress_file: only zstd pushes need it
+
+    return f"zstd:zstandard-{zstandard.__version__}:{ZSTD_LEVEL}"
+
+
 class _Remembered:
-    """layer-digests.json in the cache directory: {"compressed": {diff hex: {method: [hex,
-    size]}}, "pushed": {registry: {hex: [repositories]}}}: what a layer compressed to, and
-    where blobs were pushed (repositories a mount may take them from)."""
+    """layer-digests.json in the cache directory: {"compressed": {diff hex: {compressor:
+    [hex, size]}}, "pushed": {registry: {hex: [repositories]}}}: what a layer compressed to,
+    and where blobs were pushed (repositories a mount may take them from). A compressor is
+    named with its library's version and level (compressor_id): another one's output is
+    never taken for its own."""
 
     def __init__(self, cache):
         self.path = os.path.join(cache, "layer-digests.json")
@@ -419,7 +431,7 @@ class _Remembered:
             self.data = {}
 
     def compressed(self, diff_hex, method):
-        found = _dict(_dict(self.data.get("compressed")).get(diff_hex)).get(method)
+        found = _dict(_dict(self.data.get("compressed")).get(diff_hex)).get(compressor_id(method))
         if isinstance(found, list) and len(found) == 2 and hex_of_digest("sha256:" + str(found[0])) \
                 and isinstance(found[1], int):
             return found[0], found[1]
@@ -428,7 +440,7 @@ class _Remembered:
     def remember(self, diff_hex, method, hexd, size):
         with self._lock:
             compressed = self.data.setdefault("compressed", {})
-            compressed.setdefault(diff_hex, {})[method] = [hexd, size]
+            compressed.setdefault(diff_hex, {})[compressor_id(method)] = [hexd, size]
             self._save()
 
     def repositories(self, registry, hexd):
