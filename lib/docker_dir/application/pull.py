@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import BadImageDir, BadRegistryData, SelectionError
 from ..fastjson import loads_json
-from ..format.canonical import OCI_INDEX, OCI_MANIFEST, Entry, encode, layer_media_type
+from ..format.canonical import OCI_INDEX, OCI_MANIFEST, Entry, layer_media_type, oci_index
 from ..format.compression import media_type_compression
 from ..format.imagedir import ImageDir
 from ..format.names import REPO_DIGEST_ANNOTATION, SOURCE_DIGEST_ANNOTATION, hex_of_digest, shown
@@ -159,16 +159,7 @@ def _oci_index(blobs, top, media_type, leaves, entries):
     listed = loads_json(top).get("manifests") if media_type == OCI_INDEX else None
     if kept and isinstance(listed, list) and len(listed) == len(leaves):  # nothing left out (attestations)
         return top
-    manifests = []
-    for leaf, entry in zip(leaves, entries):
-        manifest_hex = blobs.put(entry.manifest)
-        descriptor = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + manifest_hex, "size": len(entry.manifest)}
-        if leaf.platform:
-            descriptor["platform"] = {key: value for key, value in (("architecture", leaf.platform.arch),
-                                                                     ("os", leaf.platform.os),
-                                                                     ("variant", leaf.platform.variant)) if value}
-        manifests.append(descriptor)
-    return encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+    return oci_index([(entry.manifest, leaf.platform) for leaf, entry in zip(leaves, entries)])
 
 
 def _familiar(ref):

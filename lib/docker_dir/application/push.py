@@ -29,7 +29,7 @@ import isal
 from isal import isal_zlib
 
 from ..errors import BadImageDir, ContentMissing, UsageError, VerifyError
-from ..format.canonical import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, encode, layer_media_type
+from ..format.canonical import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, encode, layer_media_type, oci_index
 from ..format.compression import GZIP, NONE, ZSTD, sniff_compression
 from ..format.consistent import read_consistently
 from ..format.names import hex_of_digest, short
@@ -141,15 +141,7 @@ def _own_index(images, manifests):
 
 def _index_over(images, manifests):
     """An OCI index over the pushed manifests, one per platform, in DIR's order."""
-    descriptors = []
-    for image, data in zip(images, manifests):
-        platform = image.platform
-        descriptors.append({"mediaType": OCI_MANIFEST, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
-                            "size": len(data),
-                            "platform": {key: value for key, value in (("architecture", platform.arch),
-                                                                       ("os", platform.os),
-                                                                       ("variant", platform.variant)) if value}})
-    return encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors})
+    return oci_index([(data, image.platform) for image, data in zip(images, manifests)])
 
 
 def _cache_dir():

@@ -186,6 +186,20 @@ def write_layout(dest, blobs, entries):
     _write(dest, "oci-layout", OCI_LAYOUT)
 
 
+def oci_index(manifests):
+    """The bytes of an OCI index over `manifests`, [(manifest bytes, Platform or None)], in order."""
+    descriptors = []
+    for data, platform in manifests:
+        descriptor = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+                      "size": len(data)}
+        if platform:
+            descriptor["platform"] = {key: value for key, value in (("architecture", platform.arch),
+                                                                     ("os", platform.os),
+                                                                     ("variant", platform.variant)) if value}
+        descriptors.append(descriptor)
+    return encode({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors})
+
+
 def write_index_layout(dest, blobs, index, repo_tags=()):
     """Write the documents of a layout holding a whole multi-platform image: `index` is
     the OCI index's bytes (its manifests and their blobs are in place)."""
