@@ -232,7 +232,7 @@ class _Fetcher:
             if not os.path.isfile(path) or sha256_file(path) != hexd:
                 return False
             try:
-                os.link(os.path.realpath(path), self.blobs.path(hexd))
+                self.blobs.link(os.path.realpath(path), hexd)
             except OSError:  # another file system, or links refused: a copy, checked again as it is made
                 with open(path, "rb") as stream:
                     self.blobs.copy(stream, hexd, None, path)

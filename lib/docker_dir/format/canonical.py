@@ -83,7 +83,8 @@ class Blobs:
             os.rename(path, self.path(hexd))
 
     def link(self, path, hexd):
-        """Blob `hexd` as a hard link of `path` (a file of the directory being replaced, already checked)."""
+        """Blob `hexd` as a hard link of `path` (a file of the directory being replaced, already checked);
+        OSError where links cannot be made (another file system)."""
         if not self.has(hexd):
             os.link(path, self.path(hexd))
 
