@@ -72,6 +72,12 @@ def _docker_api(mod):
     wrap(mod.Upload, "finish", "POST /images/load: the daemon's reply after the last byte")
 
 
+def _save_engine(mod):
+    _functions("extract_stream", "_whole_images", "_adopted")(mod)
+    wrap(mod._EngineExport, "check", "engine export: check (the engine asked before the build)")
+    wrap(mod._EngineExport, "_export", "engine export: _export")
+
+
 def _functions(*names, prefix=""):
     def patch(mod):
         for name in names:
@@ -86,9 +92,9 @@ PATCHES = {
     "docker_dir.application.exec": _functions("read_consistently", "get_engine", "run_request", "_load"),
     "docker_dir.application.load": _functions("_lock", "ensure_loaded", "_load", "_unlock"),
     "docker_dir.format.loadstream": _functions("write_load_stream"),
-    "docker_dir.application.save": _functions("check_target", "_check_engine_images", "remove_stale_temps",
-                                              "_from_engine", "extract_stream", "_whole_images", "_adopted",
-                                              "write_layout", "move_into_place"),
+    "docker_dir.application.save": _functions("check_target", "remove_stale_temps", "write_layout",
+                                              "move_into_place"),
+    "docker_dir.application.save_engine": _save_engine,
     "docker_dir.format.imagedir": lambda mod: wrap(mod.ImageDir, "images", "ImageDir.images (reads the layout)"),
     "docker_dir.cli.exec": _functions("trap_signals", "ready_to_run"),
     "docker_dir.cli.save": _functions("trap_signals", "get_engine", "save", "print_output"),
@@ -99,6 +105,7 @@ USED_BY = {
              "docker_dir.application.load", "docker_dir.format.loadstream", "docker_dir.format.imagedir",
              "docker_dir.cli.exec"),
     "save": ("docker_dir.engine.docker_api", "docker_dir.engine.docker", "docker_dir.application.save",
+             "docker_dir.application.save_engine",
              "docker_dir.format.imagedir", "docker_dir.cli.save"),
 }
 for _name in set(PATCHES) - set(USED_BY[TOOL]):

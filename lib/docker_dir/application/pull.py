@@ -44,7 +44,7 @@ class Pulled:
 
 
 def pull(source, blobs, selectors, reporter, insecure=(), reuse_dir=None):
-    """The images of `source` (a save.RegistryImage) with their blobs in `blobs`."""
+    """The images of `source` (a RegistryImage) with their blobs in `blobs`."""
     ref = source.reference
     with Registry(ref.registry, insecure=insecure) as registry:
         top, media_type, digest = registry.get_manifest(ref.repository, ref.manifest_reference, ACCEPT)

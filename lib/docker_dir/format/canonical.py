@@ -29,7 +29,7 @@ import os
 from ..errors import BadImageDir
 from ..fs import NEW_FILE
 from .compression import GZIP, NONE, ZSTD, media_type_compression, sniff_compression
-from .names import NAME_ANNOTATION, REF_ANNOTATION, qualified_name, short
+from .names import NAME_ANNOTATION, REF_ANNOTATION, SOURCE_DIGEST_ANNOTATION, hex_of_digest, qualified_name, short
 from .streams import CHUNK, HashingReader
 
 OCI_LAYOUT = b'{"imageLayoutVersion": "1.0.0"}'
@@ -230,3 +230,34 @@ def stored_compression(path, declared=None):
     if kind is None:
         raise BadImageDir(f"{path}: not a tar, gzip or zstd layer; refusing the image")
     return kind
+
+
+def kept_manifest(image):
+    """(the bytes of a source image's own manifest when it is an OCI one, checked against
+    its digest, or None: docker-dir writes one; annotations recording the manifest the
+    source had when it is not kept: an engine that holds the image knows it by that digest)."""
+    if image.json_blobs:  # the OCI walk's blobs: the image's own manifest last
+        relpath, hexd = image.json_blobs[-1]
+    else:  # a docker-archive's index.json names the manifest; the dir: layout's is manifest.json
+        hexd = hex_of_digest(image.manifest_digest())
+        relpath = blob_path(hexd) if hexd else None
+    if hexd is None:
+        return None, {}
+    if relpath is None or not os.path.exists(image.image_dir.join(relpath)):
+        return None, {SOURCE_DIGEST_ANNOTATION: "sha256:" + hexd}
+    data = image.image_dir.read_bytes(relpath, f"{image.image_dir.join(relpath)}: missing")
+    if hashlib.sha256(data).hexdigest() != hexd:
+        raise BadImageDir(f"{image.image_dir.join(relpath)}: content does not match its digest sha256:{hexd[:12]}; "
+                          "refusing the image")
+    if _is_oci_manifest(image.image_dir.parse_json(data, relpath)):
+        return data, {}
+    return None, {SOURCE_DIGEST_ANNOTATION: "sha256:" + hexd}
+
+
+def _is_oci_manifest(manifest):
+    """An OCI image manifest: OCI media types for itself, its config and its layers."""
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    layers = manifest.get("layers") if isinstance(manifest, dict) else None
+    return (manifest.get("mediaType") in (OCI_MANIFEST, None) and isinstance(config, dict)
+            and config.get("mediaType") == OCI_CONFIG and isinstance(layers, list)
+            and all(isinstance(d, dict) and str(d.get("mediaType")).startswith(OCI_LAYER_PREFIX) for d in layers))
