@@ -38,7 +38,7 @@ from conftest import docker, image_id_of, sh
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CANT_WRITE, EXIT_ENGINE_UNAVAILABLE, EXIT_NO_PERMISSION,
                                EXIT_SELECTION, EXIT_USAGE, EXIT_VERIFY, AuthRefused, BadImageDir, BadRegistryData,
                                CantWrite, DigestMismatch, RegistryUnavailable, SelectionError, UsageError)
-from docker_dir.registry import client as client_module
+from docker_dir.registry import retry
 from docker_dir.registry.auth import parse_challenges
 from docker_dir.registry.client import Registry
 from docker_dir.registry.credentials import Credentials, auth_files, credentials_for
@@ -341,8 +341,7 @@ class Proxy:
                 and path_part in entry.path]
 
     def _handle(self, handler):
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
+        body = read_request_body(handler)
         rule = self._take(handler.command, handler.path)
         entry = SimpleNamespace(method=handler.command, path=handler.path, headers=dict(handler.headers),
                                 status=None, action=rule.action if rule else None)
@@ -389,6 +388,22 @@ class Proxy:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def read_request_body(handler):
+    """The body of the request `handler` serves: by its Content-Length, or chunked."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        pieces = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0], 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(pieces)
+            pieces.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -467,7 +482,7 @@ def opener(path):
 
 def upload_image(registry, repo, tag, pushed, blob_files, on_bytes=None):
     for digest, size in pushed.blobs:
-        registry.upload_blob(repo, digest, size, opener(blob_files[digest]), on_bytes=on_bytes)
+        registry.upload_blob(repo, opener(blob_files[digest]), on_bytes, digest, size)
     manifest = urlopen_bytes(f"http://{pushed.registry.host}/v2/{pushed.repo}/manifests/{pushed.tag}", DOCKER_V2)
     return registry.put_manifest(repo, tag, manifest, DOCKER_V2)
 
@@ -762,9 +777,23 @@ def test_credentials_damaged_files(no_logins, tmp_path, monkeypatch):
     with pytest.raises(UsageError) as err:
         credentials_for("r.example")
     assert str(config) in one_line(err)
-    config.write_text(json.dumps({"auths": {"r.example": {"identitytoken": "refresh-token-value"}}}))
-    with pytest.raises(AuthRefused) as err:
-        credentials_for("r.example")
+
+
+
+def test_credentials_identity_token_is_read_and_never_shown(no_logins):
+    """az acr login writes an identitytoken beside an auth of "<uuid>:"; docker login against a
+    token service that hands out refresh tokens, one without a username."""
+    config = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    user = base64.b64encode(b"00000000-0000-0000-0000-000000000000:").decode()
+    config.write_text(json.dumps({"auths": {"r.example": {"auth": user, "identitytoken": "refresh-token-value"},
+                                            "s.example": {"identitytoken": "other-refresh-token"}}}))
+    found = credentials_for("r.example")
+    assert found.identity_token and found.secret.reveal() == "refresh-token-value"
+    assert found.username == "00000000-0000-0000-0000-000000000000"
+    assert credentials_for("s.example").identity_token
+    assert "refresh-token" not in repr(found) + str(found)
+    with pytest.raises(AuthRefused) as err:  # a Basic registry takes no refresh token
+        found.basic_authorization("r.example")
     assert "identity token" in one_line(err) and "refresh-token-value" not in str(err.value)
 
 
@@ -772,7 +801,7 @@ def test_credentials_never_show_the_secret(no_logins):
     docker_config(os.environ["DOCKER_CONFIG"], auths={"r.example": ("someone", PASSWORD)})
     found = credentials_for("r.example")
     assert isinstance(found, Credentials)
-    for text in (repr(found), str(found), repr(found.secret), str(found.secret), repr(found.basic_authorization())):
+    for text in (repr(found), str(found), repr(found.secret), str(found.secret), repr(found.basic_authorization("r.example"))):
         assert PASSWORD not in text
     assert found.username in repr(found)
 
@@ -819,7 +848,7 @@ def test_fetch_blob_that_does_not_match_its_digest(plain, tmp_path):
     content = os.urandom(300_000)
     digest = sha256(content)
     with Registry(plain.host) as registry:
-        registry.upload_blob(repo, digest, len(content), lambda offset: io.BytesIO(content[offset:]))
+        registry.upload_blob(repo, lambda offset: io.BytesIO(content[offset:]), digest=digest, size=len(content))
         plain.blob_data(digest).write_bytes(os.urandom(len(content)))
         path = tmp_path / "blob"
         with pytest.raises(DigestMismatch) as err:
@@ -888,23 +917,23 @@ def test_fetch_blob_gives_up_after_its_retries(proxies, pushed, tmp_path):
     proxy.add("GET", f"/blobs/{digest}", "cut", times=100, after=1000)
     path = tmp_path / "blob"
     with pytest.raises(RegistryUnavailable) as err, Registry(proxy.host) as registry:
-        registry.fetch_blob(pushed.repo, digest, size, path, retries=2)
-    assert exit_code(err) == EXIT_ENGINE_UNAVAILABLE and "broke 3 times" in one_line(err)
-    assert len(proxy.requests("GET", "/blobs/")) == 3 and not path.exists()
+        registry.fetch_blob(pushed.repo, digest, size, path)
+    assert exit_code(err) == EXIT_ENGINE_UNAVAILABLE and f"broke {retry.ATTEMPTS} times" in one_line(err)
+    assert len(proxy.requests("GET", "/blobs/")) == retry.ATTEMPTS and not path.exists()
 
 
 def test_upload_push_and_docker_pull_gives_the_same_image(proxies, pushed, blob_files):
-    """Blobs and manifest pushed by the client (the 20 MiB layer in PATCH chunks, relative and
-    absolute Locations kept with their query strings), then pulled by docker: same image ID."""
+    """Blobs and manifest pushed by the client (each blob of known digest in one PUT on the
+    upload session's Location, its query string kept), then pulled by docker: same image ID."""
     proxy = proxies(f"http://{pushed.registry.host}")
     repo = f"copy-{pushed.session}/image"
     progress = []
     with Registry(proxy.host) as registry:
         digest = upload_image(registry, repo, "2", pushed, blob_files, on_bytes=progress.append)
     assert digest == pushed.digest and sum(progress) == sum(size for _, size in pushed.blobs)
-    patches = proxy.requests("PATCH")
-    assert len(patches) == -(-pushed.layers[-1][1] // client_module.UPLOAD_CHUNK)
-    assert all("_state=" in entry.path for entry in patches)
+    puts = proxy.requests("PUT", "/blobs/uploads/")
+    assert len(puts) == len(pushed.blobs) and not proxy.requests("PATCH")
+    assert all("_state=" in entry.path and "digest=sha256%3A" in entry.path for entry in puts)
     ref = f"{pushed.registry.host}/{repo}:2"
     docker("pull", "-q", ref)
     try:
@@ -914,38 +943,66 @@ def test_upload_push_and_docker_pull_gives_the_same_image(proxies, pushed, blob_
 
 
 def test_upload_resumes_from_what_the_registry_has(proxies, pushed, blob_files):
-    """The second PATCH is dropped before it reaches the registry: the client asks where the
-    upload stands and sends that chunk again. The fourth one's answer is lost after the
-    registry stored it: distribution then cancels the session (its URL state is stale), and
-    the client starts the blob over."""
+    """The PUT of the whole blob is dropped before it reaches the registry: the client asks
+    where the upload stands (nothing held) and sends it again. That one's answer is lost
+    after the registry stored it: distribution then knows the session no more (404), and the
+    client starts the blob over in a new one (the registry holds it: a no-op)."""
     proxy = proxies(f"http://{pushed.registry.host}")
-    proxy.add("PATCH", "/blobs/uploads/", "drop-before", skip=1)
-    proxy.add("PATCH", "/blobs/uploads/", "drop-after", skip=3)
+    proxy.add("PUT", "/blobs/uploads/", "drop-before")
+    proxy.add("PUT", "/blobs/uploads/", "drop-after", skip=1)
     digest, size = pushed.layers[-1]
-    assert size > 2 * client_module.UPLOAD_CHUNK
     repo = f"resumed-{pushed.session}/image"
     progress = []
     with Registry(proxy.host) as registry:
-        registry.upload_blob(repo, digest, size, opener(blob_files[digest]), on_bytes=progress.append)
+        assert registry.upload_blob(repo, opener(blob_files[digest]), progress.append, digest, size) == (digest, size)
         assert registry.blob_size(repo, digest) == size
-    assert sum(progress) == size
-    chunk = client_module.UPLOAD_CHUNK
-    exchanges = [(entry.method, entry.action, entry.status, entry.headers.get("Content-Range"))
+    assert sum(progress) == size and min(progress) < 0  # the bytes sent again were taken back
+    exchanges = [(entry.method, entry.action, entry.status, entry.headers.get("Content-Length"))
                  for entry in proxy.log if "/blobs/uploads/" in entry.path]
     assert exchanges == [
-        ("POST", None, 202, None),
-        ("PATCH", None, 202, f"0-{chunk - 1}"),
-        ("PATCH", "drop-before", None, f"{chunk}-{2 * chunk - 1}"),
+        ("POST", None, 202, "0"),
+        ("PUT", "drop-before", None, str(size)),
         ("GET", None, 204, None),
-        ("PATCH", None, 202, f"{chunk}-{2 * chunk - 1}"),
-        ("PATCH", "drop-after", 202, f"{2 * chunk}-{size - 1}"),
+        ("PUT", "drop-after", 201, str(size)),
         ("GET", None, 404, None),
-        ("POST", None, 202, None),
-        ("PATCH", None, 202, f"0-{chunk - 1}"),
-        ("PATCH", None, 202, f"{chunk}-{2 * chunk - 1}"),
-        ("PATCH", None, 202, f"{2 * chunk}-{size - 1}"),
-        ("PUT", None, 201, None),
+        ("POST", None, 202, "0"),
+        ("PUT", None, 201, str(size)),
     ]
+
+
+class Produced:
+    """A blob made as it is read (as a push compresses a layer): its digest known only
+    once it was read to the end."""
+
+    def __init__(self, content, offset):
+        self.stream, self.content = io.BytesIO(content[offset:]), content
+        self.digest = self.size = None
+
+    def read(self, size=-1):
+        data = self.stream.read(size)
+        if not data:
+            self.digest, self.size = hashlib.sha256(self.content).hexdigest(), len(self.content)
+        return data
+
+    def close(self):
+        self.stream.close()
+
+
+def test_upload_of_unknown_digest_streams_in_one_patch(proxies, plain):
+    """Chunked, with no Content-Length (its size is not known either); the closing PUT names
+    the digest the stream gave. A dropped PATCH goes on from what the registry holds."""
+    proxy = proxies(f"http://{plain.host}")
+    proxy.add("PATCH", "/blobs/uploads/", "drop-before")
+    content = os.urandom(3 << 20)
+    repo = f"streamed-{uuid.uuid4().hex[:10]}/x"
+    with Registry(proxy.host) as registry:
+        assert registry.upload_blob(repo, lambda offset: Produced(content, offset)) == (sha256(content), len(content))
+        assert registry.blob_size(repo, sha256(content)) == len(content)
+    exchanges = [(entry.method, entry.action, entry.headers.get("Transfer-Encoding"))
+                 for entry in proxy.log if "/blobs/uploads/" in entry.path]
+    assert exchanges == [("POST", None, None), ("PATCH", "drop-before", "chunked"), ("GET", None, None),
+                         ("PATCH", None, "chunked"), ("PUT", None, None)]
+    assert proxy.requests("PUT")[0].path.endswith("digest=" + sha256(content).replace(":", "%3A"))
 
 
 def test_upload_small_blob_in_one_put(proxies, plain):
@@ -953,7 +1010,8 @@ def test_upload_small_blob_in_one_put(proxies, plain):
     content = os.urandom(1000)
     repo = f"small-{uuid.uuid4().hex[:10]}/x"
     with Registry(proxy.host) as registry:
-        registry.upload_blob(repo, sha256(content), len(content), lambda offset: io.BytesIO(content[offset:]))
+        registry.upload_blob(repo, lambda offset: io.BytesIO(content[offset:]), digest=sha256(content),
+                             size=len(content))
     assert [entry.method for entry in proxy.log if "/blobs/" in entry.path] == ["POST", "PUT"]
 
 
@@ -962,11 +1020,12 @@ def test_upload_of_damaged_local_content(plain):
     repo = f"bad-{uuid.uuid4().hex[:10]}/x"
     with Registry(plain.host) as registry:
         with pytest.raises(DigestMismatch) as err:
-            registry.upload_blob(repo, sha256(b"other"), len(content), lambda offset: io.BytesIO(content[offset:]))
+            registry.upload_blob(repo, lambda offset: io.BytesIO(content[offset:]), digest=sha256(b"other"),
+                                 size=len(content))
         assert exit_code(err) == EXIT_VERIFY and "does not match its digest" in one_line(err)
         with pytest.raises(BadImageDir) as err:
-            registry.upload_blob(repo, sha256(content), len(content) + 10,
-                                 lambda offset: io.BytesIO(content[offset:]))
+            registry.upload_blob(repo, lambda offset: io.BytesIO(content[offset:]), digest=sha256(content),
+                                 size=len(content) + 10)
         assert exit_code(err) == EXIT_BAD_DIR and "ended before its declared size" in one_line(err)
 
 
@@ -1188,7 +1247,8 @@ def push_small_image(registry, repo):
                                                     "rootfs": {"type": "layers", "diff_ids": []}}).encode()
     blobs = [(sha256(config), len(config), config), (sha256(layer), len(layer), layer)]
     for digest, size, content in blobs:
-        registry.upload_blob(repo, digest, size, lambda offset, content=content: io.BytesIO(content[offset:]))
+        registry.upload_blob(repo, lambda offset, content=content: io.BytesIO(content[offset:]), digest=digest,
+                             size=size)
     manifest = {"schemaVersion": 2, "mediaType": DOCKER_V2,
                 "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
                            "digest": blobs[0][0], "size": blobs[0][1]},
@@ -1209,7 +1269,8 @@ def test_token_auth_push_and_anonymous_pull(token_registry, logged_in):
         for blob_digest, size, _ in blobs:
             assert registry.blob_size(repo, blob_digest) == size
         with pytest.raises(AuthRefused) as err:
-            registry.upload_blob(repo, blobs[1][0], blobs[1][1], lambda offset: io.BytesIO(blobs[1][2][offset:]))
+            registry.upload_blob(repo, lambda offset: io.BytesIO(blobs[1][2][offset:]), digest=blobs[1][0],
+                                 size=blobs[1][1])
     asked = token_registry.tokens.requests[before:]
     assert asked[0] == (None, False, (f"repository:{repo}:pull",))  # one anonymous token, cached
     assert asked.count(asked[0]) == 1
@@ -1277,8 +1338,8 @@ def test_parallel_uploads_and_fetches_share_tokens(token_registry, logged_in, tm
         assert failures == []
 
     with Registry(token_registry.host) as registry:
-        in_threads(lambda index: registry.upload_blob(repo, sha256(contents[index]), len(contents[index]),
-                                                      lambda offset: io.BytesIO(contents[index][offset:])))
+        in_threads(lambda index: registry.upload_blob(repo, lambda offset: io.BytesIO(contents[index][offset:]),
+                                                      digest=sha256(contents[index]), size=len(contents[index])))
         in_threads(lambda index: [registry.fetch_blob(repo, sha256(content), len(content),
                                                       tmp_path / f"{index}-{number}")
                                   for number, content in enumerate(contents)])
@@ -1422,7 +1483,7 @@ def test_hostile_server_errors_are_retried_a_bounded_number_of_times():
         with pytest.raises(RegistryUnavailable) as err:
             registry.get_manifest("x", "1", ACCEPT)
     assert exit_code(err) == EXIT_ENGINE_UNAVAILABLE and "HTTP 503" in one_line(err)
-    assert server.hits.count(("GET", "/v2/x/manifests/1")) == client_module.ATTEMPTS
+    assert server.hits.count(("GET", "/v2/x/manifests/1")) == retry.ATTEMPTS
 
 
 def test_hostile_token_service(no_logins):

@@ -9,7 +9,6 @@ import hashlib
 import ipaddress
 import os
 import threading
-import time
 from urllib.parse import quote, urljoin, urlsplit
 
 from ..errors import (AuthRefused, BadImageDir, BadRegistryData, CantWrite, DigestMismatch, DockerDirError,
@@ -20,22 +19,19 @@ from .auth import TokenCache, fetch_token, login_advice, parse_challenges, scope
 from .credentials import Secret, credentials_for
 from .messages import cut, error_codes, registry_errors
 from .reference import api_host, check_repository, check_tag
+from .retry import Tries, retryable_status
 
 MAX_MANIFEST = 4 << 20  # the limit distribution itself puts on a manifest
 MAX_ERROR_BODY = 16 << 10
-UPLOAD_CHUNK = 8 << 20  # PATCH size; a blob up to this size goes in one PUT
 READ_CHUNK = 1 << 20
-ATTEMPTS = 3  # tries of one request that got no answer or a 5xx/429
-MAX_RETRY_AFTER = 10  # seconds we wait at most when a registry asks us to
-_RETRY_STATUSES = (429, 500, 502, 503, 504)
 _GENERIC_TYPES = ("", "application/json", "text/plain", "application/octet-stream")
 _PULL, _PUSH = "pull", "pull,push"
-_UNSET = object()
 
 
 class Registry:
     """One registry (host[:port] as written; "docker.io" is Docker Hub). Safe to share between
-    threads: each thread gets its own connections, tokens are shared."""
+    threads, which share its connections and tokens; but call log_in(repository) from the
+    main thread before worker threads use a repository."""
 
     def __init__(self, registry_host, insecure=(), timeout=tp.TIMEOUT):
         self.host = registry_host
@@ -45,7 +41,7 @@ class Registry:
         self._lock = threading.Lock()
         self._base = None  # "https://HOST" or "http://HOST", once GET /v2/ answered
         self._challenge = None  # (scheme, params) of the registry's WWW-Authenticate, None when open
-        self._credentials = _UNSET
+        self._credentials = {}  # repository -> Credentials or None: the login that covers it
         self._tokens = TokenCache()
         self._token_lock = threading.Lock()
 
@@ -62,6 +58,14 @@ class Registry:
         self._transport.close()
 
     # -- the API -------------------------------------------------------------------------
+
+    def log_in(self, repository):
+        """Find the login that covers `repository` and reach the registry: from the main
+        thread, before worker threads use the repository, since a credential helper may
+        run (credentials.py says why only the main thread may start one)."""
+        check_repository(repository)
+        self._credentials_for(repository)
+        self._ensure_base()
 
     def get_manifest(self, repo, reference, accept):
         """(bytes, media type, digest) of a manifest or index, by tag or digest. `accept` is
@@ -107,11 +111,11 @@ class Registry:
                                   f"of repository {repo}; it is misbehaving")
         return size
 
-    def fetch_blob(self, repo, digest, size, path, on_bytes=None, retries=3):
+    def fetch_blob(self, repo, digest, size, path, on_bytes=None):
         """Download a blob of `size` bytes into `path` (a new file), checking its size and
         digest; on any failure the file is removed. A dropped transfer resumes where it
-        stopped (Range), at most `retries` times. `on_bytes(n)` reports progress; a negative
-        n takes bytes back when the registry makes us start over."""
+        stopped (Range), within the retry policy's bounds (retry.py). `on_bytes(n)` reports
+        progress; a negative n takes bytes back when the registry makes us start over."""
         check_repository(repo)
         hex_digest = _checked_digest(digest)
         try:
@@ -119,7 +123,7 @@ class Registry:
         except OSError as err:
             raise CantWrite(f"cannot create {path}: {err.strerror}") from None
         try:
-            actual = self._download(repo, digest, size, out, path, _Progress(on_bytes), retries)
+            actual = self._download(repo, digest, size, out, path, _Progress(on_bytes))
             try:
                 out.close()
             except OSError as err:  # the last buffered bytes did not fit
@@ -152,39 +156,47 @@ class Registry:
             return False
         raise self._refusal(response, repo, f"mount blob {digest} into repository {repo}", f"blob {digest}")
 
-    def upload_blob(self, repo, digest, size, open_stream, on_bytes=None, retries=3):
-        """Upload a blob of `size` bytes: one PUT when small, else PATCHes of UPLOAD_CHUNK
-        and a closing PUT. `open_stream(offset)` gives a readable positioned at offset, so a
-        dropped upload goes on from what the registry confirms it has (at most `retries`
-        times). `on_bytes(n)` reports progress, negative when bytes are sent again."""
+    def upload_blob(self, repo, open_stream, on_bytes=None, digest=None, size=None):
+        """Upload a blob; returns its (digest, size). `open_stream(offset)` gives a reader of
+        the blob's bytes from `offset` on, the same bytes each time, so a dropped upload goes
+        on from what the registry confirms it has (within retry.py's bounds); read to its
+        end, the reader's `digest` and `size` say what it gave in all. A blob of known digest
+        and size goes up in one PUT; another streams in one PATCH (chunked: compressed as it
+        goes, say) and a closing PUT names its digest. `on_bytes(n)` reports progress,
+        negative when bytes are sent again."""
         check_repository(repo)
-        _checked_digest(digest)
+        if digest is not None:
+            _checked_digest(digest)
         progress = _Progress(on_bytes)
         scopes = [scope(repo, _PUSH)]
-        location, offset = self._start_upload(repo, scopes), 0
-        failures = 0
+        tries = Tries()
+        location, offset = self._start_upload(repo, scopes, tries), 0
         while True:
             try:
-                if offset == 0 and size <= UPLOAD_CHUNK:
-                    self._finish_upload(repo, digest, location, scopes, size,
-                                        lambda: _Body(open_stream, 0, size, progress))
-                    return
-                while offset < size:
-                    length = min(UPLOAD_CHUNK, size - offset)
-                    location, offset = self._patch_upload(
-                        repo, digest, location, scopes, offset, length,
-                        lambda start=offset, length=length: _Body(open_stream, start, length, progress))
-                self._finish_upload(repo, digest, location, scopes, 0, None)
-                return
+                stream = open_stream(offset)
+                body = _Body(stream, offset, None if size is None else size - offset, progress)
+                try:
+                    if digest is not None and size is not None and offset == 0:
+                        self._finish_upload(repo, digest, location, scopes, tries, body, size)
+                        return digest, size
+                    location = self._patch_upload(repo, location, scopes, tries, body, offset)
+                finally:
+                    body.close()
+                made = "sha256:" + stream.digest
+                if digest is not None and made != digest:
+                    raise BadImageDir(f"blob {digest} was read as {made} while it was uploaded; check the local "
+                                      "copy: docker-dir-id --verify DIR")
+                self._finish_upload(repo, made, location, scopes, tries, None, 0)
+                return made, stream.size
             except _UploadBroken as broken:
-                failures += 1
-                if failures > retries:
-                    raise RegistryUnavailable(f"uploading blob {digest} to {self.host}/{repo} broke {failures} "
-                                              f"times, the last: {broken}; try again later") from None
+                if not tries.again():
+                    raise RegistryUnavailable(f"uploading blob {digest or ''} to {self.host}/{repo} broke "
+                                              f"{tries.made} times, the last: {broken}; try again later"
+                                              .replace("blob  to", "a blob to")) from None
                 if broken.restart:
-                    location, offset = self._start_upload(repo, scopes), 0
+                    location, offset = self._start_upload(repo, scopes, tries), 0
                 else:
-                    location, offset = self._upload_status(repo, location, scopes)
+                    location, offset = self._upload_status(repo, location, scopes, tries)
                 progress.move_to(offset)
 
     def put_manifest(self, repo, reference, data, media_type):
@@ -209,39 +221,42 @@ class Registry:
 
     # -- requests, authorization, retries ------------------------------------------------
 
-    def _call(self, method, path, repo, scopes, headers=None, body=None, retry=True):
-        """The Response to one request (any status: callers judge it), authorized for
-        `scopes`. `path` is /v2/… or an absolute URL (an upload's Location). `body` is
-        None, bytes, or a function giving a fresh stream per attempt. With retry, a request
-        that got no answer, or a 5xx/429, is tried again (ATTEMPTS in all); without, such a
-        failure raises _UploadBroken for the caller to resume from the registry's state."""
+    def _call(self, method, path, repo, scopes, headers=None, body=None, tries=None, resume=False, chunked=False):
+        """The Response to one request (any status: callers judge it), authorized for `scopes`
+        with the login that covers `repo`. `path` is /v2/… or an absolute URL (an upload's
+        Location). `body` is None, bytes, or a stream sent once. A request that got no answer,
+        or a 5xx/429, is tried again as retry.py says (`tries`, shared by the requests of one
+        transfer); with `resume` (an upload's body, sent once), such a failure raises
+        _UploadBroken for the caller to go on from the registry's state."""
         base = self._ensure_base()
         url = urljoin(base, path)
-        attempt = 0
+        tries = tries or Tries()
         while True:
-            attempt += 1
             try:
-                response = self._send_authorized(method, url, repo, scopes, headers, body)
+                response = self._send_authorized(method, url, repo, scopes, headers, body, chunked)
             except tp.TransportFailure as failure:
-                if failure.kind != tp.DROPPED:
+                if not failure.retryable:
                     raise self._unavailable(failure) from None
-                if not retry:
+                if resume:
                     raise _UploadBroken(str(failure)) from None
-                if attempt >= ATTEMPTS:
-                    raise self._unavailable(failure, f" ({attempt} attempts)") from None
-                _pause(attempt, None)
-                continue
-            if response.status in _RETRY_STATUSES and retry and attempt < ATTEMPTS:
-                response.close()
-                _pause(attempt, response.header("Retry-After"))
-                continue
+                if tries.again():
+                    continue
+                raise self._unavailable(failure, f" ({tries.made} attempts)") from None
+            if retryable_status(response.status):
+                if resume:
+                    response.close()
+                    raise _UploadBroken(f"HTTP {response.status}")
+                if tries.again(response.header("Retry-After")):
+                    response.close()
+                    continue
+                response.attempts = tries.made
             return response
 
-    def _send_authorized(self, method, url, repo, scopes, headers, body):
+    def _send_authorized(self, method, url, repo, scopes, headers, body, chunked):
         """Send with this registry's authorization; on 401, once more with a fresh token (or
         with the challenge this answer brings, when it differs from the one /v2/ gave)."""
-        authorization, forget = self._authorization(scopes)
-        response = self._send(method, url, headers, body, authorization)
+        authorization, forget = self._authorization(repo, scopes)
+        response = self._transport.request(method, url, headers, body, authorization, chunked)
         if response.status != 401:
             return response
         challenge = _pick_challenge(response.header("WWW-Authenticate"))
@@ -253,28 +268,22 @@ class Registry:
             with self._lock:
                 self._challenge = challenge
         response.close()
-        authorization, _ = self._authorization(scopes)
-        return self._send(method, url, headers, body, authorization)
+        if body is not None and not isinstance(body, bytes):
+            raise _UploadBroken("the registry asked for a new token")  # a stream cannot be sent twice
+        authorization, _ = self._authorization(repo, scopes)
+        return self._transport.request(method, url, headers, body, authorization, chunked)
 
-    def _send(self, method, url, headers, body, authorization):
-        payload = body() if callable(body) else body
-        try:
-            return self._transport.request(method, url, headers, payload, authorization=authorization)
-        finally:
-            if callable(body):
-                payload.close()
-
-    def _authorization(self, scopes):
+    def _authorization(self, repo, scopes):
         """(Authorization header value as a Secret or None, a function that forgets a refused
         token or None)."""
         challenge = self._challenge
         if challenge is None:
             return None, None
         kind, params = challenge
-        credentials = self._credentials_once()
+        credentials = self._credentials_for(repo)
         if kind == "basic":
-            return (credentials.basic_authorization() if credentials else None), None
-        key = (params.get("realm"), params.get("service"), tuple(sorted(scopes)))
+            return (credentials.basic_authorization(self.host) if credentials else None), None
+        key = (params.get("realm"), params.get("service"), tuple(sorted(scopes)), credentials)
         token = self._tokens.get(key)
         if token is None:
             with self._token_lock:  # threads that need the same token wait for one request
@@ -285,11 +294,12 @@ class Registry:
                     self._tokens.put(key, token, lifetime)
         return Secret("Bearer " + token.reveal()), (lambda: self._tokens.drop(key, token))
 
-    def _credentials_once(self):
+    def _credentials_for(self, repo):
+        """The login that covers `repo` (None: anonymous), looked up once per repository."""
         with self._lock:
-            if self._credentials is _UNSET:
-                self._credentials = credentials_for(self.host)
-            return self._credentials
+            if repo not in self._credentials:
+                self._credentials[repo] = credentials_for(self.host, repo)
+            return self._credentials[repo]
 
     def _ensure_base(self):
         """The registry's base URL, found by GET /v2/ (docker's ping): HTTPS, or plain HTTP
@@ -300,30 +310,30 @@ class Registry:
             return self._base
 
     def _ping(self):
+        plain_ok = self._plain_ok(self._api)
         try:
-            return self._ping_at(f"https://{self._api}")
+            return self._ping_at(f"https://{self._api}", plain_ok)
         except tp.TransportFailure as failure:
-            if failure.kind in (tp.NO_TLS, tp.CONNECT) and self._plain_ok(self._api):
+            if failure.kind in (tp.NO_TLS, tp.CONNECT) and plain_ok:
                 try:
-                    return self._ping_at(f"http://{self._api}")
+                    return self._ping_at(f"http://{self._api}", False)
                 except tp.TransportFailure as second:
                     raise self._unavailable(second) from None
             raise self._unavailable(failure) from None
 
-    def _ping_at(self, base):
-        attempt = 0
+    def _ping_at(self, base, plain_next):
+        """(base, challenge) from GET /v2/ at `base`; with `plain_next`, a refused connection
+        is not tried again: plain HTTP is tried next."""
+        tries = Tries()
         while True:
-            attempt += 1
             try:
                 response = self._transport.request("GET", base + "/v2/")
             except tp.TransportFailure as failure:
-                if failure.kind != tp.DROPPED or attempt >= ATTEMPTS:
-                    raise
-                _pause(attempt, None)
-                continue
+                if failure.retryable and not (plain_next and failure.kind == tp.CONNECT) and tries.again():
+                    continue
+                raise
             body = response.read_prefix(MAX_ERROR_BODY)
-            if response.status in _RETRY_STATUSES and attempt < ATTEMPTS:
-                _pause(attempt, response.header("Retry-After"))
+            if retryable_status(response.status) and tries.again(response.header("Retry-After")):
                 continue
             break
         if response.status == 200:
@@ -341,7 +351,7 @@ class Registry:
             raise RegistryUnavailable(f"{self.host} does not serve the registry API (GET /v2/ answered 404); "
                                       "check the registry's address")
         if response.status >= 500 or response.status == 429:
-            raise RegistryUnavailable(f"{self.host} keeps failing (HTTP {response.status}{said}, {attempt} "
+            raise RegistryUnavailable(f"{self.host} keeps failing (HTTP {response.status}{said}, {tries.made} "
                                       "attempts); try again later")
         raise BadRegistryData(f"{self.host} answered GET /v2/ with HTTP {response.status}{said}; "
                               "is it a container registry?")
@@ -374,6 +384,9 @@ class Registry:
                                        f"--insecure-registry {failure.where}")
         if failure.kind == tp.CONNECT:
             return RegistryUnavailable(f"{text}; check the registry's address and that it is running")
+        if failure.kind == tp.PROXY:
+            return RegistryUnavailable(f"{text}; check the proxy setting (or list {self.host} in NO_PROXY to go "
+                                       "direct) and that the proxy is running")
         return RegistryUnavailable(f"{text}; try again later")
 
     def _refusal(self, response, repo, doing, what):
@@ -388,7 +401,7 @@ class Registry:
         said = f"{' ' if said else ''}{said}"
         codes = error_codes(body)
         if status == 401:
-            credentials = self._credentials if self._credentials is not _UNSET else None
+            credentials = self._credentials.get(repo)
             if credentials and _insufficient_scope(response):  # a good login, whose token lacks this permission
                 return AuthRefused(f"{self.host} does not let the user of the credentials from {credentials.source} "
                                    f"{doing} (HTTP 401 insufficient_scope{said}); {login_advice(self.host)} as a "
@@ -409,9 +422,10 @@ class Registry:
         if status == 405:
             return AuthRefused(f"{self.host} does not allow you to {doing} (HTTP 405{said}); "
                                "the registry may be read-only")
-        if status in _RETRY_STATUSES:
-            return RegistryUnavailable(f"{self.host} failed to {doing} (HTTP {status}{said}, {ATTEMPTS} "
-                                       "attempts); try again later")
+        if retryable_status(status):
+            attempts = getattr(response, "attempts", 1)
+            return RegistryUnavailable(f"{self.host} failed to {doing} (HTTP {status}{said}, {attempts} "
+                                       f"attempt{'s' if attempts > 1 else ''}); try again later")
         if status == 400 and "DIGEST_INVALID" in codes:
             return DigestMismatch(f"{self.host} found that the content sent for {what} does not match "
                                   f"its digest (HTTP 400{said}); check the local copy: docker-dir-id --verify DIR")
@@ -449,14 +463,15 @@ class Registry:
 
     # -- blob transfers ------------------------------------------------------------------
 
-    def _download(self, repo, digest, size, out, path, progress, retries):
+    def _download(self, repo, digest, size, out, path, progress):
         """Stream the blob into `out`; returns the hex sha256 of what was written."""
         hasher = hashlib.sha256()
         received = 0
-        failures = 0
+        tries = Tries()  # the requests and the resumptions of this transfer
         while True:
             headers = {"Range": f"bytes={received}-"} if received else None
-            response = self._call("GET", f"/v2/{repo}/blobs/{digest}", repo, [scope(repo, _PULL)], headers)
+            response = self._call("GET", f"/v2/{repo}/blobs/{digest}", repo, [scope(repo, _PULL)], headers,
+                                  tries=tries)
             if response.status == 200 and received:  # Range ignored: the whole blob again
                 response_start = 0
             elif response.status == 206 and received:
@@ -496,48 +511,47 @@ class Registry:
                 problem = f"the transfer ended after {received} of {size} bytes"
             except tp.TransportFailure as failure:
                 problem = str(failure)
-            failures += 1
-            if failures > retries:
-                raise RegistryUnavailable(f"downloading blob {digest} from {self.host}/{repo} broke {failures} "
+            if not tries.again():
+                raise RegistryUnavailable(f"downloading blob {digest} from {self.host}/{repo} broke {tries.made} "
                                           f"times, the last: {problem}; try again later")
 
     def _too_large(self, repo, digest, size):
         return BadRegistryData(f"{self.host} sent more than the {size} bytes of blob {digest} of repository "
                                f"{repo}; the registry is misbehaving")
 
-    def _start_upload(self, repo, scopes):
+    def _start_upload(self, repo, scopes, tries):
         """The Location of a new upload session."""
-        response = self._call("POST", f"/v2/{repo}/blobs/uploads/", repo, scopes, {"Content-Length": "0"})
+        response = self._call("POST", f"/v2/{repo}/blobs/uploads/", repo, scopes, {"Content-Length": "0"},
+                              tries=tries)
         response.close()
         if response.status != 202:
             raise self._refusal(response, repo, f"start an upload to repository {repo}", "upload")
         return self._location(response, repo)
 
-    def _patch_upload(self, repo, digest, location, scopes, offset, length, body):
-        """Send bytes [offset, offset + length) of the blob; (next Location, confirmed end)."""
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
-                   "Content-Range": f"{offset}-{offset + length - 1}"}
-        response = self._call("PATCH", location, repo, scopes, headers, body, retry=False)
+    def _patch_upload(self, repo, location, scopes, tries, body, offset):
+        """Append the blob's bytes from `offset` on to the upload (distribution's stream
+        mode: no Content-Range); the next Location once the registry holds all of them."""
+        headers = {"Content-Type": "application/octet-stream"}
+        if body.length is not None:
+            headers["Content-Length"] = str(body.length)
+        response = self._call("PATCH", location, repo, scopes, headers, body, tries=tries, resume=True,
+                              chunked=body.length is None)
         response.close()
         if response.status == 416:
             raise _UploadBroken(f"{self.host} did not accept the upload at byte {offset} (HTTP 416)", restart=True)
-        if response.status in _RETRY_STATUSES:
-            raise _UploadBroken(f"HTTP {response.status}")
         if response.status != 202:
-            raise self._refusal(response, repo, f"upload blob {digest} to repository {repo}", f"blob {digest}")
-        end = self._confirmed_end(response, repo, offset + length)
-        if end <= offset:
-            raise _UploadBroken(f"{self.host} kept none of the bytes from {offset} on")
-        return self._location(response, repo), end
+            raise self._refusal(response, repo, f"upload a blob to repository {repo}", "upload")
+        sent = offset + body.sent
+        if self._confirmed_end(response, repo, sent) != sent:
+            raise _UploadBroken(f"{self.host} holds fewer bytes than the {sent} sent")
+        return self._location(response, repo)
 
-    def _finish_upload(self, repo, digest, location, scopes, length, body):
-        """PUT ?digest= on the upload, with the whole blob or (after PATCHes) nothing."""
+    def _finish_upload(self, repo, digest, location, scopes, tries, body, length):
+        """PUT ?digest= on the upload, with the whole blob or (after the PATCH) nothing."""
         url = location + ("&" if "?" in location else "?") + "digest=" + quote(digest, safe="")
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
-        response = self._call("PUT", url, repo, scopes, headers, body if body else b"", retry=False)
+        response = self._call("PUT", url, repo, scopes, headers, body if body else b"", tries=tries, resume=True)
         response.close()
-        if response.status in _RETRY_STATUSES:
-            raise _UploadBroken(f"HTTP {response.status}")
         if response.status != 201:
             raise self._refusal(response, repo, f"upload blob {digest} to repository {repo}", f"blob {digest}")
         claimed = response.header("Docker-Content-Digest")
@@ -545,13 +559,13 @@ class Registry:
             raise BadRegistryData(f"{self.host} stored blob {digest} of repository {repo} as {cut(claimed, 80)}; "
                                   "it is misbehaving")
 
-    def _upload_status(self, repo, location, scopes):
+    def _upload_status(self, repo, location, scopes, tries):
         """(Location, offset) to go on from after a broken upload: what the registry has,
         or a new session from 0 when it lost this one."""
-        response = self._call("GET", location, repo, scopes)
+        response = self._call("GET", location, repo, scopes, tries=tries)
         response.close()
         if response.status == 404:
-            return self._start_upload(repo, scopes), 0
+            return self._start_upload(repo, scopes, tries), 0
         if response.status != 204:
             raise self._refusal(response, repo, f"get the state of an upload to repository {repo}", "upload")
         return self._location(response, repo), self._confirmed_end(response, repo, None)
@@ -612,23 +626,27 @@ class _Progress:
 
 
 class _Body:
-    """`length` bytes of a blob from `offset`, read from open_stream(offset) as http.client
-    sends them; fewer bytes than promised is an error about the local copy."""
+    """What an upload sends: the blob's bytes from `offset` on, read from `stream` as urllib3
+    sends them, `length` of them when known; fewer bytes than that is an error about the
+    local copy."""
 
-    def __init__(self, open_stream, offset, length, progress):
-        self._stream = open_stream(offset)
-        self._left = length
+    def __init__(self, stream, offset, length, progress):
+        self._stream = stream
+        self.length = length
+        self.sent = 0
         self._progress = progress
         progress.move_to(offset)
 
-    def read(self, size):
-        if self._left == 0:
-            return b""
-        data = self._stream.read(min(size, self._left))
-        if not data:
+    def read(self, size=-1):
+        if self.length is not None:
+            size = self.length - self.sent if size < 0 else min(size, self.length - self.sent)
+            if size == 0:
+                return b""
+        data = self._stream.read(size)
+        if not data and self.length is not None:
             raise BadImageDir("a local blob ended before its declared size; check the local copy: "
                               "docker-dir-id --verify DIR")
-        self._left -= len(data)
+        self.sent += len(data)
         self._progress.move_to(self._progress.position + len(data))
         return data
 
@@ -672,14 +690,6 @@ def _range_start(content_range):
         return None
     start = content_range[6:].split("-", 1)[0].strip()
     return int(start) if start.isdigit() and len(start) < 19 else None
-
-
-def _pause(attempt, retry_after):
-    """Wait before trying again: what the registry asked (bounded), else 0.5 s, 1 s, …"""
-    delay = 0.5 * 2 ** (attempt - 1)
-    if retry_after and retry_after.strip().isdigit():
-        delay = min(int(retry_after.strip()), MAX_RETRY_AFTER)
-    time.sleep(delay)
 
 
 def _write(out, data, path):

@@ -6,7 +6,13 @@ as podman writes it; then $XDG_CONFIG_HOME/containers/auth.json, which podman re
 too), then docker's $DOCKER_CONFIG/config.json (~/.docker/config.json; podman 4 logs
 in there when DOCKER_CONFIG is set).
 In each: `credHelpers[host]`, else `credsStore` (docker's: it answers for every host),
-else `auths[host].auth` (base64 "user:password"). Helpers are `docker-credential-NAME get`.
+else an `auths` entry: its key is a host or, as podman writes them, a host and a repository
+path (`quay.io/team`), matched longest first (`quay.io/team/tool`, `quay.io/team`, `quay.io`),
+so two accounts on one registry each answer for their own repositories. An entry holds
+`auth` (base64 "user:password"), or an `identitytoken` (a refresh token, from `docker login`
+against a registry whose token service gives one, or `az acr login`), which the token
+service exchanges for access tokens (auth.py). Helpers are `docker-credential-NAME get`;
+one answering the user `<token>` gives an identity token too.
 
 Secrets live in Secret objects from the moment they are read, so no repr, message or
 traceback that shows local variables can print them.
@@ -14,6 +20,7 @@ traceback that shows local variables can print them.
 import base64
 import os
 import shutil
+import threading
 
 from ..errors import AuthRefused, RegistryUnavailable, UsageError
 from ..fastjson import loads_json, read_bounded
@@ -47,20 +54,26 @@ class Secret:
 
 
 class Credentials:
-    """A username and its secret (password or token), and where they were found."""
+    """A username and its secret (a password or access token, or an identity token: a
+    refresh token only a token service takes), and where they were found."""
 
-    __slots__ = ("username", "secret", "source")
+    __slots__ = ("username", "secret", "source", "identity_token")
 
-    def __init__(self, username, secret, source):
+    def __init__(self, username, secret, source, identity_token=False):
         self.username = username
         self.secret = secret if isinstance(secret, Secret) else Secret(secret)
         self.source = source
+        self.identity_token = identity_token
 
     def __iter__(self):  # (username, secret), as the contract names the pair
         return iter((self.username, self.secret))
 
-    def basic_authorization(self):
+    def basic_authorization(self, registry):
         """The Authorization header value for HTTP Basic, as a Secret."""
+        if self.identity_token:
+            raise AuthRefused(f"the login for {registry} ({self.source}) is an identity token, which only a "
+                              "registry with a token service takes, and this one asks for a password (Basic); "
+                              f"log in with a username and password: 'docker login {registry}'")
         pair = f"{self.username}:{self.secret.reveal()}".encode("utf-8", "surrogatepass")
         return Secret("Basic " + base64.b64encode(pair).decode("ascii"))
 
@@ -68,8 +81,9 @@ class Credentials:
         return f"Credentials(username={self.username!r}, secret=<secret>, source={self.source!r})"
 
 
-def credentials_for(registry):
-    """Credentials for `registry` (host[:port] as written, "docker.io" for Docker Hub), or None."""
+def credentials_for(registry, repository=None):
+    """Credentials for `repository` of `registry` (host[:port] as written, "docker.io" for
+    Docker Hub), or None."""
     names = _host_names(registry)
     for path in auth_files():
         config = _read_config(path)
@@ -85,12 +99,31 @@ def credentials_for(registry):
             return _ask_helper(store, registry, f"credsStore in {path}")
         auths = config.get("auths")
         if isinstance(auths, dict):
-            for key, entry in auths.items():
-                if _key_host(key) in names and isinstance(entry, dict):
-                    found = _from_auth_entry(entry, registry, path)
-                    if found:
-                        return found
+            for _, entry in sorted(_matching_keys(auths, names, repository), key=lambda found: -found[0]):
+                found = _from_auth_entry(entry, registry, path)
+                if found:
+                    return found
     return None
+
+
+def _matching_keys(auths, names, repository):
+    """(length of the path matched, entry) of the `auths` entries that cover `repository`:
+    a host key covers every repository (length 0); a podman key HOST/PATH covers PATH and
+    what lies under it."""
+    for key, entry in auths.items():
+        if not isinstance(entry, dict):
+            continue
+        if "://" in key:  # docker's older keys: a URL, whose path is the API's, not a repository
+            if _key_host(key) in names:
+                yield 0, entry
+            continue
+        host, _, path = key.lower().rstrip("/").partition("/")
+        if host not in names:
+            continue
+        if not path:
+            yield 0, entry
+        elif repository is not None and (repository == path or repository.startswith(path + "/")):
+            yield len(path), entry
 
 
 def auth_files():
@@ -154,14 +187,16 @@ def _read_config(path):
 
 
 def _from_auth_entry(entry, registry, path):
+    token = entry.get("identitytoken")
+    if isinstance(token, Secret) and isinstance(token.reveal(), str) and token.reveal():
+        found = _decode_auth(entry["auth"], path) if isinstance(entry.get("auth"), Secret) else None
+        return Credentials(found.username if found else "<token>", token, path, identity_token=True)
     if isinstance(entry.get("auth"), Secret):
         found = _decode_auth(entry["auth"], path)
         if found is None:
             raise UsageError(f"the login for {registry} in {path} is damaged (its 'auth' is not base64 of "
                              f"user:password); log in again with 'docker login {registry}'")
         return found
-    if "identitytoken" in entry:
-        raise _identity_token(registry, path)
     return None
 
 
@@ -178,17 +213,16 @@ def _decode_auth(encoded, path):
     return Credentials(username, Secret(password), path)
 
 
-def _identity_token(registry, where):
-    return AuthRefused(f"the login for {registry} ({where}) is an identity token, which docker-dir cannot use; "
-                       f"log in with a username and password or access token: 'docker login {registry}' "
-                       f"or 'podman login {registry}'")
-
-
 def _ask_helper(name, registry, where):
     """Ask `docker-credential-NAME get`, as docker does: the server on stdin, JSON on stdout."""
     from .. import process  # plumbum: only when a helper must run
 
     program = f"docker-credential-{name}"
+    if threading.current_thread() is not threading.main_thread():
+        # fork() with other threads running can deadlock the child (a lock held by another
+        # thread at the fork stays held), and the helper's PDEATHSIG would fire when this
+        # thread, not the command, ends: Registry.log_in looks logins up first.
+        raise RuntimeError(f"{program} would be started from a worker thread; call Registry.log_in first")
     path = shutil.which(program)
     if path is None:
         raise RegistryUnavailable(f"the credential helper {program} ({where}) is not installed or not on PATH; "
@@ -209,8 +243,8 @@ def _ask_helper(name, registry, where):
     if answer is None:
         raise RegistryUnavailable(f"the credential helper {program} ({where}) did not answer with JSON "
                                   "holding Username and Secret; check that helper")
-    if answer.username == "<token>":
-        raise _identity_token(registry, where)
+    if answer.username == "<token>":  # docker-credential-helpers' name for an identity token
+        answer.identity_token = True
     return answer if answer.username else None
 
 

@@ -1,29 +1,48 @@
-"""HTTP for the registry client: kept-alive connections per thread, TLS as docker sets it
-up, redirects that never carry the registry's Authorization to another host.
+"""HTTP for the registry client, on urllib3: one pool of kept-alive connections shared by
+every thread of a Transport, proxies as the environment names them (proxy.py), TLS as
+docker sets it up (the system's CAs plus /etc/docker/certs.d), and redirects followed
+here, so that the registry's Authorization never goes to another host.
 
-Failures without an HTTP answer raise TransportFailure, whose `kind` tells the client
-whether to retry, fall back to plain HTTP, or give up; the client turns it into
-docker-dir's errors, since only it knows which registry and operation were meant.
+urllib3 is asked for exactly one exchange per request (no retries, no redirects, no
+content decoding, the body left unread): retries are the client's (retry.py), and the
+client streams, resumes and bounds every body itself.
+
+Failures without an HTTP answer raise TransportFailure, whose `kind` tells what happened
+and `retryable` whether trying again may help; the client turns it into docker-dir's
+errors, since only it knows which registry and operation were meant. A failure while
+connecting is told apart from one once the request is under way by the connection
+classes below: nothing was sent to the server then.
 """
 import http.client
 import os
-import select
 import socket
 import ssl
 import threading
 from urllib.parse import urljoin, urlsplit
 
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (HTTPError, NameResolutionError, NewConnectionError, ProtocolError, ReadTimeoutError,
+                                SSLError)
+
+from .. import __version__
 from .messages import cut
+from .proxy import proxy_for
 
 CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 TIMEOUT = 60  # seconds without a byte before a connection counts as dead
+CONNECT_TIMEOUT = 10  # seconds to set up a connection (and its proxy tunnel, and TLS)
 MAX_REDIRECTS = 10
-_REDIRECTS = (301, 302, 303, 307, 308)
-_SEND_BLOCK = 1 << 16
+POOL_SIZE = 8  # connections kept per host: the transfers a pull or push runs at once, and then some
+_SEND_BLOCK = 1 << 18
 _DRAIN_LIMIT = 1 << 16
+_REDIRECTS = (301, 302, 303, 307, 308)
+_USER_AGENT = f"docker-dir/{__version__}"
 
 # TransportFailure kinds
-CONNECT = "connect"  # nothing listens, or the host is unknown: retrying soon rarely helps
+CONNECT = "connect"  # nothing listens, the host is unknown, or it did not answer in time
+PROXY = "proxy"  # the proxy cannot be reached, or it refused to take us to the host
 NO_TLS = "no-tls"  # the server answered the TLS handshake with something else (plain HTTP)
 CERTIFICATE = "certificate"  # its TLS certificate was refused
 TLS_REFUSED = "tls-refused"  # it refused our TLS session (an alert: e.g. it wants a client certificate)
@@ -32,10 +51,11 @@ PROTOCOL = "protocol"  # the answer breaks HTTP, or our bounds on it (headers, r
 
 
 class TransportFailure(Exception):
-    def __init__(self, message, kind, where):
+    def __init__(self, message, kind, where, retryable=False):
         super().__init__(message)
         self.kind = kind
-        self.where = where  # the host[:port] that failed (maybe not the registry: blob storage)
+        self.where = where  # the host[:port] that failed (maybe not the registry: blob storage, the proxy)
+        self.retryable = retryable
 
 
 def origin(url):
@@ -53,9 +73,8 @@ class Response:
     """An answer being read. Read it to the end, or close it: only then can its connection
     serve the next request."""
 
-    def __init__(self, raw, connection, url):
+    def __init__(self, raw, url):
         self._raw = raw
-        self._connection = connection
         self.url = url
         self.status = raw.status
         self.headers = raw.headers
@@ -71,10 +90,10 @@ class Response:
             return data
         try:
             return self._raw.read(size)
-        except (http.client.HTTPException, OSError, ValueError) as err:
-            self._connection.close()
+        except (HTTPError, OSError, http.client.HTTPException, ValueError) as err:
+            self._raw.close()
             raise TransportFailure(f"the transfer from {host_port(self.url)} broke: {_describe(err)}",
-                                   DROPPED, host_port(self.url)) from None
+                                   DROPPED, host_port(self.url), retryable=True) from None
 
     def read_prefix(self, limit):
         """At most the first `limit` bytes of the body (an error text to show), then close."""
@@ -100,41 +119,42 @@ class Response:
         return None
 
     def close(self):
-        """Done with this answer. Its connection stays open if the rest of the body is short
-        (an empty 201, an error text); a long unread rest closes it."""
+        """Done with this answer. Its connection goes back to the pool if the rest of the body
+        is short (an empty 201, an error text); a long or unknown rest closes it."""
         raw = self._raw
         if not raw.isclosed():
-            if raw.chunked or raw.length is None or raw.length > _DRAIN_LIMIT:
-                self._connection.close()
+            left = raw.length_remaining
+            if left is None or left > _DRAIN_LIMIT:
+                raw.close()
             else:
                 try:
                     self._kept = raw.read()
-                except (http.client.HTTPException, OSError, ValueError):
-                    self._connection.close()
-        raw.close()
+                except (HTTPError, OSError, http.client.HTTPException, ValueError):
+                    raw.close()
+        raw.release_conn()
 
 
 class Transport:
-    """Connections per (thread, origin), reused while the server keeps them open."""
+    """Connections shared by every thread, per origin (and per proxy and TLS setup)."""
 
-    def __init__(self, timeout=TIMEOUT):
-        self.timeout = timeout
-        self._local = threading.local()
+    def __init__(self, timeout=TIMEOUT, environ=None):
+        self.timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT, timeout), read=timeout)
+        self._environ = os.environ if environ is None else environ
         self._lock = threading.Lock()
-        self._connections = []  # every thread's, so close() can reach them
-        self._tls = {}
+        self._managers = {}  # (proxy URL, certs.d host or None) -> PoolManager
+        self._tls = {}  # host[:port] -> (its SSLContext, whether certs.d had files for it)
 
-    def request(self, method, url, headers=None, body=None, authorization=None):
+    def request(self, method, url, headers=None, body=None, authorization=None, chunked=False):
         """Send one request and return its Response, following redirects of GET and HEAD.
-        `authorization` (a Secret) goes only to the origin of `url`. A `body` that is a
-        stream is sent once; bytes are sent again if a kept-alive connection had closed."""
+        `authorization` (a Secret) goes only to the origin of `url`. `body` is None, bytes,
+        or a readable or iterable stream, sent once; `chunked` sends one of unknown length."""
         auth_origin = origin(url)
         seen = {url}
         while True:
             sent = dict(headers or {})
             if authorization is not None and origin(url) == auth_origin:
                 sent["Authorization"] = authorization
-            response = self._send(method, url, sent, body)
+            response = self._send(method, url, sent, body, chunked)
             if response.status not in _REDIRECTS or method not in ("GET", "HEAD"):
                 return response
             location = response.header("Location")
@@ -153,118 +173,62 @@ class Transport:
                                        f"{host_port(url)}", PROTOCOL, host_port(url))
             seen.add(url)
 
-    def _send(self, method, url, headers, body):
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        connection, reused = self._connection(url)
-        replayable = body is None or isinstance(body, bytes)
-        while True:
-            if connection.sock is None:
-                _connect(connection, url)
-            try:
-                connection.putrequest(method, target, skip_accept_encoding=True)
-                for name, value in headers.items():
-                    connection.putheader(name, value.reveal() if hasattr(value, "reveal") else value)
-                if isinstance(body, bytes) and "Content-Length" not in headers:
-                    connection.putheader("Content-Length", str(len(body)))
-                connection.endheaders(body)
-                return Response(connection.getresponse(), connection, url)
-            except http.client.RemoteDisconnected as err:
-                failure = err
-            except ssl.SSLError as err:
-                connection.close()
-                if _alert(err):  # TLS 1.3 servers refuse a client certificate after the handshake
-                    raise _tls_refused(err, url) from None
-                failure = err
-            except http.client.HTTPException as err:  # a bad status line, too long or too many headers
-                connection.close()
-                raise TransportFailure(f"{host_port(url)} sent an answer that breaks HTTP or exceeds "
-                                       f"its limits: {_describe(err)}", PROTOCOL, host_port(url)) from None
-            except OSError as err:  # reset, broken pipe, timeout
-                failure = err
-            except BaseException:  # the body's own error, or a signal: the request is half sent
-                connection.close()
-                raise
-            connection.close()
-            # A kept-alive connection the server closed just before we wrote: a new one will do.
-            if reused and replayable and not isinstance(failure, socket.timeout):
-                reused = False
-                continue
-            raise TransportFailure(f"connection to {host_port(url)} failed: {_describe(failure)}", DROPPED,
-                                   host_port(url)) from None
+    def _send(self, method, url, headers, body, chunked):
+        sent = {"User-Agent": _USER_AGENT}
+        sent.update((name, value.reveal() if hasattr(value, "reveal") else value) for name, value in headers.items())
+        manager, proxy = self._manager(url)
+        try:
+            raw = manager.urlopen(method, url, body=body, headers=sent, chunked=chunked, retries=False,
+                                  redirect=False, preload_content=False, decode_content=False,
+                                  timeout=self.timeout)
+        except TransportFailure as failure:
+            if failure.kind != PROXY:
+                failure.where = host_port(url)  # as the URL writes it: certs.d is named so
+            raise
+        except (HTTPError, OSError, http.client.HTTPException, ValueError) as err:
+            raise _request_failure(err, url, proxy) from None
+        return Response(raw, url)
 
-    def _connection(self, url):
-        """(this thread's connection to url's origin, whether it served a request before)."""
-        pool = getattr(self._local, "pool", None)
-        if pool is None:
-            pool = self._local.pool = {}
-        key = origin(url)
-        connection = pool.get(key)
-        if connection is not None and connection.sock is not None and not _stale(connection.sock):
-            return connection, True
-        if connection is not None:
-            connection.close()
-            return connection, False
-        scheme, host, port = key
-        if scheme == "https":
-            connection = http.client.HTTPSConnection(host, port, timeout=self.timeout, blocksize=_SEND_BLOCK,
-                                                     context=self._tls_context(host_port(url)))
-        else:
-            connection = http.client.HTTPConnection(host, port, timeout=self.timeout, blocksize=_SEND_BLOCK)
-        pool[key] = connection
+    def _manager(self, url):
+        """(the PoolManager for `url`'s proxy and TLS setup, the Proxy or None)."""
+        proxy = proxy_for(url, self._environ)
+        where = host_port(url)
+        context, own = self._tls_context(where) if url.startswith("https:") else (None, False)
+        key = (proxy.url if proxy else None, where if own else None)
         with self._lock:
-            self._connections.append(connection)
-        return connection, False
+            manager = self._managers.get(key)
+            if manager is None:
+                options = dict(num_pools=16, maxsize=POOL_SIZE, block=False, ssl_context=context,
+                               blocksize=_SEND_BLOCK)
+                if proxy:
+                    manager = urllib3.ProxyManager(proxy.url, proxy_headers=proxy.headers, **options)
+                    manager.proxy_shown = proxy.shown
+                else:
+                    manager = urllib3.PoolManager(**options)
+                manager.pool_classes_by_scheme = _POOLS
+                self._managers[key] = manager
+        return manager, proxy
 
     def _tls_context(self, where):
         """System CAs, plus docker's and podman's per-registry certs.d: `*.crt` CAs,
-        `NAME.cert` + `NAME.key` a client certificate."""
+        `NAME.cert` + `NAME.key` a client certificate. (context, whether certs.d had any)."""
         with self._lock:
-            context = self._tls.get(where)
-            if context is None:
-                context = self._tls[where] = tls_context(where)
-            return context
+            found = self._tls.get(where)
+            if found is None:
+                found = self._tls[where] = tls_context(where)
+            return found
 
     def close(self):
         with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
-
-
-def _connect(connection, url):
-    """Open the connection (and its TLS session); failures here mean nothing was sent."""
-    try:
-        connection.connect()
-    except ssl.SSLCertVerificationError as err:
-        connection.close()
-        raise TransportFailure(f"the TLS certificate of {host_port(url)} was refused: "
-                               f"{err.verify_message or err.reason}", CERTIFICATE, host_port(url)) from None
-    except (ssl.SSLError, ConnectionResetError) as err:
-        connection.close()
-        if _alert(err):
-            raise _tls_refused(err, url) from None
-        # What a plain HTTP server makes of a TLS handshake: an HTTP answer, or a hang-up.
-        raise TransportFailure(f"{host_port(url)} does not speak TLS ({_describe(err)})", NO_TLS,
-                               host_port(url)) from None
-    except OSError as err:  # refused, unknown host, unreachable, no answer in time
-        connection.close()
-        raise TransportFailure(f"cannot connect to {host_port(url)}: {_describe(err)}", CONNECT,
-                               host_port(url)) from None
-
-
-def _alert(err):
-    """Whether the peer refused our TLS session with an alert (so it does speak TLS)."""
-    return "ALERT" in (getattr(err, "reason", None) or "")
-
-
-def _tls_refused(err, url):
-    alert = err.reason.lower().replace("_", " ")
-    return TransportFailure(f"{host_port(url)} refused the TLS session ({alert})", TLS_REFUSED, host_port(url))
+            for manager in self._managers.values():
+                manager.clear()
+            self._managers.clear()
 
 
 def tls_context(where):
+    """(SSLContext for host[:port] `where`, whether certs.d named files for it)."""
     context = ssl.create_default_context()
+    own = False
     for base in CERTS_DIRS:
         directory = os.path.join(base, where)
         try:
@@ -276,38 +240,140 @@ def tls_context(where):
             try:
                 if name.endswith(".crt"):
                     context.load_verify_locations(cafile=path)
+                    own = True
                 elif name.endswith(".cert"):
                     context.load_cert_chain(path, path[:-len(".cert")] + ".key")
+                    own = True
             except (OSError, ssl.SSLError) as err:
                 raise TransportFailure(f"cannot use {path}: {_describe(err)}; fix or remove it",
                                        CERTIFICATE, where) from None
-    return context
+    return context, own
 
 
-def _stale(sock):
-    """Whether an idle kept-alive socket was closed by the server (or has unexpected data)."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    if not readable:
-        return False
-    timeout = sock.gettimeout()
-    sock.setblocking(False)
-    try:
-        sock.recv(1)
-        return True  # end of stream, or bytes nobody asked for
-    except (BlockingIOError, ssl.SSLWantReadError):
-        return False  # only TLS housekeeping (session tickets) was waiting
-    except OSError:
-        return True
-    finally:
-        sock.settimeout(timeout)
+class _Connecting:
+    """A connection whose failures while connecting (to the proxy, through its tunnel,
+    the TLS handshake) raise TransportFailure at once, named for what failed."""
+
+    def connect(self):
+        try:
+            super().connect()
+        except (HTTPError, OSError, http.client.HTTPException, ValueError) as err:
+            raise _connect_failure(err, self) from None
+
+
+class _HTTPConnection(_Connecting, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Connecting, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def _connect_failure(err, connection):
+    """The TransportFailure of a connection that could not be set up."""
+    target = f"{connection._tunnel_host}:{connection._tunnel_port}" if connection._tunnel_host else \
+        f"{connection.host}:{connection.port}"
+    target = target.replace(":443", "") if target.endswith(":443") else target
+    if connection.proxy is not None:
+        proxy = f"the proxy {connection.proxy.scheme}://{connection.proxy.netloc}"
+        if not connection.has_connected_to_proxy:
+            return TransportFailure(f"cannot connect to {proxy}: {_describe(err)}", PROXY,
+                                    connection.proxy.netloc, retryable=not isinstance(err, NameResolutionError))
+        refused = _tunnel_refusal(err)
+        if refused:
+            status, text = refused
+            if status == 407:
+                return TransportFailure(f"{proxy} asks for credentials (HTTP 407 {text}) to reach {target}", PROXY,
+                                        connection.proxy.netloc)
+            if status >= 500:
+                return TransportFailure(f"{proxy} could not reach {target} (HTTP {status} {text})", PROXY,
+                                        connection.proxy.netloc, retryable=True)
+            return TransportFailure(f"{proxy} refused to connect to {target} (HTTP {status} {text})", PROXY,
+                                    connection.proxy.netloc)
+    cause = _cause(err)
+    if isinstance(err, NameResolutionError):
+        return TransportFailure(f"cannot connect to {target}: {_describe(err)}", CONNECT, target)
+    if isinstance(err, NewConnectionError):  # refused, unreachable, no answer in time
+        return TransportFailure(f"cannot connect to {target}: {_describe(err)}", CONNECT, target, retryable=True)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return TransportFailure(f"the TLS certificate of {target} was refused: "
+                                f"{cause.verify_message or cause.reason}", CERTIFICATE, target)
+    if _alert(cause):  # TLS 1.3 servers refuse a client certificate after the handshake
+        return _tls_refused(cause, target)
+    if isinstance(cause, (ssl.SSLError, ConnectionResetError, ConnectionAbortedError)):
+        # What a plain HTTP server makes of a TLS handshake: an HTTP answer, or a hang-up.
+        return TransportFailure(f"{target} does not speak TLS ({_describe(cause)})", NO_TLS, target)
+    return TransportFailure(f"cannot connect to {target}: {_describe(cause)}", CONNECT, target,
+                            retryable=isinstance(cause, (OSError, socket.timeout)))
+
+
+def _request_failure(err, url, proxy):
+    """The TransportFailure of a request that broke once its connection was up."""
+    where = host_port(url)
+    cause = _cause(err)
+    if isinstance(cause, ssl.SSLError) and _alert(cause):
+        return _tls_refused(cause, where)
+    if isinstance(cause, http.client.HTTPException) and not isinstance(cause, http.client.RemoteDisconnected):
+        # a bad status line, too long or too many headers
+        return TransportFailure(f"{where} sent an answer that breaks HTTP or exceeds its limits: "
+                                f"{_describe(cause)}", PROTOCOL, where)
+    if isinstance(err, (ProtocolError, ReadTimeoutError, SSLError, OSError)):
+        through = f" (through {proxy.shown})" if proxy else ""
+        return TransportFailure(f"connection to {where}{through} failed: {_describe(cause)}", DROPPED, where,
+                                retryable=True)
+    return TransportFailure(f"{where}: {_describe(err)}", PROTOCOL, where)
+
+
+def _cause(err):
+    """The exception under urllib3's wrappers (ProtocolError('Connection aborted.', e), SSLError(e))."""
+    seen = set()
+    while isinstance(err, HTTPError) and id(err) not in seen:
+        seen.add(id(err))
+        inner = next((arg for arg in err.args if isinstance(arg, BaseException)), None) or err.__cause__ \
+            or err.__context__
+        if inner is None:
+            break
+        err = inner
+    return err
+
+
+def _tunnel_refusal(err):
+    """(status, reason) of a proxy's refusal of CONNECT, or None."""
+    text = str(_cause(err))
+    marker = "Tunnel connection failed: "
+    if marker not in text:
+        return None
+    status, _, reason = text.split(marker, 1)[1].partition(" ")
+    return (int(status), cut(reason, 60)) if status.isdigit() else None
+
+
+def _alert(err):
+    """Whether the peer refused our TLS session with an alert (so it does speak TLS)."""
+    return "ALERT" in (getattr(err, "reason", None) or "")
+
+
+def _tls_refused(err, where):
+    alert = err.reason.lower().replace("_", " ")
+    return TransportFailure(f"{where} refused the TLS session ({alert})", TLS_REFUSED, where)
 
 
 def _describe(err):
-    if isinstance(err, (socket.timeout, TimeoutError)):
+    err = _cause(err)
+    if isinstance(err, (socket.timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
         return "no answer within the time limit"
+    if isinstance(err, socket.gaierror):
+        return err.strerror or str(err)
     if isinstance(err, ssl.SSLError) and err.reason:
         return err.reason.lower().replace("_", " ")
     text = getattr(err, "strerror", None) or str(err) or type(err).__name__
