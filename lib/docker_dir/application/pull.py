@@ -12,8 +12,6 @@ registry's digest recorded beside it.
 """
 import hashlib
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import BadImageDir, BadRegistryData, SelectionError
 from ..fastjson import loads_json
@@ -22,10 +20,11 @@ from ..format.compression import media_type_compression
 from ..format.imagedir import ImageDir
 from ..format.names import REPO_DIGEST_ANNOTATION, SOURCE_DIGEST_ANNOTATION, hex_of_digest, shown
 from ..format.oci import Walker
-from ..format.platform import Platform
+from ..format.selection import matching_platform
 from ..format.streams import sha256_file
 from ..registry.client import Registry
 from ..registry.reference import DOCKER_HUB, blob_url
+from .transfers import Transfers
 
 # What a pull accepts, most wanted first (as docker and podman ask).
 ACCEPT = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json", OCI_MANIFEST,
@@ -47,6 +46,7 @@ def pull(source, blobs, selectors, reporter, insecure=(), reuse_dir=None):
     """The images of `source` (a RegistryImage) with their blobs in `blobs`."""
     ref = source.reference
     with Registry(ref.registry, insecure=insecure) as registry:
+        registry.log_in(ref.repository)
         top, media_type, digest = registry.get_manifest(ref.repository, ref.manifest_reference, ACCEPT)
         # Manifests and indexes are held here; only those the layout keeps become blobs.
         documents = {hex_of_digest(digest): top}
@@ -104,29 +104,32 @@ def _manifest_reader(registry, repository, documents):
 
 
 def _of_platform(source, leaves, wanted):
-    """The leaf of this host's platform, or of `wanted`; one leaf is the image whatever it says."""
+    """The leaf of this host's platform, or of `wanted`, by the rule a directory's images
+    are chosen by (format/selection.py); one leaf is the image whatever it says."""
     if len(leaves) == 1 and (wanted is None or leaves[0].platform is None):
         return leaves[0]
-    request = Platform.parse(wanted) if wanted is not None else Platform.host()
-    matching = [leaf for leaf in leaves if leaf.platform and request.matches(leaf.platform)]
-    if not matching:
-        have = ", ".join(sorted({str(leaf.platform) for leaf in leaves if leaf.platform})) or "no platform named"
-        how = "" if wanted else " (this host's); choose one with --platform"
-        raise SelectionError(f"{source}: no image for platform {request}{how}; it offers: {have}")
+    matching = matching_platform(source, leaves, wanted, lambda leaf: leaf.platform, verb="offers")
+    if len(matching) > 1:
+        name = f"docker://{source.reference.registry}/{source.reference.repository}"
+        raise SelectionError(f"{source}: {len(matching)} images are for platform {matching[0].platform}: "
+                             + ", ".join(f"sha256:{leaf.digests[-1][:12]}" for leaf in matching)
+                             + f"; save one by its digest: {name}@sha256:…")
     return matching[0]
 
 
 def _manifest_document(documents, leaf, source):
     """The leaf's manifest; layers the registry would have us fetch from elsewhere
-    (`urls`) are refused: neither fetched nor checked."""
+    (`urls`) are refused: neither fetched nor checked. Every blob must say its size: a
+    download is bounded by it."""
     document = loads_json(documents[leaf.digests[-1]])
-    for layer in document["layers"]:
-        if layer.get("urls") is not None:
-            raise BadRegistryData(f"{source}: layer {shown(str(layer.get('digest')))} is to be fetched from other "
-                                  "URLs (a non-distributable layer); docker-dir fetches from the registry only")
-        size = layer.get("size")
+    for what, descriptor in [("config", document["config"])] + [("layer", layer) for layer in document["layers"]]:
+        named = f"{what} {shown(str(descriptor.get('digest')))}"
+        if descriptor.get("urls") is not None:
+            raise BadRegistryData(f"{source}: {named} is to be fetched from other URLs (a non-distributable "
+                                  "layer); docker-dir fetches from the registry only")
+        size = descriptor.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BadRegistryData(f"{source}: layer {shown(str(layer.get('digest')))} has no valid size")
+            raise BadRegistryData(f"{source}: {named} has no valid size; the registry's manifest is damaged")
     return document
 
 
@@ -169,13 +172,10 @@ def _familiar(ref):
     return ref.repository[8:] if ref.repository.startswith("library/") else ref.repository
 
 
-class _Stopped(Exception):
-    """The pull failed or was interrupted: a download of another thread gives up."""
-
-
 class _Fetcher:
-    """Blobs to fetch, each once, a few at a time, with one progress line; those the
-    directory being replaced holds (checked against their digest) are reused instead."""
+    """Blobs to fetch, each once, a few at a time (transfers.py), with one progress line;
+    those the directory being replaced holds (checked against their digest) are reused
+    instead."""
 
     def __init__(self, registry, repository, blobs, reuse_dir):
         self.registry, self.repository, self.blobs, self.reuse_dir = registry, repository, blobs, reuse_dir
@@ -189,39 +189,16 @@ class _Fetcher:
 
     def run(self, reporter, label):
         missing = {hexd: size for hexd, size in self.wanted.items() if not self._reused(hexd)}
-        progress = reporter.transfer(label, total=sum(size or 0 for size in missing.values()) or None)
-        lock = threading.Lock()
-        stopping = threading.Event()  # set when the pull fails or is interrupted
+        with Transfers(reporter, label, total=sum(missing.values()) or None, parallel=PARALLEL) as transfers:
+            def fetch(hexd):
+                partial = self.blobs.path(f".{hexd}.partial")
+                self.registry.fetch_blob(self.repository, "sha256:" + hexd, missing[hexd], partial,
+                                         transfers.counted)
+                os.rename(partial, self.blobs.path(hexd))
 
-        def counted(nbytes):
-            if stopping.is_set():
-                raise _Stopped()  # a download under way stops at its next chunk
-            with lock:
-                progress(nbytes)
-
-        def fetch(hexd):
-            if stopping.is_set():
-                raise _Stopped()
-            partial = self.blobs.path(f".{hexd}.partial")
-            self.registry.fetch_blob(self.repository, "sha256:" + hexd, missing[hexd], partial, counted)
-            os.rename(partial, self.blobs.path(hexd))
-
-        try:
-            with ThreadPoolExecutor(PARALLEL) as pool:
-                futures = [pool.submit(fetch, hexd) for hexd in sorted(missing, key=missing.get, reverse=True)]
-                try:
-                    for future in futures:
-                        future.result()
-                except BaseException:
-                    # Ctrl-C or a failed blob: the rest is not downloaded before the error shows
-                    stopping.set()
-                    pool.shutdown(cancel_futures=True)
-                    raise
-        except BaseException:
-            progress.cancel()
-            raise
-        progress.close()
-        self.fetched = progress.done
+            transfers.results([transfers.submit(fetch, hexd)
+                               for hexd in sorted(missing, key=missing.get, reverse=True)])
+        self.fetched = transfers.done
 
     def _reused(self, hexd):
         """Blob `hexd` taken from the directory being replaced, if it holds it whole."""

@@ -26,7 +26,7 @@ def select(image_dir, repo_tag=None, config=None, platform=None, candidates=None
     if config is not None:
         chosen = [i for i in chosen if i.matches_config(config)]
     if platform is not None or len(chosen) > 1 and all(i.platform for i in chosen):
-        chosen = _of_platform(path, chosen, platform)
+        chosen = matching_platform(path, chosen, platform, lambda i: i.platform or i.platform_of_config())
     if len(chosen) == 1:
         return chosen[0]
     candidates = "; ".join(i.label() for i in images)
@@ -42,12 +42,16 @@ def select(image_dir, repo_tag=None, config=None, platform=None, candidates=None
                          f"--config: {'; '.join(i.label() for i in chosen)}")
 
 
-def _of_platform(path, images, wanted):
+def matching_platform(where, candidates, wanted, platform_of, verb="holds"):
+    """The candidates whose platform (platform_of(candidate), a Platform or None) satisfies
+    `wanted` (os/arch[/variant]; None: this host's); SelectionError when none does. The
+    one rule of choosing by platform: a directory's images, a registry's index (where
+    several remain, the caller refuses too, naming how to choose one)."""
     request = Platform.parse(wanted) if wanted is not None else Platform.host()
-    offered = [(image, image.platform or image.platform_of_config()) for image in images]
-    matching = [image for image, offer in offered if offer and request.matches(offer)]
-    if not matching and images:
+    offered = [(candidate, platform_of(candidate)) for candidate in candidates]
+    matching = [candidate for candidate, offer in offered if offer and request.matches(offer)]
+    if not matching and candidates:
         have = ", ".join(sorted({str(offer) for _, offer in offered if offer})) or "no platform named"
         how = "" if wanted else " (this host's); choose one with --platform"
-        raise SelectionError(f"{path}: no image for platform {request}{how}; it holds: {have}")
+        raise SelectionError(f"{where}: no image for platform {request}{how}; it {verb}: {have}")
     return matching
