@@ -7,10 +7,11 @@ Import from a test module (tests/ is on sys.path under pytest):
     from registry import RegistryServer, BlobProxy, push_platform_index, Unavailable
 
 conftest.py makes the session fixtures registry_anon, registry_tls, registry_token and
-platform_index, and the function fixture blob_proxy (a factory), from it. Repository
+platform_index, and the function fixture blob_proxy (a factory), from it; and for the
+proxy tests (tests/proxy.py) registry_named_tls and registry_named_token. Repository
 names in the session registries are shared by every test: make yours unique (uuid).
 
-RegistryServer(kind, label=None), kind one of KINDS:
+RegistryServer(kind, label=None, names=(), realm_name=None, certs_d=CERTS_D), kind one of KINDS:
     "anonymous"  plain HTTP, no auth.
     "basic-tls"  HTTPS with a private CA + htpasswd Basic auth (bcrypt, `htpasswd -Bbn`).
     "token"      HTTPS with a private CA + `auth: token`: a TokenServer (below) on another
@@ -27,7 +28,18 @@ RegistryServer(kind, label=None), kind one of KINDS:
       storage (the registry's root directory), dir (temp dir), log_path.
     - ca_cert: path of the CA's PEM certificate (TLS kinds; None for "anonymous");
       cert_dir: a directory holding only ca.crt, for skopeo/podman --cert-dir.
-      The server certificate names IP 127.0.0.1 and DNS localhost.
+      The server certificate names IP 127.0.0.1, DNS localhost and the `names`.
+    - names (TLS kinds): DNS names for the certificate, e.g. tests/proxy.py's TEST_NAMES,
+      which only its squid resolves. At start the CA goes into BASE/NAME:PORT/ca.crt for
+      every name, for the registry's port and the token server's, BASE in certs_d
+      (/etc/docker/certs.d and /etc/containers/certs.d), where docker, podman and skopeo
+      look; stop() removes them. host_named(name=None) -> "NAME:PORT" (default: the first).
+    - realm_name (token kind; added to names): the realm the registry announces is
+      https://REALM_NAME:TOKENPORT/token, so only a client resolving that name (through
+      the proxy) gets a token. dockerd cannot use the test proxy: it can neither log in
+      nor push there; fill such a registry with skopeo_copy(..., env=proxy.env()).
+    - trust(host, bases=certs_d) -> the directories BASE/HOST made, holding ca.crt;
+      untrust(directories). Whatever is trusted is removed by stop().
     - username, password: the test user ("alice"; None for "anonymous"); credentials:
       (username, password) or None. admin: (user, password) allowed everything, used by
       the helpers below by default ("basic-tls": the same user; "token": "admin").
@@ -47,10 +59,11 @@ RegistryServer(kind, label=None), kind one of KINDS:
       --PREFIXno-creds (prefix "src-"/"dest-" for `skopeo copy`).
     - podman_flags(credentials=admin): the same for podman push/pull/manifest push
       (podman has no --no-creds: an empty --authfile instead, never root's shared one).
-    - skopeo_copy(src, dest, *extra, credentials=admin, check=True): flags added for
-      whichever side is docker://HOST/...
-    - skopeo_inspect(repo_tag, *extra, credentials=admin) -> parsed JSON (--raw: the
-      manifest as the registry serves it).
+    - skopeo_copy(src, dest, *extra, credentials=admin, check=True, env=None): flags
+      added for whichever side is docker://HOST/... or docker://NAME:PORT/... (env: e.g. a
+      SquidProxy's env(), to reach the registry by name).
+    - skopeo_inspect(repo_tag, *extra, credentials=admin, host=None, env=None) -> parsed
+      JSON (--raw: the manifest as the registry serves it); host: e.g. host_named().
     Oracle, with urllib, independent of docker-dir (admin rights):
     - request(method, path, data=None, headers=None, authorize=True) -> Answer(status,
       headers, body); authorize=False sends no credentials at all.
@@ -73,13 +86,15 @@ podman 4.3.1):
       never reads /etc/docker/certs.d for it. Logins go to a private $DOCKER_CONFIG; the
       token kind's login asks the token server for a token with no scope.
     - skopeo, podman: --tls-verify=false for "anonymous"; --cert-dir CERT_DIR for the TLS
-      kinds (they verify, and trust the CA for the token server too); --creds U:P.
+      kinds (they verify, and trust the CA for the token server too); --creds U:P. By a
+      name: HTTPS_PROXY (or https_proxy) of a SquidProxy, and the CA from certs.d.
     - docker push sends a HEAD for a layer only when it has pulled or pushed it before;
       a layer new to the daemon goes straight to POST (so assert "HEAD before upload" of
       the client under test, not of docker).
 
-TokenServer (registry.token_server): HTTPS on its own loopback port (same CA; url is the
-realm), GET /token?service=...&scope=repository:NAME:pull,push[&scope=...]. Basic
+TokenServer (registry.token_server): HTTPS on its own loopback port (same CA and
+certificate; url is the realm, by realm_name when the registry has one; direct_url is by
+127.0.0.1; port), GET /token?service=...&scope=repository:NAME:pull,push[&scope=...]. Basic
 credentials are checked (wrong ones: 401); no credentials = anonymous. Each scope gets the
 requested actions the policy allows (possibly none); the JWT (RS256) carries the signing
 certificate in its x5c header, issued by the registry's CA (the rootcertbundle).
@@ -97,7 +112,8 @@ certificate in its x5c header, issued by the registry's CA (the rootcertbundle).
     The registry answers a request its token does not cover with 401 and
     error="insufficient_scope" in WWW-Authenticate.
 
-BlobProxy(registry).start() -> a reverse proxy on a free loopback port (HTTPS with the
+BlobProxy(registry, name=None, storage_name=None).start() -> a reverse proxy on a free
+loopback port (HTTPS with the
 registry's CA when the registry is HTTPS, so upload Locations the registry builds from the
 Host header stay valid) that passes every request through, streamed (chunked or not,
 uploads included), on keep-alive connections, except:
@@ -106,8 +122,10 @@ uploads included), on keep-alive connections, except:
       SCHEME://localhost:PORT2/blobs/sha256:HEX?repository=NAME, a storage server under a
       different host name that serves the bytes from the registry's storage (Range
       honoured: 206 + Content-Range; 416 out of range). Otherwise the GET goes through.
-    Attributes: host, url, scheme, port, storage_host ("localhost:PORT2"), storage_url,
-    ca_cert, cert_dir, registry.
+    Attributes: host ("127.0.0.1:PORT"), url, scheme, port, storage_host ("localhost:PORT2"),
+    storage_url, ca_cert, cert_dir, registry. name, storage_name: two of the registry's
+    names to use instead of 127.0.0.1 and localhost (behind tests/proxy.py's squid, which
+    resolves them), their CA trusted in certs.d while the proxy runs.
     Logs (secrets' values redacted, header names lower-case, the scheme kept:
     "Bearer <redacted>"):
     - requests: ProxyRequest(method, path, query, headers, status, bytes_in,
@@ -118,6 +136,9 @@ uploads included), on keep-alive connections, except:
       bytes_out than it announced).
     - bytes_uploaded() / bytes_downloaded(): request bodies through the proxy / response
       bodies from proxy and storage. forget(): empties both logs.
+    - received(secret) -> True when `secret` reached the proxy or the storage server: as a
+      secret header's value, its credential after the scheme, a Basic user:password or
+      password (their sha256 is kept, never the value), or in a path, query or other header.
     Faults, each returned as a Fault whose `fired` counts the times it acted; `match` is
     a digest or any substring of the request path (+ query), None = every request; times
     None = every time, K = the first K times it acts:
@@ -180,6 +201,7 @@ from engines import Unavailable, podman_env, log_tail
 from procs import alive, wait_gone
 
 KINDS = ("anonymous", "basic-tls", "token")
+CERTS_D = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 TOKEN_SERVICE = "docker-dir-test-registry"
 TOKEN_ISSUER = "docker-dir-test-token-server"
 MANIFEST_TYPES = (
@@ -224,10 +246,10 @@ class CertificateAuthority:
                      .sign(self.key, hashes.SHA256()))
         self.cert_path = self._write("ca", self.cert, self.key)
 
-    def issue(self, stem, common_name, *, server=True):
-        """A certificate and key, written as STEM.crt and STEM.key: for TLS on 127.0.0.1 and
-        localhost (server=True, EC key), or for signing tokens (RSA key, digitalSignature).
-        Returns (certificate, private key, certificate path, key path)."""
+    def issue(self, stem, common_name, *, server=True, names=()):
+        """A certificate and key, written as STEM.crt and STEM.key: for TLS on 127.0.0.1,
+        localhost and the DNS `names` (server=True, EC key), or for signing tokens (RSA key,
+        digitalSignature). Returns (certificate, private key, certificate path, key path)."""
         import ipaddress
 
         from cryptography import x509
@@ -249,7 +271,8 @@ class CertificateAuthority:
                                   critical=False))
         if server:
             builder = (builder.add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
+                 *map(x509.DNSName, names)]), critical=False)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
         cert = builder.sign(self.key, hashes.SHA256())
         cert_path = self._write(stem, cert, key)
@@ -416,8 +439,9 @@ class _TokenHandler(_Handler):
 class TokenServer:
     """Issues the registry's JWTs; see the module docstring."""
 
-    def __init__(self, ca, tls_cert, tls_key):
+    def __init__(self, ca, tls_cert, tls_key, realm_name=None):
         self.ca = ca
+        self.realm_name = realm_name
         self.users = {}
         self.grants = []
         self.requests = []
@@ -433,8 +457,18 @@ class TokenServer:
         self.server = _Server(_TokenHandler, self, _server_context(tls_cert, tls_key))
 
     @property
+    def port(self):
+        return self.server.port
+
+    @property
     def url(self):
-        return f"https://127.0.0.1:{self.server.port}/token"
+        """The realm: by realm_name when given (reachable only where that name resolves)."""
+        return f"https://{self.realm_name or '127.0.0.1'}:{self.port}/token"
+
+    @property
+    def direct_url(self):
+        return f"https://127.0.0.1:{self.port}/token"
+
 
     def stop(self):
         if self.server is not None:
@@ -575,11 +609,19 @@ def _run(argv, check=True, **kwargs):
 class RegistryServer:
     """Debian's docker-registry, in one of KINDS; see the module docstring for the API."""
 
-    def __init__(self, kind="anonymous", label=None):
+    def __init__(self, kind="anonymous", label=None, names=(), realm_name=None, certs_d=CERTS_D):
         if kind not in KINDS:
             raise ValueError(f"unknown registry kind {kind!r}; one of {KINDS}")
+        if names and kind == "anonymous":
+            raise ValueError("names are for the TLS kinds (they go in the certificate)")
+        if realm_name and kind != "token":
+            raise ValueError("realm_name is for the token kind")
         self.kind = kind
         self.label = label or f"registry ({kind})"
+        self.names = tuple(dict.fromkeys([*names, *([realm_name] if realm_name else [])]))
+        self.realm_name = realm_name
+        self.certs_d = tuple(certs_d)
+        self.trusted = []  # certs.d directories made by trust(), removed by stop()
         self.dir = None
         self.process = None
         self.port = None
@@ -601,6 +643,13 @@ class RegistryServer:
     @property
     def url(self):
         return f"{self.scheme}://{self.host}"
+
+    def host_named(self, name=None):
+        """NAME:PORT, the registry by one of its names (default: the first)."""
+        name = name or self.names[0]
+        if name not in self.names:
+            raise ValueError(f"{self.label}: {name!r} is not one of its names {self.names}")
+        return f"{name}:{self.port}"
 
     @property
     def pid(self):
@@ -643,6 +692,10 @@ class RegistryServer:
                 self.port = _free_port()
                 self._write_config()
                 if self._launch(timeout):
+                    for name in self.names:
+                        self.trust(f"{name}:{self.port}")
+                        if self.token_server:
+                            self.trust(f"{name}:{self.token_server.port}")
                     return self
         except BaseException:
             self.stop()
@@ -659,7 +712,7 @@ class RegistryServer:
             except ImportError:
                 raise Unavailable(f"{self.label}: the Python package cryptography is missing "
                                   "(the test extras install it)") from None
-            self.tls_cert, self.tls_key = self.ca.issue("server", "127.0.0.1")[2:]
+            self.tls_cert, self.tls_key = self.ca.issue("server", "127.0.0.1", names=self.names)[2:]
             self.cert_dir.mkdir()
             shutil.copy(self.ca_cert, self.cert_dir / "ca.crt")
         if self.kind == "basic-tls":
@@ -669,7 +722,7 @@ class RegistryServer:
             self.admin = self.credentials
             auth = {"htpasswd": {"realm": "docker-dir-test", "path": str(self.dir / "htpasswd")}}
         elif self.kind == "token":
-            self.token_server = TokenServer(self.ca, self.tls_cert, self.tls_key)
+            self.token_server = TokenServer(self.ca, self.tls_cert, self.tls_key, self.realm_name)
             self.username, self.password = "alice", self.token_server.users["alice"]
             self.admin = self.token_server.admin
             auth = {"token": {"realm": self.token_server.url, "service": TOKEN_SERVICE, "issuer": TOKEN_ISSUER,
@@ -730,6 +783,7 @@ class RegistryServer:
         if self.token_server is not None:
             self.token_server.stop()
             self.token_server = None
+        self.untrust(self.trusted)
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
@@ -739,6 +793,24 @@ class RegistryServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def trust(self, host, bases=None):
+        """The CA in BASE/HOST/ca.crt for each base (default: certs_d), where docker, podman,
+        skopeo look for a registry's CA; removed by untrust() or stop(). Returns the dirs made."""
+        made = []
+        for base in self.certs_d if bases is None else bases:
+            directory = Path(base) / host
+            directory.mkdir(parents=True, exist_ok=True)  # a killed run's leftover: same port, same CA role
+            shutil.copy(self.ca_cert, directory / "ca.crt")
+            made.append(directory)
+        self.trusted += made
+        return made
+
+    def untrust(self, directories):
+        for directory in list(directories):
+            shutil.rmtree(directory, ignore_errors=True)
+            if directory in self.trusted:
+                self.trusted.remove(directory)
 
     # -- the oracle
     def _authorization(self, path):
@@ -852,17 +924,17 @@ class RegistryServer:
         empty.write_text('{"auths": {}}\n')
         return [*self.skopeo_flags("")[:-1], "--authfile", str(empty)]
 
-    def skopeo_copy(self, src, dest, *extra, credentials=None, check=True):
-        mine = f"docker://{self.host}/"
+    def skopeo_copy(self, src, dest, *extra, credentials=None, check=True, env=None):
+        mine = tuple(f"docker://{host}/" for host in (self.host, *map(self.host_named, self.names)))
         flags = []
         for prefix, ref in (("src-", src), ("dest-", dest)):
             if ref.startswith(mine):
                 flags += self.skopeo_flags(prefix, credentials)
-        return _run(["skopeo", "copy", "-q", *flags, *extra, src, dest], check=check)
+        return _run(["skopeo", "copy", "-q", *flags, *extra, src, dest], check=check, env=env)
 
-    def skopeo_inspect(self, repo_tag, *extra, credentials=None):
+    def skopeo_inspect(self, repo_tag, *extra, credentials=None, host=None, env=None):
         proc = _run(["skopeo", "inspect", *self.skopeo_flags("", credentials), *extra,
-                     f"docker://{self.host}/{repo_tag}"])
+                     f"docker://{host or self.host}/{repo_tag}"], env=env)
         return json.loads(proc.stdout)
 
     # -- files for the client under test
@@ -947,6 +1019,7 @@ class _ProxyHandler(_Handler):
         url = urllib.parse.urlsplit(self.path)
         record = ProxyRequest(self.command, url.path, url.query, redacted(self.headers))
         proxy.requests.append(record)
+        proxy._note_secrets(self.headers)
         try:
             fault = proxy._fire("status", self.path, where="registry")
             if fault:
@@ -1090,6 +1163,7 @@ class _StorageHandler(_Handler):
         url = urllib.parse.urlsplit(self.path)
         record = StorageRequest(self.command, url.path, url.query, redacted(self.headers))
         proxy.storage_requests.append(record)
+        proxy._note_secrets(self.headers)
         match = STORAGE_PATH.match(url.path)
         path = match and proxy.registry.blob_path(match["digest"])
         if not path or not path.is_file():
@@ -1159,11 +1233,18 @@ class BlobProxy:
     """A registry's front door that redirects blob GETs and injects faults; see the module
     docstring."""
 
-    def __init__(self, registry):
+    def __init__(self, registry, name=None, storage_name=None):
+        for wanted in (name, storage_name):
+            if wanted and wanted not in registry.names:
+                raise ValueError(f"{wanted!r} is not in the registry's certificate names {registry.names}")
         self.registry = registry
+        self.name = name
+        self.storage_name = storage_name
         self.requests = []
         self.storage_requests = []
         self.faults = []
+        self.secret_hashes = set()  # sha256 of every secret header value (and its parts) received
+        self.trusted = []
         self.lock = threading.Lock()
         self.server = self.storage = None
 
@@ -1171,6 +1252,9 @@ class BlobProxy:
         context = _server_context(self.registry.tls_cert, self.registry.tls_key) if self.registry.ca else None
         self.server = _Server(_ProxyHandler, self, context)
         self.storage = _Server(_StorageHandler, self, context)
+        for name, host in ((self.name, self.host), (self.storage_name, self.storage_host)):
+            if name:
+                self.trusted += self.registry.trust(host)
         return self
 
     def stop(self):
@@ -1178,6 +1262,8 @@ class BlobProxy:
             if server is not None:
                 server.stop()
         self.server = self.storage = None
+        self.registry.untrust(self.trusted)
+        self.trusted = []
 
     def __enter__(self):
         return self.start() if self.server is None else self
@@ -1190,18 +1276,42 @@ class BlobProxy:
     ca_cert = property(lambda self: self.registry.ca_cert)
     cert_dir = property(lambda self: self.registry.cert_dir)
     port = property(lambda self: self.server.port)
-    host = property(lambda self: f"127.0.0.1:{self.port}")
+    host = property(lambda self: f"{self.name or '127.0.0.1'}:{self.port}")
     url = property(lambda self: f"{self.scheme}://{self.host}")
-    storage_host = property(lambda self: f"localhost:{self.storage.port}")
+    storage_host = property(lambda self: f"{self.storage_name or 'localhost'}:{self.storage.port}")
     storage_url = property(lambda self: f"{self.scheme}://{self.storage_host}")
 
     def _storage_location(self, name, digest):
         return f"{self.storage_url}/blobs/{digest}?{urllib.parse.urlencode({'repository': name})}"
 
     # -- logs
+    def _note_secrets(self, headers):
+        for name, value in headers.items():
+            if name.lower() not in SECRET_HEADERS:
+                continue
+            parts = {value, value.partition(" ")[2]}
+            if value.lower().startswith("basic "):
+                with contextlib.suppress(ValueError):
+                    decoded = base64.b64decode(value[6:], validate=True).decode()
+                    parts |= {decoded, decoded.partition(":")[2]}
+            with self.lock:
+                self.secret_hashes |= {hashlib.sha256(part.encode()).hexdigest() for part in parts if part}
+
+    def received(self, secret):
+        """True when `secret` reached the proxy or its storage server: as a whole secret header
+        value, a Bearer/Basic credential, a Basic password, or anywhere in a path, query or
+        other header."""
+        if hashlib.sha256(secret.encode()).hexdigest() in self.secret_hashes:
+            return True
+        return any(secret in record.path or secret in record.query or
+                   any(secret in value for value in record.headers.values())
+                   for record in [*self.requests, *self.storage_requests])
+
     def forget(self):
         self.requests.clear()
         self.storage_requests.clear()
+        with self.lock:
+            self.secret_hashes.clear()
 
     def bytes_uploaded(self):
         return sum(request.bytes_in for request in self.requests)

@@ -5,9 +5,13 @@ import hashlib
 import http.client
 import json
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import urllib.parse
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -302,3 +306,213 @@ def test_platform_index_has_both_platforms(platform_index):
         assert image_id_of(f"{registry.host}/{index.repo_tag}") == configs[index.native]
     finally:
         docker("rmi", "-f", configs[index.native], check=False)
+
+
+# -- what the fixtures below need on a provisioned machine ------------------------------------
+
+def test_fixture_tools_are_installed():
+    """tests/provision.sh installs them; without one, the proxy and login fixtures would fail
+    later and less clearly."""
+    from proxy import NCSA_AUTH
+
+    missing = [tool for tool in ("squid", "docker-registry", "htpasswd", "skopeo", "podman", "getent")
+               if not shutil.which(tool)]
+    assert not missing and os.access(NCSA_AUTH, os.X_OK), (missing, NCSA_AUTH)
+
+
+# -- squid (tests/proxy.py) ---------------------------------------------------------------------
+
+def tunnel(proxy_port, host, ca, headers=None):
+    """GET /v2/ on HOST (NAME:PORT) through a CONNECT tunnel of the proxy, TLS verified against
+    the name -> the HTTP status; OSError("Tunnel connection failed: 407 ...") when refused."""
+    name, port = host.rsplit(":", 1)
+    connection = http.client.HTTPSConnection("127.0.0.1", proxy_port, timeout=60, context=ca.client_context())
+    connection.set_tunnel(name, int(port), headers=headers)
+    try:
+        connection.request("GET", "/v2/")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def proxy_authorization(user, password):
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def skopeo(*args, env):
+    return subprocess.run(["skopeo", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_test_names_resolve_only_through_the_proxy(shared_squid, registry_named_tls):
+    from proxy import REGISTRY_NAME
+
+    proxy, registry = shared_squid, registry_named_tls
+    proxy.forget()
+
+    assert subprocess.run(["getent", "hosts", REGISTRY_NAME], capture_output=True).returncode == 2  # not found
+    with pytest.raises(socket.gaierror):
+        socket.create_connection((REGISTRY_NAME, registry.port), timeout=10)
+    assert proxy.requests(settle=0) == []
+
+    assert tunnel(proxy.port, registry.host_named(), registry.ca) == 401  # the registry's Basic challenge
+
+    (connect,) = proxy.requests()
+    assert (connect.method, connect.host, connect.port, connect.status) == ("CONNECT", REGISTRY_NAME, registry.port,
+                                                                            200)
+    assert connect.server == f"127.0.0.1:{registry.port}" and connect.user is None
+    assert proxy.reached() == {registry.host_named()}
+    proxy.forget()
+    assert proxy.requests() == []
+
+
+def test_proxy_authentication(squid_proxy, registry_named_tls):
+    user, password = "proxy-user", "pa:ss@w/rd%"
+    proxy = squid_proxy(users={user: password})
+    registry = registry_named_tls
+
+    for headers in (None, proxy_authorization(user, "wrong")):
+        with pytest.raises(OSError, match="407"):
+            tunnel(proxy.port, registry.host_named(), registry.ca, headers)
+    assert tunnel(proxy.port, registry.host_named(), registry.ca, proxy_authorization(user, password)) == 401
+    assert [(r.method, r.status, r.user) for r in proxy.requests()] == [
+        ("CONNECT", 407, None), ("CONNECT", 407, user), ("CONNECT", 200, user)]
+
+    # a real client takes the credentials from the proxy URL (percent-encoded there)
+    assert urllib.parse.urlsplit(proxy.authenticated_url).password == urllib.parse.quote(password, safe="")
+    target = ["inspect", "--raw", *registry.skopeo_flags(), f"docker://{registry.host_named()}/none/such:1"]
+    denied = skopeo(*target, env=proxy.env())
+    assert denied.returncode and "Proxy Authentication Required" in denied.stderr, denied.stderr
+    proxy.forget()
+    through = skopeo(*target, env=proxy.env(proxy.authenticated_url))
+    assert "manifest unknown" in through.stderr, through.stderr  # the registry answered
+    assert {(r.status, r.user) for r in proxy.requests()} == {(200, user)}
+    assert password not in through.stderr + denied.stderr
+
+
+def test_refusing_proxy(squid_proxy, registry_named_tls):
+    proxy = squid_proxy(refuse=True)
+    registry = registry_named_tls
+
+    with pytest.raises(OSError, match="403"):
+        tunnel(proxy.port, registry.host_named(), registry.ca)
+    refused = skopeo("inspect", "--raw", *registry.skopeo_flags(), f"docker://{registry.host_named()}/any/thing:1",
+                     env=proxy.env())
+    assert refused.returncode and "Forbidden" in refused.stderr, refused.stderr
+    assert {(r.method, r.status, r.result) for r in proxy.requests()} == {("CONNECT", 403, "TCP_DENIED/HIER_NONE")}
+    assert proxy.reached() == set()
+
+
+def test_dead_and_silent_proxies():
+    from proxy import proxy_env, refused_proxy, silent_proxy
+
+    with refused_proxy() as url:
+        port = urllib.parse.urlsplit(url).port
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=10)
+        failed = skopeo("inspect", "--raw", "docker://reg.proxytest:1/any/thing:1",
+                        env=proxy_env(HTTPS_PROXY=url))
+        assert failed.returncode and "connection refused" in failed.stderr, failed.stderr
+    with silent_proxy() as url, socket.create_connection(("127.0.0.1", urllib.parse.urlsplit(url).port),
+                                                          timeout=10) as sock:
+        sock.sendall(b"CONNECT reg.proxytest:443 HTTP/1.1\r\nHost: reg.proxytest:443\r\n\r\n")
+        sock.settimeout(1)
+        with pytest.raises(socket.timeout):
+            sock.recv(1)  # connected, and no answer ever comes
+
+
+def test_squid_stops_cleanly_and_fails_loudly(monkeypatch):
+    import proxy as proxy_module
+    from procs import alive
+
+    with proxy_module.SquidProxy() as proxy:
+        pid, directory, port = proxy.pid, proxy.dir, proxy.port
+        assert alive(pid) and directory.is_dir()
+        assert os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam("proxy").pw_uid  # it dropped root
+    assert not alive(pid) and not directory.exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10)
+    proxy.stop()  # twice is fine
+
+    class Bungled(proxy_module.SquidProxy):
+        def _write_config(self):
+            super()._write_config()
+            with open(self.dir / "squid.conf", "a") as conf:
+                conf.write("http_access allow no_such_acl\n")
+
+    with pytest.raises(RuntimeError, match="(?s)squid exited.*no_such_acl"):
+        Bungled().start()
+    monkeypatch.setattr(proxy_module.shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(RuntimeError, match="squid is not installed .Debian package squid"):
+        proxy_module.SquidProxy().start()
+
+
+# -- registries by name, through the proxy ------------------------------------------------------
+
+def test_skopeo_reaches_the_token_registry_and_its_realm_only_through_the_proxy(shared_squid, registry_named_token,
+                                                                                 fresh_image, tmp_path):
+    from proxy import AUTH_NAME, REGISTRY_NAME, proxy_env
+
+    registry, proxy = registry_named_token, shared_squid
+    proxy.forget()
+    realm = registry.token_server.url
+    assert realm == f"https://{AUTH_NAME}:{registry.token_server.port}/token"
+    challenge = registry.request("GET", "/v2/", authorize=False).headers["WWW-Authenticate"]
+    assert challenge.startswith(f'Bearer realm="{realm}"')
+    for host in (registry.host_named(), f"{AUTH_NAME}:{registry.token_server.port}"):
+        for base in ("/etc/docker/certs.d", "/etc/containers/certs.d"):
+            assert (Path(base) / host / "ca.crt").read_bytes() == registry.ca_cert.read_bytes()
+    ref = f"fixture/named:{uuid.uuid4().hex[:8]}"
+    fresh_image(ref)
+    repo = unique("smoke/named")
+    source = f"docker://{registry.host_named()}/{repo}:1"
+
+    registry.skopeo_copy(f"docker-daemon:{ref}", source, env=proxy.env())  # a push through the proxy
+
+    stored = registry.manifest(repo, "1")
+    assert stored is not None
+    assert proxy.reached() == {registry.host_named(), f"{AUTH_NAME}:{registry.token_server.port}"}
+    # no --cert-dir: the CA comes from certs.d, as for any client under test
+    credentials = ["--creds", ":".join(registry.credentials)]
+    for env in (proxy.env(), proxy_env(https_proxy=proxy.url)):
+        proxy.forget()
+        inspected = skopeo("inspect", *credentials, source, env=env)
+        assert inspected.returncode == 0, inspected.stderr
+        assert json.loads(inspected.stdout)["Digest"] == stored.digest
+        assert {r.method for r in proxy.requests()} == {"CONNECT"}
+        assert proxy.reached() == {registry.host_named(), f"{AUTH_NAME}:{registry.token_server.port}"}
+    copied = skopeo("copy", "-q", "--src-creds", ":".join(registry.credentials), source, f"dir:{tmp_path / 'copy'}",
+                    env=proxy.env())
+    assert copied.returncode == 0 and (tmp_path / "copy" / "manifest.json").read_bytes() == stored.raw, copied.stderr
+    assert registry.token_server.requests[-1].user == registry.username
+
+    proxy.forget()
+    bypassed = skopeo("inspect", *credentials, source, env=proxy.env(no_proxy=REGISTRY_NAME))
+    assert bypassed.returncode and f"lookup {REGISTRY_NAME}" in bypassed.stderr, bypassed.stderr
+    assert "no such host" in bypassed.stderr and proxy.requests() == []
+
+
+def test_blob_proxy_by_name_behind_squid(shared_squid, registry_named_tls, blob_proxy, fresh_image, tmp_path):
+    from proxy import REGISTRY_NAME, STORAGE_NAME
+
+    registry, squid = registry_named_tls, shared_squid
+    squid.forget()
+    repo = unique("smoke/named-blobs")
+    registry.push(fresh_image(f"fixture/named-blobs:{uuid.uuid4().hex[:8]}"), f"{repo}:1")
+    front = blob_proxy(registry, name=REGISTRY_NAME, storage_name=STORAGE_NAME)
+    assert front.host.startswith(f"{REGISTRY_NAME}:") and front.storage_host.startswith(f"{STORAGE_NAME}:")
+
+    copied = skopeo("copy", "-q", "--src-creds", ":".join(registry.credentials), f"docker://{front.host}/{repo}:1",
+                    f"dir:{tmp_path / 'copy'}", env=squid.env())
+
+    assert copied.returncode == 0, copied.stderr
+    assert squid.reached() == {front.host, front.storage_host}
+    assert front.storage_requests and all(r.status == 200 for r in front.storage_requests)
+    # what the registry side received, checked without keeping secrets in the log
+    assert front.received(registry.password) and not front.received("not-the-password")
+    assert "basic <redacted>" in {r.headers.get("authorization", "").lower() for r in front.requests}
+    trusted = [Path(base) / host for base in ("/etc/docker/certs.d", "/etc/containers/certs.d")
+               for host in (front.host, front.storage_host)]
+    assert all((directory / "ca.crt").exists() for directory in trusted)
+    front.stop()
+    assert not any(directory.exists() for directory in trusted)
+
