@@ -5,6 +5,7 @@ podman, and a proxy that sends blob downloads elsewhere and injects faults.
 Import from a test module (tests/ is on sys.path under pytest):
 
     from registry import RegistryServer, BlobProxy, push_platform_index, Unavailable
+    from registry import IdentityToken, auths_document
 
 conftest.py makes the session fixtures registry_anon, registry_tls, registry_token and
 platform_index, and the function fixture blob_proxy (a factory), from it; and for the
@@ -73,18 +74,28 @@ RegistryServer(kind, label=None, names=(), realm_name=None, certs_d=CERTS_D), ki
     - delete_blob(repo, digest): the registry's DELETE (202); the repository's link goes,
       so GET and HEAD answer 404 from then on (garbage collection never runs).
     Files for the client under test:
-    - docker_config(directory, credentials=None, host=None) -> directory: writes
-      config.json ({"auths": {HOST: {"auth": base64}}}) for $DOCKER_CONFIG.
-    - auth_file(path, credentials=None, host=None) -> path: containers auth.json for
-      $REGISTRY_AUTH_FILE. credentials default to (username, password); host to this
-      registry's (give a BlobProxy's host to go through it).
+    - docker_config(directory, credentials=None, host=None, entries=None) -> directory:
+      writes config.json ({"auths": {HOST: {"auth": base64}}}) for $DOCKER_CONFIG.
+    - auth_file(path, credentials=None, host=None, entries=None) -> path: containers
+      auth.json for $REGISTRY_AUTH_FILE. credentials default to (username, password); host
+      to this registry's (give a BlobProxy's host to go through it). entries instead: the
+      whole {key: value} of auths_document (below), e.g. {f"{HOST}/team-a": (user, pw),
+      f"{HOST}/team-b": (user2, pw2)} or {HOST: IdentityToken(user, token)}.
+
+auths_document(entries) -> {"auths": {key: auth_entry(value)}}; auth_entry(value): a
+(user, password) tuple -> {"auth": base64("user:password")}; IdentityToken(user, token) ->
+{"auth": base64("user:"), "identitytoken": token}, exactly what `docker login` writes when
+the token server gives it a refresh token; a dict -> as is. Keys: "HOST[:PORT]" (docker
+and containers) or "HOST[:PORT]/NAMESPACE[/...]" (containers only).
 
 What each client needs here (measured with dockerd 20.10, docker CLI 28, skopeo 1.9.3,
 podman 4.3.1):
     - docker: nothing for any kind: dockerd treats 127.0.0.0/8 as an insecure registry,
       so it speaks HTTPS without verifying the certificate (then falls back to HTTP) and
       never reads /etc/docker/certs.d for it. Logins go to a private $DOCKER_CONFIG; the
-      token kind's login asks the token server for a token with no scope.
+      token kind's login asks the token server for a token with no scope and
+      offline_token=true, stores the refresh token it gets as identitytoken, and docker's
+      pushes and pulls then exchange it by POST (grant_type=refresh_token).
     - skopeo, podman: --tls-verify=false for "anonymous"; --cert-dir CERT_DIR for the TLS
       kinds (they verify, and trust the CA for the token server too); --creds U:P. By a
       name: HTTPS_PROXY (or https_proxy) of a SquidProxy, and the CA from certs.d.
@@ -108,7 +119,33 @@ certificate in its x5c header, issued by the registry's CA (the rootcertbundle).
     - issue(subject, access, lifetime=None) -> a signed JWT, for tests that craft tokens
       (the registry allows 60 s of clock leeway on exp and nbf).
     - token_lifetime (s, default 300), the expires_in of every answer.
-    - requests: TokenRequest(user, scopes, access, status) for every GET /token.
+    - requests: TokenRequest(user, scopes, access, status, method, grant_type, client_id,
+      offline, presented, issued, error) for every request (GET and POST). No secret is
+      kept: presented and issued are refresh tokens' fingerprints (fingerprint(token)).
+OAuth2 (distribution's "OAuth2 Token Authentication" spec): POST /token, a form
+(application/x-www-form-urlencoded, chunked or not) with client_id and service required:
+    - grant_type=password, username, password [, access_type=offline] [, scope]: an
+      access token for the user; with access_type=offline also a refresh_token.
+    - grant_type=refresh_token, refresh_token [, scope]: an access token for that token's
+      user, scopes granted by the same policy as GET; the answer repeats the refresh token
+      (rotate_refresh_tokens=True: a new one, and the one presented is revoked).
+    Answer: {access_token (never "token"), expires_in, issued_at, scope: the granted
+    "type:name:actions" entries space-separated[, refresh_token]}. Refusals: 400 +
+    {"error": invalid_request (no client_id, another service, no refresh_token, not a
+    form) | invalid_grant (wrong password; an unknown, revoked or other service's refresh
+    token) | unsupported_grant_type, "error_description": ...}.
+    GET with offline_token=true and valid Basic credentials answers a refresh_token too:
+    that is what `docker login` asks for (client_id "docker"); it stores it in config.json
+    as "identitytoken", and `docker pull` then has the daemon POST a refresh_token grant
+    (client_id "docker"); skopeo and podman do the same from auth.json (client_id
+    "containers/image", form sent chunked). Measured with docker CLI 28 + dockerd 20.10
+    and skopeo 1.9.3.
+    - offline_tokens = True (False: no refresh token ever, like registries without them);
+      oauth = True (False: POST answers 404, like token servers with GET only);
+      rotate_refresh_tokens = False.
+    - identity_token(user) -> a new refresh token, as a login would give; revoke_refresh_
+      token(token); issued_refresh_tokens: every one issued, the secrets themselves, to
+      look for where they must never go (e.g. BlobProxy.received(token): the registry).
     The registry answers a request its token does not cover with 401 and
     error="insufficient_scope" in WWW-Authenticate.
 
@@ -388,6 +425,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         return len(body) if self.command != "HEAD" else 0
 
+    def _body_pieces(self):
+        """The request body as it arrives, de-chunked."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(1024).strip():
+                        pass  # trailers
+                    return
+                left = size
+                while left:
+                    piece = self.rfile.read(min(left, PIECE))
+                    if not piece:
+                        raise ConnectionError("client closed the connection mid-body")
+                    left -= len(piece)
+                    yield piece
+                self.rfile.readline(1024)
+        else:
+            left = int(self.headers.get("Content-Length") or 0)
+            while left:
+                piece = self.rfile.read(min(left, PIECE))
+                if not piece:
+                    raise ConnectionError("client closed the connection mid-body")
+                left -= len(piece)
+                yield piece
+
     def abort(self):
         """Close the client's connection at once, mid-request or mid-response."""
         self.close_connection = True
@@ -421,10 +484,33 @@ class Grant:
 
 @dataclass
 class TokenRequest:
+    """One request to the token server. Secrets are never kept: refresh tokens appear as
+    their fingerprint (TokenServer.fingerprint)."""
     user: Optional[str]
     scopes: list
     access: list
     status: int
+    method: str = "GET"
+    grant_type: Optional[str] = None  # POST: "password", "refresh_token", or what the client sent
+    client_id: Optional[str] = None
+    offline: bool = False  # a refresh token was asked for (GET offline_token=true, POST access_type=offline)
+    presented: Optional[str] = None  # fingerprint of the refresh token the client sent
+    issued: Optional[str] = None  # fingerprint of the refresh token in the answer
+    error: Optional[str] = None  # the OAuth2 error code of a refused POST
+
+
+@dataclass
+class RefreshToken:
+    user: str
+    service: str
+    client_id: str
+    revoked: bool = False
+
+
+class _OAuthError(Exception):
+    def __init__(self, code, description, status=400):
+        super().__init__(description)
+        self.code, self.description, self.status = code, description, status
 
 
 def _b64url(data):
@@ -435,9 +521,12 @@ class _TokenHandler(_Handler):
     def do_GET(self):
         self.server.owner.answer(self)
 
+    def do_POST(self):
+        self.server.owner.answer_oauth(self)
+
 
 class TokenServer:
-    """Issues the registry's JWTs; see the module docstring."""
+    """Issues the registry's JWTs and refresh tokens; see the module docstring."""
 
     def __init__(self, ca, tls_cert, tls_key, realm_name=None):
         self.ca = ca
@@ -445,7 +534,12 @@ class TokenServer:
         self.users = {}
         self.grants = []
         self.requests = []
+        self.refresh_tokens = {}  # token -> RefreshToken
         self.token_lifetime = 300
+        self.offline_tokens = True
+        self.oauth = True
+        self.rotate_refresh_tokens = False
+        self.lock = threading.Lock()
         cert, self.signing_key, _, _ = ca.issue("token-signer", "docker-dir test token signer", server=False)
         from cryptography.hazmat.primitives import serialization
 
@@ -468,7 +562,6 @@ class TokenServer:
     @property
     def direct_url(self):
         return f"https://127.0.0.1:{self.port}/token"
-
 
     def stop(self):
         if self.server is not None:
@@ -515,6 +608,29 @@ class TokenServer:
         signature = self.signing_key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signed}.{_b64url(signature)}"
 
+    # -- refresh tokens (identity tokens, as docker's config.json calls them)
+    @staticmethod
+    def fingerprint(token):
+        return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+    def identity_token(self, user, client_id="docker-dir-tests"):
+        """A new refresh token for `user`, as a login with access_type=offline would get."""
+        if user not in self.users:
+            raise KeyError(f"no user {user!r}")
+        token = secrets.token_urlsafe(32)
+        with self.lock:
+            self.refresh_tokens[token] = RefreshToken(user, TOKEN_SERVICE, client_id)
+        return token
+
+    def revoke_refresh_token(self, token):
+        self.refresh_tokens[token].revoked = True
+
+    @property
+    def issued_refresh_tokens(self):
+        """Every refresh token issued (the secrets themselves, to look for where they must not be)."""
+        return list(self.refresh_tokens)
+
+    # -- answers
     def _user_of(self, handler):
         """(user or None, credentials valid)."""
         value = handler.headers.get("Authorization", "")
@@ -524,15 +640,32 @@ class TokenServer:
             user, _, password = base64.b64decode(value[6:]).decode().partition(":")
         except ValueError:
             return None, False
+        return user, self._password_ok(user, password)
+
+    def _password_ok(self, user, password):
         known = self.users.get(user)
-        return user, known is not None and secrets.compare_digest(known, password)
+        return known is not None and secrets.compare_digest(known.encode(), (password or "").encode())
+
+    def _grant_scopes(self, record):
+        """The policy applied to each requested scope (the same for GET and POST)."""
+        for scope in record.scopes:
+            parts = scope.split(":")
+            if len(parts) < 3:
+                continue
+            type_, name, requested = parts[0], ":".join(parts[1:-1]), parts[-1].split(",")
+            record.access.append({"type": type_, "name": name,
+                                  "actions": self.allowed(record.user, type_, name, requested)})
+
+    def _issued_at(self):
+        return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def answer(self, handler):
         url = urllib.parse.urlsplit(handler.path)
         query = urllib.parse.parse_qs(url.query)
         scopes = [scope for value in query.get("scope", []) for scope in value.split(" ") if scope]
         user, valid = self._user_of(handler)
-        record = TokenRequest(user, scopes, [], 0)
+        record = TokenRequest(user, scopes, [], 0, client_id=query.get("client_id", [None])[0],
+                              offline=query.get("offline_token", [""])[0].lower() == "true")
         self.requests.append(record)
         if url.path != "/token":
             record.status = 404
@@ -549,19 +682,84 @@ class TokenServer:
             handler.send_simple(400, json.dumps({"errors": [{"code": "DENIED", "message": "unknown service"}]}),
                                 "application/json")
             return
-        for scope in scopes:
-            parts = scope.split(":")
-            if len(parts) < 3:
-                continue
-            type_, name, requested = parts[0], ":".join(parts[1:-1]), parts[-1].split(",")
-            record.access.append({"type": type_, "name": name,
-                                  "actions": self.allowed(user, type_, name, requested)})
+        self._grant_scopes(record)
         token = self.issue(user, record.access)
-        issued = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        answer = {"token": token, "access_token": token, "expires_in": self.token_lifetime,
+                  "issued_at": self._issued_at()}
+        if record.offline and user and self.offline_tokens:
+            answer["refresh_token"] = self.identity_token(user, record.client_id or "")
+            record.issued = self.fingerprint(answer["refresh_token"])
         record.status = 200
-        handler.send_simple(200, json.dumps({"token": token, "access_token": token,
-                                             "expires_in": self.token_lifetime, "issued_at": issued}),
-                            "application/json")
+        handler.send_simple(200, json.dumps(answer), "application/json")
+
+    def answer_oauth(self, handler):
+        """POST /token: distribution's OAuth2 token endpoint (password and refresh_token grants)."""
+        record = TokenRequest(None, [], [], 0, method="POST")
+        self.requests.append(record)
+        body = b"".join(handler._body_pieces())  # skopeo sends its form chunked
+        if urllib.parse.urlsplit(handler.path).path != "/token" or not self.oauth:
+            record.status = 404
+            handler.send_simple(404, "not found")
+            return
+        form = urllib.parse.parse_qs(body.decode(errors="replace"), keep_blank_values=True)
+
+        def field(name):
+            values = form.get(name)
+            return values[0] if values else None
+
+        record.grant_type, record.client_id = field("grant_type"), field("client_id")
+        record.scopes = [scope for value in form.get("scope", []) for scope in value.split(" ") if scope]
+        try:
+            refresh_token = self._oauth_grant(handler, record, field)
+        except _OAuthError as error:
+            record.status, record.error = error.status, error.code
+            handler.send_simple(error.status, json.dumps({"error": error.code,
+                                                          "error_description": error.description}),
+                                "application/json")
+            return
+        self._grant_scopes(record)
+        answer = {"access_token": self.issue(record.user, record.access), "expires_in": self.token_lifetime,
+                  "issued_at": self._issued_at(),
+                  "scope": " ".join(f"{a['type']}:{a['name']}:{','.join(a['actions'])}"
+                                    for a in record.access if a["actions"])}
+        if refresh_token:
+            answer["refresh_token"] = refresh_token
+            record.issued = self.fingerprint(refresh_token)
+        record.status = 200
+        handler.send_simple(200, json.dumps(answer), "application/json")
+
+    def _oauth_grant(self, handler, record, field):
+        """Authenticates the POST; sets record.user; returns the refresh token to answer, if any."""
+        content_type = handler.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise _OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
+        if not record.client_id:
+            raise _OAuthError("invalid_request", "client_id is required")
+        if field("service") != TOKEN_SERVICE:
+            raise _OAuthError("invalid_request", "unknown service")
+        if record.grant_type == "password":
+            record.user = field("username")
+            record.offline = field("access_type") == "offline"
+            if not record.user or not self._password_ok(record.user, field("password")):
+                raise _OAuthError("invalid_grant", "invalid username or password")
+            if record.offline and self.offline_tokens:
+                return self.identity_token(record.user, record.client_id)
+            return None
+        if record.grant_type == "refresh_token":
+            presented = field("refresh_token")
+            if not presented:
+                raise _OAuthError("invalid_request", "refresh_token is required")
+            record.presented = self.fingerprint(presented)
+            with self.lock:
+                known = self.refresh_tokens.get(presented)
+                if known is None or known.revoked or known.service != field("service"):
+                    raise _OAuthError("invalid_grant", "unknown or revoked refresh token")
+                record.user = known.user
+                if not self.rotate_refresh_tokens:
+                    return presented  # the spec: the same refresh token, not a new one
+                known.revoked = True
+            return self.identity_token(record.user, record.client_id)
+        raise _OAuthError("unsupported_grant_type", f"grant_type {record.grant_type!r} is not supported")
 
 
 # -- the registry -----------------------------------------------------------------------
@@ -938,24 +1136,46 @@ class RegistryServer:
         return json.loads(proc.stdout)
 
     # -- files for the client under test
-    def _auths(self, credentials, host):
-        credentials = credentials or self.credentials
-        auths = {}
-        if credentials:
-            auths[host or self.host] = {"auth": base64.b64encode(":".join(credentials).encode()).decode()}
-        return json.dumps({"auths": auths}, indent=1)
+    def _auths(self, credentials, host, entries):
+        if entries is None:
+            credentials = credentials or self.credentials
+            entries = {host or self.host: credentials} if credentials else {}
+        return json.dumps(auths_document(entries), indent=1)
 
-    def docker_config(self, directory, credentials=None, host=None):
+    def docker_config(self, directory, credentials=None, host=None, entries=None):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(self._auths(credentials, host))
+        (directory / "config.json").write_text(self._auths(credentials, host, entries))
         return directory
 
-    def auth_file(self, path, credentials=None, host=None):
+    def auth_file(self, path, credentials=None, host=None, entries=None):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self._auths(credentials, host))
+        path.write_text(self._auths(credentials, host, entries))
         return path
+
+
+def auth_entry(value):
+    """An auths entry: (user, password) -> {"auth": base64}; IdentityToken(user, token) -> what
+    `docker login` writes for an identity token; a dict as is."""
+    if isinstance(value, IdentityToken):
+        return {"auth": base64.b64encode(f"{value.user}:".encode()).decode(), "identitytoken": value.token}
+    if isinstance(value, dict):
+        return value
+    return {"auth": base64.b64encode(":".join(value).encode()).decode()}
+
+
+def auths_document(entries):
+    """{"auths": {key: auth_entry(value)}}: keys "HOST[:PORT]" (docker and containers) or
+    "HOST[:PORT]/NAMESPACE[/...]" (containers' auth.json only; podman and skopeo match the
+    longest prefix first)."""
+    return {"auths": {key: auth_entry(value) for key, value in entries.items()}}
+
+
+@dataclass
+class IdentityToken:
+    user: str
+    token: str
 
 
 def registry_or_skip(kind):
@@ -1054,32 +1274,6 @@ class _ProxyHandler(_Handler):
             else:
                 self.upstream = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=120)
         return self.upstream
-
-    def _body_pieces(self):
-        """The request body as it arrives, de-chunked."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            while True:
-                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(1024).strip():
-                        pass  # trailers
-                    return
-                left = size
-                while left:
-                    piece = self.rfile.read(min(left, PIECE))
-                    if not piece:
-                        raise ConnectionError("client closed the connection mid-body")
-                    left -= len(piece)
-                    yield piece
-                self.rfile.readline(1024)
-        else:
-            left = int(self.headers.get("Content-Length") or 0)
-            while left:
-                piece = self.rfile.read(min(left, PIECE))
-                if not piece:
-                    raise ConnectionError("client closed the connection mid-body")
-                left -= len(piece)
-                yield piece
 
     def _discard_body(self, record):
         for piece in self._body_pieces():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import registry as registry_module
 from conftest import docker, image_id_of
 
 KIND_FIXTURES = ("registry_anon", "registry_tls", "registry_token")
@@ -515,4 +516,158 @@ def test_blob_proxy_by_name_behind_squid(shared_squid, registry_named_tls, blob_
     assert all((directory / "ca.crt").exists() for directory in trusted)
     front.stop()
     assert not any(directory.exists() for directory in trusted)
+
+
+# -- identity tokens (OAuth2 on the token server) -------------------------------------------------
+
+def oauth(server, form, content_type="application/x-www-form-urlencoded"):
+    """POST the form to the realm -> (status, JSON answer)."""
+    parts = urllib.parse.urlsplit(server.direct_url)
+    connection = http.client.HTTPSConnection("127.0.0.1", parts.port, timeout=60,
+                                             context=server.ca.client_context())
+    connection.request("POST", parts.path, body=urllib.parse.urlencode(form),
+                       headers={"Content-Type": content_type})
+    response = connection.getresponse()
+    body = response.read()
+    return response.status, json.loads(body) if body.startswith(b"{") else body
+
+
+def claims_of(jwt):
+    part = jwt.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def test_oauth_password_and_refresh_token_grants(registry_token):
+    server = registry_token.token_server
+    user, password = registry_token.credentials
+    base = {"service": "docker-dir-test-registry", "client_id": "docker-dir-fixture-test"}
+    start = len(server.requests)
+
+    status, answer = oauth(server, {**base, "grant_type": "password", "username": user, "password": password,
+                                    "access_type": "offline", "scope": "repository:alice/a:pull,push"})
+
+    assert status == 200 and "token" not in answer  # OAuth2 answers name it access_token only
+    refresh = answer["refresh_token"]
+    assert answer["scope"] == "repository:alice/a:pull,push" and answer["expires_in"] >= 60
+    assert claims_of(answer["access_token"])["access"] == [{"type": "repository", "name": "alice/a",
+                                                            "actions": ["pull", "push"]}]
+    assert refresh in server.issued_refresh_tokens
+
+    status, answer = oauth(server, {**base, "grant_type": "refresh_token", "refresh_token": refresh,
+                                    "scope": "repository:bob/b:pull,push repository:alice/a:push"})
+    assert status == 200 and answer["refresh_token"] == refresh  # the spec: the same one, not a new one
+    assert claims_of(answer["access_token"])["sub"] == user
+    assert claims_of(answer["access_token"])["access"] == [
+        {"type": "repository", "name": "bob/b", "actions": ["pull"]},
+        {"type": "repository", "name": "alice/a", "actions": ["push"]}]
+    assert answer["scope"] == "repository:bob/b:pull repository:alice/a:push"
+
+    refused = [
+        ({**base, "grant_type": "password", "username": user, "password": "wrong"}, "invalid_grant"),
+        ({**base, "grant_type": "refresh_token", "refresh_token": "no-such-token"}, "invalid_grant"),
+        ({**base, "grant_type": "refresh_token", "refresh_token": refresh, "service": "other"}, "invalid_request"),
+        ({**base, "grant_type": "refresh_token"}, "invalid_request"),
+        ({"service": base["service"], "grant_type": "refresh_token", "refresh_token": refresh}, "invalid_request"),
+        ({**base, "grant_type": "authorization_code", "code": "x"}, "unsupported_grant_type"),
+    ]
+    for form, error in refused:
+        assert oauth(server, form)[1]["error"] == error, form
+    assert oauth(server, {**base, "grant_type": "refresh_token", "refresh_token": refresh},
+                 content_type="application/json")[1]["error"] == "invalid_request"
+
+    server.revoke_refresh_token(refresh)
+    assert oauth(server, {**base, "grant_type": "refresh_token", "refresh_token": refresh}) == (
+        400, {"error": "invalid_grant", "error_description": "unknown or revoked refresh token"})
+
+    records = server.requests[start:]
+    assert [(r.method, r.grant_type, r.user, r.status, r.error) for r in records[:3]] == [
+        ("POST", "password", user, 200, None), ("POST", "refresh_token", user, 200, None),
+        ("POST", "password", user, 400, "invalid_grant")]
+    assert records[0].offline and records[0].issued == records[1].presented == server.fingerprint(refresh)
+    assert records[1].scopes == ["repository:bob/b:pull,push", "repository:alice/a:push"]
+    assert records[-1].presented == server.fingerprint(refresh) and records[-1].error == "invalid_grant"
+    assert refresh not in repr(server.requests) and password not in repr(server.requests)
+
+
+def test_oauth_rotation_and_servers_without_oauth(registry_token):
+    server = registry_token.token_server
+    base = {"service": "docker-dir-test-registry", "client_id": "docker-dir-fixture-test",
+            "grant_type": "refresh_token"}
+    first = server.identity_token("alice")
+    server.rotate_refresh_tokens = True
+    try:
+        status, answer = oauth(server, {**base, "refresh_token": first})
+        assert status == 200 and answer["refresh_token"] != first
+        assert oauth(server, {**base, "refresh_token": first})[1]["error"] == "invalid_grant"
+        assert oauth(server, {**base, "refresh_token": answer["refresh_token"]})[0] == 200
+    finally:
+        server.rotate_refresh_tokens = False
+    server.oauth = False
+    try:
+        assert oauth(server, {**base, "refresh_token": answer["refresh_token"]})[0] == 404
+    finally:
+        server.oauth = True
+    # GET: a refresh token only for an authenticated offline request
+    anonymous = get(registry_token, f"{server.direct_url}?service=docker-dir-test-registry&offline_token=true")
+    assert anonymous[0] == 200 and "refresh_token" not in json.loads(anonymous[2])
+
+
+def test_docker_login_stores_an_identity_token_that_docker_pull_exchanges(registry_token, blob_proxy, fresh_image,
+                                                                          tmp_path):
+    registry, server = registry_token, registry_token.token_server
+    image = fresh_image(f"fixture/identity:{uuid.uuid4().hex[:8]}")
+    repo = unique("smoke/identity")
+    registry.push(image, f"{repo}:1")
+    front = blob_proxy(registry)  # sees every request docker sends the registry
+    env = dict(os.environ, DOCKER_CONFIG=str(tmp_path))
+    start = len(server.requests)
+
+    docker("login", "-u", registry.username, "--password-stdin", front.host, input=registry.password, env=env)
+
+    entry = json.loads((tmp_path / "config.json").read_text())["auths"][front.host]
+    token = entry["identitytoken"]
+    assert entry == {"auth": base64.b64encode(f"{registry.username}:".encode()).decode(), "identitytoken": token}
+    assert token in server.issued_refresh_tokens and registry.password not in json.dumps(entry)
+    (login,) = server.requests[start:]
+    assert (login.method, login.user, login.offline, login.client_id, login.issued) == (
+        "GET", registry.username, True, "docker", server.fingerprint(token))
+    assert (registry.auth_file(tmp_path / "auth.json", entries={front.host: registry_module.IdentityToken(
+        registry.username, token)}).read_text() == registry.docker_config(tmp_path / "same", entries={
+            front.host: registry_module.IdentityToken(registry.username, token)}).joinpath("config.json").read_text())
+
+    docker("rmi", "-f", image)
+    start = len(server.requests)
+    docker("pull", f"{front.host}/{repo}:1", env=env)
+
+    assert image_id_of(f"{front.host}/{repo}:1") == image
+    exchanges = [r for r in server.requests[start:] if r.grant_type == "refresh_token"]
+    assert exchanges and all(r.method == "POST" and r.user == registry.username and r.status == 200 and
+                             r.presented == server.fingerprint(token) and r.client_id == "docker"
+                             for r in exchanges), server.requests[start:]
+    assert [r for r in server.requests[start:] if r.grant_type != "refresh_token"] == []
+    assert any(r.headers.get("authorization") == "Bearer <redacted>" for r in front.requests)
+    assert not front.received(token) and not front.received(registry.password)
+
+
+def test_skopeo_exchanges_an_identity_token_from_auth_json(registry_token, fresh_image, tmp_path):
+    registry, server = registry_token, registry_token.token_server
+    repo = unique("smoke/identity-skopeo")
+    registry.push(fresh_image(f"fixture/identity-skopeo:{uuid.uuid4().hex[:8]}"), f"{repo}:1")
+    token = server.identity_token("alice")
+    auth = registry.auth_file(tmp_path / "auth.json",
+                              entries={registry.host: registry_module.IdentityToken("alice", token)})
+    inspect = ["inspect", "--raw", "--authfile", str(auth), "--cert-dir", str(registry.cert_dir),
+               f"docker://{registry.host}/{repo}:1"]
+    start = len(server.requests)
+
+    assert skopeo(*inspect, env=None).returncode == 0
+
+    (exchange,) = server.requests[start:]
+    assert (exchange.method, exchange.grant_type, exchange.user, exchange.status, exchange.client_id,
+            exchange.presented) == ("POST", "refresh_token", "alice", 200, "containers/image", server.fingerprint(token))
+    server.revoke_refresh_token(token)
+    start = len(server.requests)
+    revoked = skopeo(*inspect, env=None)
+    assert revoked.returncode and "400" in revoked.stderr
+    assert {(r.status, r.error) for r in server.requests[start:]} == {(400, "invalid_grant")}
 
