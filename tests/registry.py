@@ -86,7 +86,8 @@ auths_document(entries) -> {"auths": {key: auth_entry(value)}}; auth_entry(value
 (user, password) tuple -> {"auth": base64("user:password")}; IdentityToken(user, token) ->
 {"auth": base64("user:"), "identitytoken": token}, exactly what `docker login` writes when
 the token server gives it a refresh token; a dict -> as is. Keys: "HOST[:PORT]" (docker
-and containers) or "HOST[:PORT]/NAMESPACE[/...]" (containers only).
+and containers) or "HOST[:PORT]/NAMESPACE[/...]" (containers only: podman and skopeo take
+the longest matching key; see test_path_keyed_auth_json_two_accounts).
 
 What each client needs here (measured with dockerd 20.10, docker CLI 28, skopeo 1.9.3,
 podman 4.3.1):
@@ -116,6 +117,9 @@ certificate in its x5c header, issued by the registry's CA (the rootcertbundle).
     - reset_policy(): back to the default: admin may pull, push and delete anything and
       list the catalog; alice may pull anything and push to alice/*; anonymous may pull
       public/*.
+    - RegistryServer.team_accounts(*teams) -> {team: (user, password)}: for each team a new
+      user who may pull and push TEAM/* and nothing else (besides anonymous grants), so a
+      client that takes the wrong account for a repository is refused.
     - issue(subject, access, lifetime=None) -> a signed JWT, for tests that craft tokens
       (the registry allows 60 s of clock leeway on exp and nbf).
     - token_lifetime (s, default 300), the expires_in of every answer.
@@ -1153,6 +1157,19 @@ class RegistryServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self._auths(credentials, host, entries))
         return path
+
+    def team_accounts(self, *teams):
+        """For each team (a repository namespace, e.g. "team-a"): a user allowed to pull and push
+        TEAM/* and nothing else (token kind; the policy's anonymous grants apply to all).
+        Returns {team: (user, password)}."""
+        if self.kind != "token":
+            raise ValueError("per-repository accounts need the token kind (htpasswd grants everything)")
+        accounts = {}
+        for team in teams:
+            user = f"{team}-{uuid.uuid4().hex[:6]}"
+            accounts[team] = (user, self.token_server.add_user(user))
+            self.token_server.grant(user, f"{team}/*", "pull", "push")
+        return accounts
 
 
 def auth_entry(value):

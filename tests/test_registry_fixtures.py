@@ -671,3 +671,46 @@ def test_skopeo_exchanges_an_identity_token_from_auth_json(registry_token, fresh
     assert revoked.returncode and "400" in revoked.stderr
     assert {(r.status, r.error) for r in server.requests[start:]} == {(400, "invalid_grant")}
 
+
+# -- two accounts on one registry: repository-path keys ----------------------------------------
+
+def test_path_keyed_auth_json_two_accounts(registry_token, fresh_image, tmp_path):
+    """Measured with skopeo 1.9.3: an auth.json key HOST/NAMESPACE applies to the repositories
+    under it, the longest matching key wins whatever the order of the keys, and HOST alone
+    is the fallback. Each team's user can reach only its team's repositories, so a client
+    that picks the wrong key is refused ("denied: requested access to the resource is
+    denied")."""
+    registry, server = registry_token, registry_token.token_server
+    teams = registry.team_accounts("team-a", "team-b")
+    nobody_name = unique("nobody")
+    nobody = (nobody_name, server.add_user(nobody_name))  # no grants: anonymous rights only
+    ref = f"fixture/teams:{uuid.uuid4().hex[:8]}"
+    fresh_image(ref)
+    host = registry.host
+    repos = {"team-a": unique("team-a/app"), "team-b": unique("team-b/app")}
+    nested = f"{repos['team-a']}/deep"
+    for repo in (*repos.values(), nested):
+        registry.skopeo_copy(f"docker-daemon:{ref}", f"docker://{host}/{repo}:1")
+
+    def users_asked(entries, repo):
+        auth = registry.auth_file(tmp_path / f"{uuid.uuid4().hex}.json", entries=entries)
+        start = len(server.requests)
+        inspected = skopeo("inspect", "--raw", "--authfile", str(auth), "--cert-dir", str(registry.cert_dir),
+                           f"docker://{host}/{repo}:1", env=None)
+        assert inspected.returncode == 0 or "denied: requested access" in inspected.stderr, inspected.stderr
+        return inspected.returncode == 0, {r.user for r in server.requests[start:]}
+
+    path_keyed = {f"{host}/team-a": teams["team-a"], f"{host}/team-b": teams["team-b"], host: nobody}
+    assert users_asked(path_keyed, repos["team-a"]) == (True, {teams["team-a"][0]})
+    assert users_asked(path_keyed, repos["team-b"]) == (True, {teams["team-b"][0]})
+    assert users_asked(path_keyed, nested) == (True, {teams["team-a"][0]})
+    swapped = {f"{host}/team-a": teams["team-b"], f"{host}/team-b": teams["team-a"]}
+    assert users_asked(swapped, repos["team-a"]) == (False, {teams["team-b"][0]})
+    assert users_asked(swapped, repos["team-b"]) == (False, {teams["team-a"][0]})
+    assert users_asked({host: nobody}, repos["team-a"]) == (False, {nobody[0]})
+    # the longest prefix wins, in either order of the keys
+    for order in (1, -1):
+        longest = dict(list({host: nobody, f"{host}/team-a": teams["team-b"],
+                             f"{host}/{repos['team-a']}": teams["team-a"]}.items())[::order])
+        assert users_asked(longest, nested) == (True, {teams["team-a"][0]})
+        assert users_asked(longest, repos["team-a"]) == (True, {teams["team-a"][0]})
