@@ -675,9 +675,11 @@ def test_skopeo_exchanges_an_identity_token_from_auth_json(registry_token, fresh
 # -- two accounts on one registry: repository-path keys ----------------------------------------
 
 def test_path_keyed_auth_json_two_accounts(registry_token, fresh_image, tmp_path):
-    """Measured with skopeo 1.9.3: an auth.json key HOST/NAMESPACE applies to the repositories
-    under it, the longest matching key wins whatever the order of the keys, and HOST alone
-    is the fallback. Each team's user can reach only its team's repositories, so a client
+    from engines import podman_env
+
+    """Measured with skopeo 1.9.3 and podman 4.3.1: an auth.json key HOST/NAMESPACE applies to
+    the repositories under it, the longest matching key wins whatever the order of the keys,
+    and HOST alone is the fallback. Each team's user can reach only its team's repositories, so a client
     that picks the wrong key is refused ("denied: requested access to the resource is
     denied")."""
     registry, server = registry_token, registry_token.token_server
@@ -714,3 +716,15 @@ def test_path_keyed_auth_json_two_accounts(registry_token, fresh_image, tmp_path
                              f"{host}/{repos['team-a']}": teams["team-a"]}.items())[::order])
         assert users_asked(longest, nested) == (True, {teams["team-a"][0]})
         assert users_asked(longest, repos["team-a"]) == (True, {teams["team-a"][0]})
+    # podman (same containers/image library) chooses the same way
+    env = podman_env(tmp_path / "podman")
+    auth = registry.auth_file(tmp_path / "podman.json", entries=longest)
+    for repo, team in ((repos["team-a"], "team-a"), (repos["team-b"], "team-b")):
+        start = len(server.requests)
+        pulled = subprocess.run(["podman", "pull", "-q", "--authfile", str(auth), "--cert-dir", str(registry.cert_dir),
+                                 f"{host}/{repo}:1"], env=env, capture_output=True, text=True)
+        if pulled.returncode == 0:
+            subprocess.run(["podman", "rmi", "-f", pulled.stdout.strip()], env=env, capture_output=True)
+        expected = teams["team-a"][0] if team == "team-a" else nobody[0]  # `longest` has no team-b key
+        assert {r.user for r in server.requests[start:]} == {expected}, pulled.stderr
+        assert (pulled.returncode == 0) == (team == "team-a"), pulled.stderr
