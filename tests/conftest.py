@@ -332,6 +332,19 @@ def registry_token():
     yield from _registry("token")
 
 
+@pytest.fixture(scope="session")
+def registry_identity():
+    """HTTPS + token auth whose token server gives refresh tokens to offline requests, so
+    `docker login` stores an identitytoken (see TokenServer in tests/registry.py)."""
+    server = RegistryServer("token", label="registry (token, identity tokens)", identity_tokens=True)
+    try:
+        server.start()
+    except Unavailable as why:
+        pytest.fail(f"{why} (tests/provision.sh installs it)")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def blob_proxy():
     """Factory: blob_proxy(registry, name=None, storage_name=None) -> a started BlobProxy in

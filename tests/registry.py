@@ -7,12 +7,13 @@ Import from a test module (tests/ is on sys.path under pytest):
     from registry import RegistryServer, BlobProxy, push_platform_index, Unavailable
     from registry import IdentityToken, auths_document
 
-conftest.py makes the session fixtures registry_anon, registry_tls, registry_token and
-platform_index, and the function fixture blob_proxy (a factory), from it; and for the
+conftest.py makes the session fixtures registry_anon, registry_tls, registry_token,
+registry_identity (token, identity_tokens=True) and platform_index, and the function fixture blob_proxy (a factory), from it; and for the
 proxy tests (tests/proxy.py) registry_named_tls and registry_named_token. Repository
 names in the session registries are shared by every test: make yours unique (uuid).
 
-RegistryServer(kind, label=None, names=(), realm_name=None, certs_d=CERTS_D), kind one of KINDS:
+RegistryServer(kind, label=None, names=(), realm_name=None, certs_d=CERTS_D,
+identity_tokens=False), kind one of KINDS:
     "anonymous"  plain HTTP, no auth.
     "basic-tls"  HTTPS with a private CA + htpasswd Basic auth (bcrypt, `htpasswd -Bbn`).
     "token"      HTTPS with a private CA + `auth: token`: a TokenServer (below) on another
@@ -44,7 +45,7 @@ RegistryServer(kind, label=None, names=(), realm_name=None, certs_d=CERTS_D), ki
     - username, password: the test user ("alice"; None for "anonymous"); credentials:
       (username, password) or None. admin: (user, password) allowed everything, used by
       the helpers below by default ("basic-tls": the same user; "token": "admin").
-    - token_server: the TokenServer ("token" only).
+    - token_server: the TokenServer ("token" only); identity_tokens sets its offline_tokens.
     - blob_path(digest): the blob's data file in storage (the registry's filesystem layout).
     Real clients, credentials in private config dirs (never root's ~/.docker):
     - push(engine_ref, repo_tag, credentials=admin, check=True, host=None) ->
@@ -95,8 +96,8 @@ podman 4.3.1):
       so it speaks HTTPS without verifying the certificate (then falls back to HTTP) and
       never reads /etc/docker/certs.d for it. Logins go to a private $DOCKER_CONFIG; the
       token kind's login asks the token server for a token with no scope and
-      offline_token=true, stores the refresh token it gets as identitytoken, and docker's
-      pushes and pulls then exchange it by POST (grant_type=refresh_token).
+      offline_token=true; with identity_tokens it stores the refresh token it gets as
+      identitytoken, and its pushes and pulls then exchange it by POST.
     - skopeo, podman: --tls-verify=false for "anonymous"; --cert-dir CERT_DIR for the TLS
       kinds (they verify, and trust the CA for the token server too); --creds U:P. By a
       name: HTTPS_PROXY (or https_proxy) of a SquidProxy, and the CA from certs.d.
@@ -129,7 +130,8 @@ certificate in its x5c header, issued by the registry's CA (the rootcertbundle).
 OAuth2 (distribution's "OAuth2 Token Authentication" spec): POST /token, a form
 (application/x-www-form-urlencoded, chunked or not) with client_id and service required:
     - grant_type=password, username, password [, access_type=offline] [, scope]: an
-      access token for the user; with access_type=offline also a refresh_token.
+      access token for the user; with access_type=offline also a refresh_token (when
+      offline_tokens).
     - grant_type=refresh_token, refresh_token [, scope]: an access token for that token's
       user, scopes granted by the same policy as GET; the answer repeats the refresh token
       (rotate_refresh_tokens=True: a new one, and the one presented is revoked).
@@ -138,15 +140,18 @@ OAuth2 (distribution's "OAuth2 Token Authentication" spec): POST /token, a form
     {"error": invalid_request (no client_id, another service, no refresh_token, not a
     form) | invalid_grant (wrong password; an unknown, revoked or other service's refresh
     token) | unsupported_grant_type, "error_description": ...}.
-    GET with offline_token=true and valid Basic credentials answers a refresh_token too:
-    that is what `docker login` asks for (client_id "docker"); it stores it in config.json
+    GET with offline_token=true and valid Basic credentials answers a refresh_token too
+    (when offline_tokens): that is what `docker login` asks for (client_id "docker"), so
+    it stores no password but the refresh token, in config.json
     as "identitytoken", and `docker pull` then has the daemon POST a refresh_token grant
     (client_id "docker"); skopeo and podman do the same from auth.json (client_id
     "containers/image", form sent chunked). Measured with docker CLI 28 + dockerd 20.10
     and skopeo 1.9.3.
-    - offline_tokens = True (False: no refresh token ever, like registries without them);
-      oauth = True (False: POST answers 404, like token servers with GET only);
-      rotate_refresh_tokens = False.
+    - offline_tokens: False by default (offline requests get no refresh token, as from
+      Docker Hub, and `docker login` stores the password); RegistryServer(identity_tokens=
+      True) sets it (conftest's registry_identity). Refresh tokens made otherwise (below)
+      are honoured either way. oauth = True (False: POST answers 404, like token servers
+      with GET only); rotate_refresh_tokens = False.
     - identity_token(user) -> a new refresh token, as a login would give; revoke_refresh_
       token(token); issued_refresh_tokens: every one issued, the secrets themselves, to
       look for where they must never go (e.g. BlobProxy.received(token): the registry).
@@ -540,7 +545,7 @@ class TokenServer:
         self.requests = []
         self.refresh_tokens = {}  # token -> RefreshToken
         self.token_lifetime = 300
-        self.offline_tokens = True
+        self.offline_tokens = False
         self.oauth = True
         self.rotate_refresh_tokens = False
         self.lock = threading.Lock()
@@ -811,17 +816,19 @@ def _run(argv, check=True, **kwargs):
 class RegistryServer:
     """Debian's docker-registry, in one of KINDS; see the module docstring for the API."""
 
-    def __init__(self, kind="anonymous", label=None, names=(), realm_name=None, certs_d=CERTS_D):
+    def __init__(self, kind="anonymous", label=None, names=(), realm_name=None, certs_d=CERTS_D,
+                 identity_tokens=False):
         if kind not in KINDS:
             raise ValueError(f"unknown registry kind {kind!r}; one of {KINDS}")
         if names and kind == "anonymous":
             raise ValueError("names are for the TLS kinds (they go in the certificate)")
-        if realm_name and kind != "token":
-            raise ValueError("realm_name is for the token kind")
+        if (realm_name or identity_tokens) and kind != "token":
+            raise ValueError("realm_name and identity_tokens are for the token kind")
         self.kind = kind
         self.label = label or f"registry ({kind})"
         self.names = tuple(dict.fromkeys([*names, *([realm_name] if realm_name else [])]))
         self.realm_name = realm_name
+        self.identity_tokens = identity_tokens
         self.certs_d = tuple(certs_d)
         self.trusted = []  # certs.d directories made by trust(), removed by stop()
         self.dir = None
@@ -925,6 +932,7 @@ class RegistryServer:
             auth = {"htpasswd": {"realm": "docker-dir-test", "path": str(self.dir / "htpasswd")}}
         elif self.kind == "token":
             self.token_server = TokenServer(self.ca, self.tls_cert, self.tls_key, self.realm_name)
+            self.token_server.offline_tokens = self.identity_tokens
             self.username, self.password = "alice", self.token_server.users["alice"]
             self.admin = self.token_server.admin
             auth = {"token": {"realm": self.token_server.url, "service": TOKEN_SERVICE, "issuer": TOKEN_ISSUER,

@@ -537,9 +537,9 @@ def claims_of(jwt):
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
-def test_oauth_password_and_refresh_token_grants(registry_token):
-    server = registry_token.token_server
-    user, password = registry_token.credentials
+def test_oauth_password_and_refresh_token_grants(registry_identity):
+    server = registry_identity.token_server
+    user, password = registry_identity.credentials
     base = {"service": "docker-dir-test-registry", "client_id": "docker-dir-fixture-test"}
     start = len(server.requests)
 
@@ -589,8 +589,8 @@ def test_oauth_password_and_refresh_token_grants(registry_token):
     assert refresh not in repr(server.requests) and password not in repr(server.requests)
 
 
-def test_oauth_rotation_and_servers_without_oauth(registry_token):
-    server = registry_token.token_server
+def test_oauth_rotation_and_servers_without_oauth(registry_identity, registry_token):
+    server = registry_identity.token_server
     base = {"service": "docker-dir-test-registry", "client_id": "docker-dir-fixture-test",
             "grant_type": "refresh_token"}
     first = server.identity_token("alice")
@@ -608,13 +608,25 @@ def test_oauth_rotation_and_servers_without_oauth(registry_token):
     finally:
         server.oauth = True
     # GET: a refresh token only for an authenticated offline request
-    anonymous = get(registry_token, f"{server.direct_url}?service=docker-dir-test-registry&offline_token=true")
+    offline = f"{server.direct_url}?service=docker-dir-test-registry&offline_token=true"
+    anonymous = get(registry_identity, offline)
     assert anonymous[0] == 200 and "refresh_token" not in json.loads(anonymous[2])
+    assert "refresh_token" in json.loads(get(registry_identity, offline, basic(registry_identity.credentials))[2])
+
+    # by default no refresh token is handed out; one made by identity_token() still works
+    default = registry_token.token_server
+    offline = f"{default.direct_url}?service=docker-dir-test-registry&offline_token=true"
+    assert "refresh_token" not in json.loads(get(registry_token, offline, basic(registry_token.credentials))[2])
+    user, password = registry_token.credentials
+    status, answer = oauth(default, {**base, "grant_type": "password", "username": user, "password": password,
+                                     "access_type": "offline"})
+    assert status == 200 and "refresh_token" not in answer
+    assert oauth(default, {**base, "refresh_token": default.identity_token(user)})[0] == 200
 
 
-def test_docker_login_stores_an_identity_token_that_docker_pull_exchanges(registry_token, blob_proxy, fresh_image,
-                                                                          tmp_path):
-    registry, server = registry_token, registry_token.token_server
+def test_docker_login_stores_an_identity_token_that_docker_pull_exchanges(registry_identity, registry_token,
+                                                                          blob_proxy, fresh_image, tmp_path):
+    registry, server = registry_identity, registry_identity.token_server
     image = fresh_image(f"fixture/identity:{uuid.uuid4().hex[:8]}")
     repo = unique("smoke/identity")
     registry.push(image, f"{repo}:1")
@@ -631,9 +643,7 @@ def test_docker_login_stores_an_identity_token_that_docker_pull_exchanges(regist
     (login,) = server.requests[start:]
     assert (login.method, login.user, login.offline, login.client_id, login.issued) == (
         "GET", registry.username, True, "docker", server.fingerprint(token))
-    assert (registry.auth_file(tmp_path / "auth.json", entries={front.host: registry_module.IdentityToken(
-        registry.username, token)}).read_text() == registry.docker_config(tmp_path / "same", entries={
-            front.host: registry_module.IdentityToken(registry.username, token)}).joinpath("config.json").read_text())
+    assert registry_module.auth_entry(registry_module.IdentityToken(registry.username, token)) == entry
 
     docker("rmi", "-f", image)
     start = len(server.requests)
@@ -647,6 +657,12 @@ def test_docker_login_stores_an_identity_token_that_docker_pull_exchanges(regist
     assert [r for r in server.requests[start:] if r.grant_type != "refresh_token"] == []
     assert any(r.headers.get("authorization") == "Bearer <redacted>" for r in front.requests)
     assert not front.received(token) and not front.received(registry.password)
+
+    # the default token server gives none: docker login keeps the password
+    docker("login", "-u", registry_token.username, "--password-stdin", registry_token.host,
+           input=registry_token.password, env=env)
+    assert json.loads((tmp_path / "config.json").read_text())["auths"][registry_token.host] == \
+        registry_module.auth_entry(registry_token.credentials)
 
 
 def test_skopeo_exchanges_an_identity_token_from_auth_json(registry_token, fresh_image, tmp_path):
