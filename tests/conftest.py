@@ -377,6 +377,12 @@ def _named_registry(kind, **options):
 
 
 @pytest.fixture(scope="session")
+def registry_named_anon():
+    """Plain HTTP, no auth, by the names too (for HTTP_PROXY: squid sees whole requests)."""
+    yield from _named_registry("anonymous")
+
+
+@pytest.fixture(scope="session")
 def registry_named_tls():
     """basic-tls, its certificate naming TEST_NAMES, its CA in certs.d for NAME:PORT."""
     yield from _named_registry("basic-tls")

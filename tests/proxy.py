@@ -52,9 +52,11 @@ silent_proxy() -> context manager yielding the URL of a socket that listens and 
     without its own timeout waits forever.
 
 Measured here (squid 5.7, skopeo 1.9.3): skopeo goes through the proxy with HTTPS_PROXY
-(CONNECT NAME:PORT for the registry and for the token realm), authenticates to it from
-user:password in the proxy URL, and with NO_PROXY=reg.proxytest connects directly and
-fails: "lookup reg.proxytest ... no such host".
+or https_proxy (CONNECT NAME:PORT for the registry and for the token realm), authenticates
+to it from user:password in the proxy URL, and with NO_PROXY=reg.proxytest connects
+directly and fails: "lookup reg.proxytest ... no such host". A plain-HTTP registry goes
+through HTTP_PROXY (squid logs each GET's whole URL); ALL_PROXY means nothing to Go
+clients (skopeo goes direct), while Python's urllib.request.getproxies() reads it.
 """
 import contextlib
 import os
@@ -106,7 +108,8 @@ def _parse(line):
     else:
         parts = urllib.parse.urlsplit(url)
         host, port = parts.hostname or "", parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    return ProxiedRequest(float(stamp), client, method, url, host, int(port) if port else None, int(status),
+    return ProxiedRequest(float(stamp), client, method, url, host, int(port) if port else None,
+                          int(status) if status.isdigit() else 0,
                           None if user == "-" else urllib.parse.unquote(user), result,
                           None if server.startswith("-") else server)
 

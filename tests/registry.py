@@ -8,9 +8,10 @@ Import from a test module (tests/ is on sys.path under pytest):
     from registry import IdentityToken, auths_document
 
 conftest.py makes the session fixtures registry_anon, registry_tls, registry_token,
-registry_identity (token, identity_tokens=True) and platform_index, and the function fixture blob_proxy (a factory), from it; and for the
-proxy tests (tests/proxy.py) registry_named_tls and registry_named_token. Repository
-names in the session registries are shared by every test: make yours unique (uuid).
+registry_identity (token, identity_tokens=True) and platform_index, and the function
+fixture blob_proxy (a factory), from it; and for the proxy tests (tests/proxy.py)
+registry_named_anon, registry_named_tls and registry_named_token. Repository names in
+the session registries are shared by every test: make yours unique (uuid).
 
 RegistryServer(kind, label=None, names=(), realm_name=None, certs_d=CERTS_D,
 identity_tokens=False), kind one of KINDS:
@@ -31,11 +32,12 @@ identity_tokens=False), kind one of KINDS:
     - ca_cert: path of the CA's PEM certificate (TLS kinds; None for "anonymous");
       cert_dir: a directory holding only ca.crt, for skopeo/podman --cert-dir.
       The server certificate names IP 127.0.0.1, DNS localhost and the `names`.
-    - names (TLS kinds): DNS names for the certificate, e.g. tests/proxy.py's TEST_NAMES,
-      which only its squid resolves. At start the CA goes into BASE/NAME:PORT/ca.crt for
-      every name, for the registry's port and the token server's, BASE in certs_d
-      (/etc/docker/certs.d and /etc/containers/certs.d), where docker, podman and skopeo
-      look; stop() removes them. host_named(name=None) -> "NAME:PORT" (default: the first).
+    - names: other names for 127.0.0.1, e.g. tests/proxy.py's TEST_NAMES, which only its
+      squid resolves. The TLS kinds put them in their certificate, and at start the CA
+      goes into BASE/NAME:PORT/ca.crt for every name, for the registry's port and the
+      token server's, BASE in certs_d (/etc/docker/certs.d and /etc/containers/certs.d),
+      where docker, podman and skopeo look; stop() removes them.
+      host_named(name=None) -> "NAME:PORT" (default: the first name).
     - realm_name (token kind; added to names): the realm the registry announces is
       https://REALM_NAME:TOKENPORT/token, so only a client resolving that name (through
       the proxy) gets a token. dockerd cannot use the test proxy: it can neither log in
@@ -517,9 +519,9 @@ class RefreshToken:
 
 
 class _OAuthError(Exception):
-    def __init__(self, code, description, status=400):
+    def __init__(self, code, description):
         super().__init__(description)
-        self.code, self.description, self.status = code, description, status
+        self.code, self.description = code, description
 
 
 def _b64url(data):
@@ -721,8 +723,8 @@ class TokenServer:
         try:
             refresh_token = self._oauth_grant(handler, record, field)
         except _OAuthError as error:
-            record.status, record.error = error.status, error.code
-            handler.send_simple(error.status, json.dumps({"error": error.code,
+            record.status, record.error = 400, error.code  # RFC 6749 5.2
+            handler.send_simple(400, json.dumps({"error": error.code,
                                                           "error_description": error.description}),
                                 "application/json")
             return
@@ -820,8 +822,6 @@ class RegistryServer:
                  identity_tokens=False):
         if kind not in KINDS:
             raise ValueError(f"unknown registry kind {kind!r}; one of {KINDS}")
-        if names and kind == "anonymous":
-            raise ValueError("names are for the TLS kinds (they go in the certificate)")
         if (realm_name or identity_tokens) and kind != "token":
             raise ValueError("realm_name and identity_tokens are for the token kind")
         self.kind = kind
@@ -901,7 +901,7 @@ class RegistryServer:
                 self.port = _free_port()
                 self._write_config()
                 if self._launch(timeout):
-                    for name in self.names:
+                    for name in self.names if self.ca else ():
                         self.trust(f"{name}:{self.port}")
                         if self.token_server:
                             self.trust(f"{name}:{self.token_server.port}")

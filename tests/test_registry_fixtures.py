@@ -492,6 +492,27 @@ def test_skopeo_reaches_the_token_registry_and_its_realm_only_through_the_proxy(
     assert "no such host" in bypassed.stderr and proxy.requests() == []
 
 
+def test_plain_http_registry_through_the_proxy(shared_squid, registry_named_anon, fresh_image):
+    from proxy import proxy_env
+
+    registry, proxy = registry_named_anon, shared_squid
+    repo = unique("smoke/named-http")
+    registry.push(fresh_image(f"fixture/named-http:{uuid.uuid4().hex[:8]}"), f"{repo}:1")
+    inspect = ["inspect", "--raw", "--tls-verify=false", f"docker://{registry.host_named()}/{repo}:1"]
+    proxy.forget()
+
+    assert skopeo(*inspect, env=proxy_env(HTTP_PROXY=proxy.url)).returncode == 0
+
+    asked = proxy.requests()
+    assert [(r.method, r.url, r.status) for r in asked][-1] == (
+        "GET", f"http://{registry.host_named()}/v2/{repo}/manifests/1", 200)
+    assert {r.method for r in asked} == {"GET"} and proxy.reached() == {registry.host_named()}
+    # Go's proxy settings have no ALL_PROXY: skopeo goes direct and cannot resolve the name
+    proxy.forget()
+    direct = skopeo(*inspect, env=proxy_env(ALL_PROXY=proxy.url))
+    assert direct.returncode and "no such host" in direct.stderr and proxy.requests() == []
+
+
 def test_blob_proxy_by_name_behind_squid(shared_squid, registry_named_tls, blob_proxy, fresh_image, tmp_path):
     from proxy import REGISTRY_NAME, STORAGE_NAME
 
@@ -680,7 +701,8 @@ def test_skopeo_exchanges_an_identity_token_from_auth_json(registry_token, fresh
 
     (exchange,) = server.requests[start:]
     assert (exchange.method, exchange.grant_type, exchange.user, exchange.status, exchange.client_id,
-            exchange.presented) == ("POST", "refresh_token", "alice", 200, "containers/image", server.fingerprint(token))
+            exchange.presented) == ("POST", "refresh_token", "alice", 200, "containers/image",
+                                    server.fingerprint(token))
     server.revoke_refresh_token(token)
     start = len(server.requests)
     revoked = skopeo(*inspect, env=None)
