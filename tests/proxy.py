@@ -6,7 +6,7 @@ port, with names of its own that resolve nowhere else.
 SquidProxy(hosts=TEST_NAMES, users=None, refuse=False, label=None)
     `squid -N -f CONF` (root starts it; it runs as user `proxy`, which owns its temp dir),
     `http_port 127.0.0.1:PORT`, `cache deny all`, its pid file, cache.log and access.log in
-    the temp dir, `shutdown_lifetime 1 second`, `strip_query_terms off` (whole URLs logged).
+    the temp dir, `shutdown_lifetime 0 seconds`, `strip_query_terms off` (whole URLs logged).
     - hosts: names squid's own `hosts_file` maps to 127.0.0.1. Nothing else knows them
       (`getent hosts reg.proxytest` fails): a client that bypasses the proxy cannot resolve
       them. TEST_NAMES = (REGISTRY_NAME "reg.proxytest", AUTH_NAME "auth.proxytest",
@@ -17,8 +17,8 @@ SquidProxy(hosts=TEST_NAMES, users=None, refuse=False, label=None)
     - refuse=True: `http_access deny all`: every request, CONNECT included, gets 403.
     - start(timeout=30) -> self; RuntimeError (never a skip) when squid or its auth helper is
       missing, or squid does not start: the message carries cache.log's last lines.
-    - stop(): SIGTERM by PID (SIGKILL after 15 s), waits for it, removes the temp dir; safe
-      twice. Also a context manager.
+    - stop(): SIGTERM by PID (SIGKILL after 15 s), waits for it (squid's own shutdown takes
+      about 2 s), removes the temp dir; safe twice. Also a context manager.
     - port, host "127.0.0.1:PORT", url "http://127.0.0.1:PORT", pid, dir, cache_log,
       access_log; credentials (the first user's (name, password), or None);
       url_with(user, password): "http://USER:PASSWORD@127.0.0.1:PORT", both percent-encoded;
