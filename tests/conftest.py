@@ -305,7 +305,7 @@ def main_docker(docker_engine):
 
 # -- registries (tests/registry.py) ---------------------------------------------------
 
-from registry import BlobProxy, push_platform_index, registry_or_skip  # noqa: E402
+from registry import BlobProxy, RegistryServer, push_platform_index, registry_or_skip  # noqa: E402
 
 
 def _registry(kind):
@@ -332,14 +332,87 @@ def registry_token():
     yield from _registry("token")
 
 
+@pytest.fixture(scope="session")
+def registry_identity():
+    """HTTPS + token auth whose token server gives refresh tokens to offline requests, so
+    `docker login` stores an identitytoken (see TokenServer in tests/registry.py)."""
+    server = RegistryServer("token", label="registry (token, identity tokens)", identity_tokens=True)
+    try:
+        server.start()
+    except Unavailable as why:
+        pytest.fail(f"{why} (tests/provision.sh installs it)")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def blob_proxy():
-    """Factory: blob_proxy(registry) -> a started BlobProxy in front of it, stopped after the test."""
+    """Factory: blob_proxy(registry, name=None, storage_name=None) -> a started BlobProxy in
+    front of it, stopped after the test."""
     proxies = []
 
-    def make(registry):
-        proxies.append(BlobProxy(registry).start())
+    def make(registry, **options):
+        proxies.append(BlobProxy(registry, **options).start())
         return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+# -- a forward proxy and registries known by names only it resolves (tests/proxy.py) ----------
+
+from proxy import AUTH_NAME, TEST_NAMES, SquidProxy  # noqa: E402
+
+
+def _named_registry(kind, **options):
+    """No skip: these exist for the proxy tests, which must not pass without them."""
+    server = RegistryServer(kind, label=f"registry ({kind}, by name)", names=TEST_NAMES, **options)
+    try:
+        server.start()
+    except Unavailable as why:
+        pytest.fail(f"{why} (tests/provision.sh installs it)")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_named_anon():
+    """Plain HTTP, no auth, by the names too (for HTTP_PROXY: squid sees whole requests)."""
+    yield from _named_registry("anonymous")
+
+
+@pytest.fixture(scope="session")
+def registry_named_tls():
+    """basic-tls, its certificate naming TEST_NAMES, its CA in certs.d for NAME:PORT."""
+    yield from _named_registry("basic-tls")
+
+
+@pytest.fixture(scope="session")
+def registry_named_token():
+    """token, as registry_named_tls, and its realm https://auth.proxytest:PORT/token: only a
+    client going through the proxy reaches the token server (fill it through the proxy too:
+    skopeo_copy(..., env=proxy.env()); docker cannot)."""
+    yield from _named_registry("token", realm_name=AUTH_NAME)
+
+
+@pytest.fixture(scope="session")
+def shared_squid():
+    """A plain SquidProxy for the whole session (squid takes 2 s to stop): call its forget()
+    before the requests you look at."""
+    with SquidProxy(label="squid (shared)") as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def squid_proxy():
+    """Factory: squid_proxy(hosts=TEST_NAMES, users=None, refuse=False) -> a started
+    SquidProxy, stopped after the test."""
+    proxies = []
+
+    def make(**options):
+        proxies.append(SquidProxy(**options))
+        return proxies[-1].start()
 
     yield make
     for proxy in proxies:

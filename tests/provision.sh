@@ -10,12 +10,28 @@
 if [ "${PROVISION_FOR:-tests}" = demo ]; then
   SYSTEM_PACKAGES="docker.io busybox-static"
 else
-  # docker-registry and apache2-utils (htpasswd): the real registries of tests/registry.py
+  # docker-registry and apache2-utils (htpasswd): the real registries of tests/registry.py;
+  # squid: the forward proxy of tests/proxy.py
   SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo umoci buildah make iproute2 util-linux
-python3-venv docker-registry apache2-utils"
+python3-venv docker-registry apache2-utils squid"
 fi
 
 . tests/provision-extra.sh
+
+# Squid's postinst starts its service on port 3128 (unless a policy-rc.d forbids it, as in
+# Docker-built images); the tests run squids of their own, so it is stopped and disabled
+# the way it was started: systemd, or the init script and its pidfile /run/squid.pid.
+stop_packaged_squid() {
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now squid.service >/dev/null 2>&1 || true
+    return 0
+  fi
+  update-rc.d squid disable >/dev/null 2>&1 || true
+  if _extra_pid_alive /run/squid.pid squid; then
+    say "stopping the squid service the package started (tests start their own)"
+    /etc/init.d/squid stop >/dev/null || die "could not stop the packaged squid (pidfile /run/squid.pid)"
+  fi
+}
 
 start_dockerd() {
   say "starting dockerd (log: /var/log/dockerd-docker-dir.log)"
@@ -32,8 +48,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # With recommends: podman needs some of them (as it was tried here).
   without_recommends=("${EXTRA_APT_OPTIONS[@]}")
   EXTRA_APT_OPTIONS=(-o DPkg::Lock::Timeout=600 -y -q)
+  squid_was_installed=yes
+  _extra_installed squid || squid_was_installed=
   # shellcheck disable=SC2086
   _extra_locked extra_apt_install $SYSTEM_PACKAGES
+  [ -n "$squid_was_installed" ] || [ "${PROVISION_FOR:-tests}" = demo ] || stop_packaged_squid
   EXTRA_APT_OPTIONS=("${without_recommends[@]}")
   [ "${PROVISION_FOR:-tests}" = demo ] || provision_extra
   docker info >/dev/null 2>&1 || start_dockerd

@@ -5,12 +5,16 @@ podman, and a proxy that sends blob downloads elsewhere and injects faults.
 Import from a test module (tests/ is on sys.path under pytest):
 
     from registry import RegistryServer, BlobProxy, push_platform_index, Unavailable
+    from registry import IdentityToken, auths_document
 
-conftest.py makes the session fixtures registry_anon, registry_tls, registry_token and
-platform_index, and the function fixture blob_proxy (a factory), from it. Repository
-names in the session registries are shared by every test: make yours unique (uuid).
+conftest.py makes the session fixtures registry_anon, registry_tls, registry_token,
+registry_identity (token, identity_tokens=True) and platform_index, and the function
+fixture blob_proxy (a factory), from it; and for the proxy tests (tests/proxy.py)
+registry_named_anon, registry_named_tls and registry_named_token. Repository names in
+the session registries are shared by every test: make yours unique (uuid).
 
-RegistryServer(kind, label=None), kind one of KINDS:
+RegistryServer(kind, label=None, names=(), realm_name=None, certs_d=CERTS_D,
+identity_tokens=False), kind one of KINDS:
     "anonymous"  plain HTTP, no auth.
     "basic-tls"  HTTPS with a private CA + htpasswd Basic auth (bcrypt, `htpasswd -Bbn`).
     "token"      HTTPS with a private CA + `auth: token`: a TokenServer (below) on another
@@ -27,11 +31,23 @@ RegistryServer(kind, label=None), kind one of KINDS:
       storage (the registry's root directory), dir (temp dir), log_path.
     - ca_cert: path of the CA's PEM certificate (TLS kinds; None for "anonymous");
       cert_dir: a directory holding only ca.crt, for skopeo/podman --cert-dir.
-      The server certificate names IP 127.0.0.1 and DNS localhost.
+      The server certificate names IP 127.0.0.1, DNS localhost and the `names`.
+    - names: other names for 127.0.0.1, e.g. tests/proxy.py's TEST_NAMES, which only its
+      squid resolves. The TLS kinds put them in their certificate, and at start the CA
+      goes into BASE/NAME:PORT/ca.crt for every name, for the registry's port and the
+      token server's, BASE in certs_d (/etc/docker/certs.d and /etc/containers/certs.d),
+      where docker, podman and skopeo look; stop() removes them.
+      host_named(name=None) -> "NAME:PORT" (default: the first name).
+    - realm_name (token kind; added to names): the realm the registry announces is
+      https://REALM_NAME:TOKENPORT/token, so only a client resolving that name (through
+      the proxy) gets a token. dockerd cannot use the test proxy: it can neither log in
+      nor push there; fill such a registry with skopeo_copy(..., env=proxy.env()).
+    - trust(host, bases=certs_d) -> the directories BASE/HOST made, holding ca.crt;
+      untrust(directories). Whatever is trusted is removed by stop().
     - username, password: the test user ("alice"; None for "anonymous"); credentials:
       (username, password) or None. admin: (user, password) allowed everything, used by
       the helpers below by default ("basic-tls": the same user; "token": "admin").
-    - token_server: the TokenServer ("token" only).
+    - token_server: the TokenServer ("token" only); identity_tokens sets its offline_tokens.
     - blob_path(digest): the blob's data file in storage (the registry's filesystem layout).
     Real clients, credentials in private config dirs (never root's ~/.docker):
     - push(engine_ref, repo_tag, credentials=admin, check=True, host=None) ->
@@ -47,10 +63,11 @@ RegistryServer(kind, label=None), kind one of KINDS:
       --PREFIXno-creds (prefix "src-"/"dest-" for `skopeo copy`).
     - podman_flags(credentials=admin): the same for podman push/pull/manifest push
       (podman has no --no-creds: an empty --authfile instead, never root's shared one).
-    - skopeo_copy(src, dest, *extra, credentials=admin, check=True): flags added for
-      whichever side is docker://HOST/...
-    - skopeo_inspect(repo_tag, *extra, credentials=admin) -> parsed JSON (--raw: the
-      manifest as the registry serves it).
+    - skopeo_copy(src, dest, *extra, credentials=admin, check=True, env=None): flags
+      added for whichever side is docker://HOST/... or docker://NAME:PORT/... (env: e.g. a
+      SquidProxy's env(), to reach the registry by name).
+    - skopeo_inspect(repo_tag, *extra, credentials=admin, host=None, env=None) -> parsed
+      JSON (--raw: the manifest as the registry serves it); host: e.g. host_named().
     Oracle, with urllib, independent of docker-dir (admin rights):
     - request(method, path, data=None, headers=None, authorize=True) -> Answer(status,
       headers, body); authorize=False sends no credentials at all.
@@ -60,26 +77,39 @@ RegistryServer(kind, label=None), kind one of KINDS:
     - delete_blob(repo, digest): the registry's DELETE (202); the repository's link goes,
       so GET and HEAD answer 404 from then on (garbage collection never runs).
     Files for the client under test:
-    - docker_config(directory, credentials=None, host=None) -> directory: writes
-      config.json ({"auths": {HOST: {"auth": base64}}}) for $DOCKER_CONFIG.
-    - auth_file(path, credentials=None, host=None) -> path: containers auth.json for
-      $REGISTRY_AUTH_FILE. credentials default to (username, password); host to this
-      registry's (give a BlobProxy's host to go through it).
+    - docker_config(directory, credentials=None, host=None, entries=None) -> directory:
+      writes config.json ({"auths": {HOST: {"auth": base64}}}) for $DOCKER_CONFIG.
+    - auth_file(path, credentials=None, host=None, entries=None) -> path: containers
+      auth.json for $REGISTRY_AUTH_FILE. credentials default to (username, password); host
+      to this registry's (give a BlobProxy's host to go through it). entries instead: the
+      whole {key: value} of auths_document (below), e.g. {f"{HOST}/team-a": (user, pw),
+      f"{HOST}/team-b": (user2, pw2)} or {HOST: IdentityToken(user, token)}.
+
+auths_document(entries) -> {"auths": {key: auth_entry(value)}}; auth_entry(value): a
+(user, password) tuple -> {"auth": base64("user:password")}; IdentityToken(user, token) ->
+{"auth": base64("user:"), "identitytoken": token}, exactly what `docker login` writes when
+the token server gives it a refresh token; a dict -> as is. Keys: "HOST[:PORT]" (docker
+and containers) or "HOST[:PORT]/NAMESPACE[/...]" (containers only: podman and skopeo take
+the longest matching key; see test_path_keyed_auth_json_two_accounts).
 
 What each client needs here (measured with dockerd 20.10, docker CLI 28, skopeo 1.9.3,
 podman 4.3.1):
     - docker: nothing for any kind: dockerd treats 127.0.0.0/8 as an insecure registry,
       so it speaks HTTPS without verifying the certificate (then falls back to HTTP) and
       never reads /etc/docker/certs.d for it. Logins go to a private $DOCKER_CONFIG; the
-      token kind's login asks the token server for a token with no scope.
+      token kind's login asks the token server for a token with no scope and
+      offline_token=true; with identity_tokens it stores the refresh token it gets as
+      identitytoken, and its pushes and pulls then exchange it by POST.
     - skopeo, podman: --tls-verify=false for "anonymous"; --cert-dir CERT_DIR for the TLS
-      kinds (they verify, and trust the CA for the token server too); --creds U:P.
+      kinds (they verify, and trust the CA for the token server too); --creds U:P. By a
+      name: HTTPS_PROXY (or https_proxy) of a SquidProxy, and the CA from certs.d.
     - docker push sends a HEAD for a layer only when it has pulled or pushed it before;
       a layer new to the daemon goes straight to POST (so assert "HEAD before upload" of
       the client under test, not of docker).
 
-TokenServer (registry.token_server): HTTPS on its own loopback port (same CA; url is the
-realm), GET /token?service=...&scope=repository:NAME:pull,push[&scope=...]. Basic
+TokenServer (registry.token_server): HTTPS on its own loopback port (same CA and
+certificate; url is the realm, by realm_name when the registry has one; direct_url is by
+127.0.0.1; port), GET /token?service=...&scope=repository:NAME:pull,push[&scope=...]. Basic
 credentials are checked (wrong ones: 401); no credentials = anonymous. Each scope gets the
 requested actions the policy allows (possibly none); the JWT (RS256) carries the signing
 certificate in its x5c header, issued by the registry's CA (the rootcertbundle).
@@ -90,14 +120,48 @@ certificate in its x5c header, issued by the registry's CA (the rootcertbundle).
     - reset_policy(): back to the default: admin may pull, push and delete anything and
       list the catalog; alice may pull anything and push to alice/*; anonymous may pull
       public/*.
+    - RegistryServer.team_accounts(*teams) -> {team: (user, password)}: for each team a new
+      user who may pull and push TEAM/* and nothing else (besides anonymous grants), so a
+      client that takes the wrong account for a repository is refused.
     - issue(subject, access, lifetime=None) -> a signed JWT, for tests that craft tokens
       (the registry allows 60 s of clock leeway on exp and nbf).
     - token_lifetime (s, default 300), the expires_in of every answer.
-    - requests: TokenRequest(user, scopes, access, status) for every GET /token.
+    - requests: TokenRequest(user, scopes, access, status, method, grant_type, client_id,
+      offline, presented, issued, error) for every request (GET and POST). No secret is
+      kept: presented and issued are refresh tokens' fingerprints (fingerprint(token)).
+OAuth2 (distribution's "OAuth2 Token Authentication" spec): POST /token, a form
+(application/x-www-form-urlencoded, chunked or not) with client_id and service required:
+    - grant_type=password, username, password [, access_type=offline] [, scope]: an
+      access token for the user; with access_type=offline also a refresh_token (when
+      offline_tokens).
+    - grant_type=refresh_token, refresh_token [, scope]: an access token for that token's
+      user, scopes granted by the same policy as GET; the answer repeats the refresh token
+      (rotate_refresh_tokens=True: a new one, and the one presented is revoked).
+    Answer: {access_token (never "token"), expires_in, issued_at, scope: the granted
+    "type:name:actions" entries space-separated[, refresh_token]}. Refusals: 400 +
+    {"error": invalid_request (no client_id, another service, no refresh_token, not a
+    form) | invalid_grant (wrong password; an unknown, revoked or other service's refresh
+    token) | unsupported_grant_type, "error_description": ...}.
+    GET with offline_token=true and valid Basic credentials answers a refresh_token too
+    (when offline_tokens): that is what `docker login` asks for (client_id "docker"), so
+    it stores no password but the refresh token, in config.json
+    as "identitytoken", and `docker pull` then has the daemon POST a refresh_token grant
+    (client_id "docker"); skopeo and podman do the same from auth.json (client_id
+    "containers/image", form sent chunked). Measured with docker CLI 28 + dockerd 20.10
+    and skopeo 1.9.3.
+    - offline_tokens: False by default (offline requests get no refresh token, as from
+      Docker Hub, and `docker login` stores the password); RegistryServer(identity_tokens=
+      True) sets it (conftest's registry_identity). Refresh tokens made otherwise (below)
+      are honoured either way. oauth = True (False: POST answers 404, like token servers
+      with GET only); rotate_refresh_tokens = False.
+    - identity_token(user) -> a new refresh token, as a login would give; revoke_refresh_
+      token(token); issued_refresh_tokens: every one issued, the secrets themselves, to
+      look for where they must never go (e.g. BlobProxy.received(token): the registry).
     The registry answers a request its token does not cover with 401 and
     error="insufficient_scope" in WWW-Authenticate.
 
-BlobProxy(registry).start() -> a reverse proxy on a free loopback port (HTTPS with the
+BlobProxy(registry, name=None, storage_name=None).start() -> a reverse proxy on a free
+loopback port (HTTPS with the
 registry's CA when the registry is HTTPS, so upload Locations the registry builds from the
 Host header stay valid) that passes every request through, streamed (chunked or not,
 uploads included), on keep-alive connections, except:
@@ -106,8 +170,10 @@ uploads included), on keep-alive connections, except:
       SCHEME://localhost:PORT2/blobs/sha256:HEX?repository=NAME, a storage server under a
       different host name that serves the bytes from the registry's storage (Range
       honoured: 206 + Content-Range; 416 out of range). Otherwise the GET goes through.
-    Attributes: host, url, scheme, port, storage_host ("localhost:PORT2"), storage_url,
-    ca_cert, cert_dir, registry.
+    Attributes: host ("127.0.0.1:PORT"), url, scheme, port, storage_host ("localhost:PORT2"),
+    storage_url, ca_cert, cert_dir, registry. name, storage_name: two of the registry's
+    names to use instead of 127.0.0.1 and localhost (behind tests/proxy.py's squid, which
+    resolves them), their CA trusted in certs.d while the proxy runs.
     Logs (secrets' values redacted, header names lower-case, the scheme kept:
     "Bearer <redacted>"):
     - requests: ProxyRequest(method, path, query, headers, status, bytes_in,
@@ -118,6 +184,9 @@ uploads included), on keep-alive connections, except:
       bytes_out than it announced).
     - bytes_uploaded() / bytes_downloaded(): request bodies through the proxy / response
       bodies from proxy and storage. forget(): empties both logs.
+    - received(secret) -> True when `secret` reached the proxy or the storage server: as a
+      secret header's value, its credential after the scheme, a Basic user:password or
+      password (their sha256 is kept, never the value), or in a path, query or other header.
     Faults, each returned as a Fault whose `fired` counts the times it acted; `match` is
     a digest or any substring of the request path (+ query), None = every request; times
     None = every time, K = the first K times it acts:
@@ -180,6 +249,7 @@ from engines import Unavailable, podman_env, log_tail
 from procs import alive, wait_gone
 
 KINDS = ("anonymous", "basic-tls", "token")
+CERTS_D = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 TOKEN_SERVICE = "docker-dir-test-registry"
 TOKEN_ISSUER = "docker-dir-test-token-server"
 MANIFEST_TYPES = (
@@ -224,10 +294,10 @@ class CertificateAuthority:
                      .sign(self.key, hashes.SHA256()))
         self.cert_path = self._write("ca", self.cert, self.key)
 
-    def issue(self, stem, common_name, *, server=True):
-        """A certificate and key, written as STEM.crt and STEM.key: for TLS on 127.0.0.1 and
-        localhost (server=True, EC key), or for signing tokens (RSA key, digitalSignature).
-        Returns (certificate, private key, certificate path, key path)."""
+    def issue(self, stem, common_name, *, server=True, names=()):
+        """A certificate and key, written as STEM.crt and STEM.key: for TLS on 127.0.0.1,
+        localhost and the DNS `names` (server=True, EC key), or for signing tokens (RSA key,
+        digitalSignature). Returns (certificate, private key, certificate path, key path)."""
         import ipaddress
 
         from cryptography import x509
@@ -249,7 +319,8 @@ class CertificateAuthority:
                                   critical=False))
         if server:
             builder = (builder.add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
+                 *map(x509.DNSName, names)]), critical=False)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
         cert = builder.sign(self.key, hashes.SHA256())
         cert_path = self._write(stem, cert, key)
@@ -365,6 +436,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         return len(body) if self.command != "HEAD" else 0
 
+    def _body_pieces(self):
+        """The request body as it arrives, de-chunked."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(1024).strip():
+                        pass  # trailers
+                    return
+                left = size
+                while left:
+                    piece = self.rfile.read(min(left, PIECE))
+                    if not piece:
+                        raise ConnectionError("client closed the connection mid-body")
+                    left -= len(piece)
+                    yield piece
+                self.rfile.readline(1024)
+        else:
+            left = int(self.headers.get("Content-Length") or 0)
+            while left:
+                piece = self.rfile.read(min(left, PIECE))
+                if not piece:
+                    raise ConnectionError("client closed the connection mid-body")
+                left -= len(piece)
+                yield piece
+
     def abort(self):
         """Close the client's connection at once, mid-request or mid-response."""
         self.close_connection = True
@@ -398,10 +495,33 @@ class Grant:
 
 @dataclass
 class TokenRequest:
+    """One request to the token server. Secrets are never kept: refresh tokens appear as
+    their fingerprint (TokenServer.fingerprint)."""
     user: Optional[str]
     scopes: list
     access: list
     status: int
+    method: str = "GET"
+    grant_type: Optional[str] = None  # POST: "password", "refresh_token", or what the client sent
+    client_id: Optional[str] = None
+    offline: bool = False  # a refresh token was asked for (GET offline_token=true, POST access_type=offline)
+    presented: Optional[str] = None  # fingerprint of the refresh token the client sent
+    issued: Optional[str] = None  # fingerprint of the refresh token in the answer
+    error: Optional[str] = None  # the OAuth2 error code of a refused POST
+
+
+@dataclass
+class RefreshToken:
+    user: str
+    service: str
+    client_id: str
+    revoked: bool = False
+
+
+class _OAuthError(Exception):
+    def __init__(self, code, description):
+        super().__init__(description)
+        self.code, self.description = code, description
 
 
 def _b64url(data):
@@ -412,16 +532,25 @@ class _TokenHandler(_Handler):
     def do_GET(self):
         self.server.owner.answer(self)
 
+    def do_POST(self):
+        self.server.owner.answer_oauth(self)
+
 
 class TokenServer:
-    """Issues the registry's JWTs; see the module docstring."""
+    """Issues the registry's JWTs and refresh tokens; see the module docstring."""
 
-    def __init__(self, ca, tls_cert, tls_key):
+    def __init__(self, ca, tls_cert, tls_key, realm_name=None):
         self.ca = ca
+        self.realm_name = realm_name
         self.users = {}
         self.grants = []
         self.requests = []
+        self.refresh_tokens = {}  # token -> RefreshToken
         self.token_lifetime = 300
+        self.offline_tokens = False
+        self.oauth = True
+        self.rotate_refresh_tokens = False
+        self.lock = threading.Lock()
         cert, self.signing_key, _, _ = ca.issue("token-signer", "docker-dir test token signer", server=False)
         from cryptography.hazmat.primitives import serialization
 
@@ -433,8 +562,17 @@ class TokenServer:
         self.server = _Server(_TokenHandler, self, _server_context(tls_cert, tls_key))
 
     @property
+    def port(self):
+        return self.server.port
+
+    @property
     def url(self):
-        return f"https://127.0.0.1:{self.server.port}/token"
+        """The realm: by realm_name when given (reachable only where that name resolves)."""
+        return f"https://{self.realm_name or '127.0.0.1'}:{self.port}/token"
+
+    @property
+    def direct_url(self):
+        return f"https://127.0.0.1:{self.port}/token"
 
     def stop(self):
         if self.server is not None:
@@ -481,6 +619,29 @@ class TokenServer:
         signature = self.signing_key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signed}.{_b64url(signature)}"
 
+    # -- refresh tokens (identity tokens, as docker's config.json calls them)
+    @staticmethod
+    def fingerprint(token):
+        return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+    def identity_token(self, user, client_id="docker-dir-tests"):
+        """A new refresh token for `user`, as a login with access_type=offline would get."""
+        if user not in self.users:
+            raise KeyError(f"no user {user!r}")
+        token = secrets.token_urlsafe(32)
+        with self.lock:
+            self.refresh_tokens[token] = RefreshToken(user, TOKEN_SERVICE, client_id)
+        return token
+
+    def revoke_refresh_token(self, token):
+        self.refresh_tokens[token].revoked = True
+
+    @property
+    def issued_refresh_tokens(self):
+        """Every refresh token issued (the secrets themselves, to look for where they must not be)."""
+        return list(self.refresh_tokens)
+
+    # -- answers
     def _user_of(self, handler):
         """(user or None, credentials valid)."""
         value = handler.headers.get("Authorization", "")
@@ -490,15 +651,32 @@ class TokenServer:
             user, _, password = base64.b64decode(value[6:]).decode().partition(":")
         except ValueError:
             return None, False
+        return user, self._password_ok(user, password)
+
+    def _password_ok(self, user, password):
         known = self.users.get(user)
-        return user, known is not None and secrets.compare_digest(known, password)
+        return known is not None and secrets.compare_digest(known.encode(), (password or "").encode())
+
+    def _grant_scopes(self, record):
+        """The policy applied to each requested scope (the same for GET and POST)."""
+        for scope in record.scopes:
+            parts = scope.split(":")
+            if len(parts) < 3:
+                continue
+            type_, name, requested = parts[0], ":".join(parts[1:-1]), parts[-1].split(",")
+            record.access.append({"type": type_, "name": name,
+                                  "actions": self.allowed(record.user, type_, name, requested)})
+
+    def _issued_at(self):
+        return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def answer(self, handler):
         url = urllib.parse.urlsplit(handler.path)
         query = urllib.parse.parse_qs(url.query)
         scopes = [scope for value in query.get("scope", []) for scope in value.split(" ") if scope]
         user, valid = self._user_of(handler)
-        record = TokenRequest(user, scopes, [], 0)
+        record = TokenRequest(user, scopes, [], 0, client_id=query.get("client_id", [None])[0],
+                              offline=query.get("offline_token", [""])[0].lower() == "true")
         self.requests.append(record)
         if url.path != "/token":
             record.status = 404
@@ -515,19 +693,84 @@ class TokenServer:
             handler.send_simple(400, json.dumps({"errors": [{"code": "DENIED", "message": "unknown service"}]}),
                                 "application/json")
             return
-        for scope in scopes:
-            parts = scope.split(":")
-            if len(parts) < 3:
-                continue
-            type_, name, requested = parts[0], ":".join(parts[1:-1]), parts[-1].split(",")
-            record.access.append({"type": type_, "name": name,
-                                  "actions": self.allowed(user, type_, name, requested)})
+        self._grant_scopes(record)
         token = self.issue(user, record.access)
-        issued = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        answer = {"token": token, "access_token": token, "expires_in": self.token_lifetime,
+                  "issued_at": self._issued_at()}
+        if record.offline and user and self.offline_tokens:
+            answer["refresh_token"] = self.identity_token(user, record.client_id or "")
+            record.issued = self.fingerprint(answer["refresh_token"])
         record.status = 200
-        handler.send_simple(200, json.dumps({"token": token, "access_token": token,
-                                             "expires_in": self.token_lifetime, "issued_at": issued}),
-                            "application/json")
+        handler.send_simple(200, json.dumps(answer), "application/json")
+
+    def answer_oauth(self, handler):
+        """POST /token: distribution's OAuth2 token endpoint (password and refresh_token grants)."""
+        record = TokenRequest(None, [], [], 0, method="POST")
+        self.requests.append(record)
+        body = b"".join(handler._body_pieces())  # skopeo sends its form chunked
+        if urllib.parse.urlsplit(handler.path).path != "/token" or not self.oauth:
+            record.status = 404
+            handler.send_simple(404, "not found")
+            return
+        form = urllib.parse.parse_qs(body.decode(errors="replace"), keep_blank_values=True)
+
+        def field(name):
+            values = form.get(name)
+            return values[0] if values else None
+
+        record.grant_type, record.client_id = field("grant_type"), field("client_id")
+        record.scopes = [scope for value in form.get("scope", []) for scope in value.split(" ") if scope]
+        try:
+            refresh_token = self._oauth_grant(handler, record, field)
+        except _OAuthError as error:
+            record.status, record.error = 400, error.code  # RFC 6749 5.2
+            handler.send_simple(400, json.dumps({"error": error.code,
+                                                          "error_description": error.description}),
+                                "application/json")
+            return
+        self._grant_scopes(record)
+        answer = {"access_token": self.issue(record.user, record.access), "expires_in": self.token_lifetime,
+                  "issued_at": self._issued_at(),
+                  "scope": " ".join(f"{a['type']}:{a['name']}:{','.join(a['actions'])}"
+                                    for a in record.access if a["actions"])}
+        if refresh_token:
+            answer["refresh_token"] = refresh_token
+            record.issued = self.fingerprint(refresh_token)
+        record.status = 200
+        handler.send_simple(200, json.dumps(answer), "application/json")
+
+    def _oauth_grant(self, handler, record, field):
+        """Authenticates the POST; sets record.user; returns the refresh token to answer, if any."""
+        content_type = handler.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise _OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
+        if not record.client_id:
+            raise _OAuthError("invalid_request", "client_id is required")
+        if field("service") != TOKEN_SERVICE:
+            raise _OAuthError("invalid_request", "unknown service")
+        if record.grant_type == "password":
+            record.user = field("username")
+            record.offline = field("access_type") == "offline"
+            if not record.user or not self._password_ok(record.user, field("password")):
+                raise _OAuthError("invalid_grant", "invalid username or password")
+            if record.offline and self.offline_tokens:
+                return self.identity_token(record.user, record.client_id)
+            return None
+        if record.grant_type == "refresh_token":
+            presented = field("refresh_token")
+            if not presented:
+                raise _OAuthError("invalid_request", "refresh_token is required")
+            record.presented = self.fingerprint(presented)
+            with self.lock:
+                known = self.refresh_tokens.get(presented)
+                if known is None or known.revoked or known.service != field("service"):
+                    raise _OAuthError("invalid_grant", "unknown or revoked refresh token")
+                record.user = known.user
+                if not self.rotate_refresh_tokens:
+                    return presented  # the spec: the same refresh token, not a new one
+                known.revoked = True
+            return self.identity_token(record.user, record.client_id)
+        raise _OAuthError("unsupported_grant_type", f"grant_type {record.grant_type!r} is not supported")
 
 
 # -- the registry -----------------------------------------------------------------------
@@ -575,11 +818,19 @@ def _run(argv, check=True, **kwargs):
 class RegistryServer:
     """Debian's docker-registry, in one of KINDS; see the module docstring for the API."""
 
-    def __init__(self, kind="anonymous", label=None):
+    def __init__(self, kind="anonymous", label=None, names=(), realm_name=None, certs_d=CERTS_D,
+                 identity_tokens=False):
         if kind not in KINDS:
             raise ValueError(f"unknown registry kind {kind!r}; one of {KINDS}")
+        if (realm_name or identity_tokens) and kind != "token":
+            raise ValueError("realm_name and identity_tokens are for the token kind")
         self.kind = kind
         self.label = label or f"registry ({kind})"
+        self.names = tuple(dict.fromkeys([*names, *([realm_name] if realm_name else [])]))
+        self.realm_name = realm_name
+        self.identity_tokens = identity_tokens
+        self.certs_d = tuple(certs_d)
+        self.trusted = []  # certs.d directories made by trust(), removed by stop()
         self.dir = None
         self.process = None
         self.port = None
@@ -601,6 +852,13 @@ class RegistryServer:
     @property
     def url(self):
         return f"{self.scheme}://{self.host}"
+
+    def host_named(self, name=None):
+        """NAME:PORT, the registry by one of its names (default: the first)."""
+        name = name or self.names[0]
+        if name not in self.names:
+            raise ValueError(f"{self.label}: {name!r} is not one of its names {self.names}")
+        return f"{name}:{self.port}"
 
     @property
     def pid(self):
@@ -643,6 +901,10 @@ class RegistryServer:
                 self.port = _free_port()
                 self._write_config()
                 if self._launch(timeout):
+                    for name in self.names if self.ca else ():
+                        self.trust(f"{name}:{self.port}")
+                        if self.token_server:
+                            self.trust(f"{name}:{self.token_server.port}")
                     return self
         except BaseException:
             self.stop()
@@ -659,7 +921,7 @@ class RegistryServer:
             except ImportError:
                 raise Unavailable(f"{self.label}: the Python package cryptography is missing "
                                   "(the test extras install it)") from None
-            self.tls_cert, self.tls_key = self.ca.issue("server", "127.0.0.1")[2:]
+            self.tls_cert, self.tls_key = self.ca.issue("server", "127.0.0.1", names=self.names)[2:]
             self.cert_dir.mkdir()
             shutil.copy(self.ca_cert, self.cert_dir / "ca.crt")
         if self.kind == "basic-tls":
@@ -669,7 +931,8 @@ class RegistryServer:
             self.admin = self.credentials
             auth = {"htpasswd": {"realm": "docker-dir-test", "path": str(self.dir / "htpasswd")}}
         elif self.kind == "token":
-            self.token_server = TokenServer(self.ca, self.tls_cert, self.tls_key)
+            self.token_server = TokenServer(self.ca, self.tls_cert, self.tls_key, self.realm_name)
+            self.token_server.offline_tokens = self.identity_tokens
             self.username, self.password = "alice", self.token_server.users["alice"]
             self.admin = self.token_server.admin
             auth = {"token": {"realm": self.token_server.url, "service": TOKEN_SERVICE, "issuer": TOKEN_ISSUER,
@@ -730,6 +993,7 @@ class RegistryServer:
         if self.token_server is not None:
             self.token_server.stop()
             self.token_server = None
+        self.untrust(self.trusted)
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
@@ -739,6 +1003,24 @@ class RegistryServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+    def trust(self, host, bases=None):
+        """The CA in BASE/HOST/ca.crt for each base (default: certs_d), where docker, podman,
+        skopeo look for a registry's CA; removed by untrust() or stop(). Returns the dirs made."""
+        made = []
+        for base in self.certs_d if bases is None else bases:
+            directory = Path(base) / host
+            directory.mkdir(parents=True, exist_ok=True)  # a killed run's leftover: same port, same CA role
+            shutil.copy(self.ca_cert, directory / "ca.crt")
+            made.append(directory)
+        self.trusted += made
+        return made
+
+    def untrust(self, directories):
+        for directory in list(directories):
+            shutil.rmtree(directory, ignore_errors=True)
+            if directory in self.trusted:
+                self.trusted.remove(directory)
 
     # -- the oracle
     def _authorization(self, path):
@@ -852,38 +1134,73 @@ class RegistryServer:
         empty.write_text('{"auths": {}}\n')
         return [*self.skopeo_flags("")[:-1], "--authfile", str(empty)]
 
-    def skopeo_copy(self, src, dest, *extra, credentials=None, check=True):
-        mine = f"docker://{self.host}/"
+    def skopeo_copy(self, src, dest, *extra, credentials=None, check=True, env=None):
+        mine = tuple(f"docker://{host}/" for host in (self.host, *map(self.host_named, self.names)))
         flags = []
         for prefix, ref in (("src-", src), ("dest-", dest)):
             if ref.startswith(mine):
                 flags += self.skopeo_flags(prefix, credentials)
-        return _run(["skopeo", "copy", "-q", *flags, *extra, src, dest], check=check)
+        return _run(["skopeo", "copy", "-q", *flags, *extra, src, dest], check=check, env=env)
 
-    def skopeo_inspect(self, repo_tag, *extra, credentials=None):
+    def skopeo_inspect(self, repo_tag, *extra, credentials=None, host=None, env=None):
         proc = _run(["skopeo", "inspect", *self.skopeo_flags("", credentials), *extra,
-                     f"docker://{self.host}/{repo_tag}"])
+                     f"docker://{host or self.host}/{repo_tag}"], env=env)
         return json.loads(proc.stdout)
 
     # -- files for the client under test
-    def _auths(self, credentials, host):
-        credentials = credentials or self.credentials
-        auths = {}
-        if credentials:
-            auths[host or self.host] = {"auth": base64.b64encode(":".join(credentials).encode()).decode()}
-        return json.dumps({"auths": auths}, indent=1)
+    def _auths(self, credentials, host, entries):
+        if entries is None:
+            credentials = credentials or self.credentials
+            entries = {host or self.host: credentials} if credentials else {}
+        return json.dumps(auths_document(entries), indent=1)
 
-    def docker_config(self, directory, credentials=None, host=None):
+    def docker_config(self, directory, credentials=None, host=None, entries=None):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(self._auths(credentials, host))
+        (directory / "config.json").write_text(self._auths(credentials, host, entries))
         return directory
 
-    def auth_file(self, path, credentials=None, host=None):
+    def auth_file(self, path, credentials=None, host=None, entries=None):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self._auths(credentials, host))
+        path.write_text(self._auths(credentials, host, entries))
         return path
+
+    def team_accounts(self, *teams):
+        """For each team (a repository namespace, e.g. "team-a"): a user allowed to pull and push
+        TEAM/* and nothing else (token kind; the policy's anonymous grants apply to all).
+        Returns {team: (user, password)}."""
+        if self.kind != "token":
+            raise ValueError("per-repository accounts need the token kind (htpasswd grants everything)")
+        accounts = {}
+        for team in teams:
+            user = f"{team}-{uuid.uuid4().hex[:6]}"
+            accounts[team] = (user, self.token_server.add_user(user))
+            self.token_server.grant(user, f"{team}/*", "pull", "push")
+        return accounts
+
+
+def auth_entry(value):
+    """An auths entry: (user, password) -> {"auth": base64}; IdentityToken(user, token) -> what
+    `docker login` writes for an identity token; a dict as is."""
+    if isinstance(value, IdentityToken):
+        return {"auth": base64.b64encode(f"{value.user}:".encode()).decode(), "identitytoken": value.token}
+    if isinstance(value, dict):
+        return value
+    return {"auth": base64.b64encode(":".join(value).encode()).decode()}
+
+
+def auths_document(entries):
+    """{"auths": {key: auth_entry(value)}}: keys "HOST[:PORT]" (docker and containers) or
+    "HOST[:PORT]/NAMESPACE[/...]" (containers' auth.json only; podman and skopeo match the
+    longest prefix first)."""
+    return {"auths": {key: auth_entry(value) for key, value in entries.items()}}
+
+
+@dataclass
+class IdentityToken:
+    user: str
+    token: str
 
 
 def registry_or_skip(kind):
@@ -947,6 +1264,7 @@ class _ProxyHandler(_Handler):
         url = urllib.parse.urlsplit(self.path)
         record = ProxyRequest(self.command, url.path, url.query, redacted(self.headers))
         proxy.requests.append(record)
+        proxy._note_secrets(self.headers)
         try:
             fault = proxy._fire("status", self.path, where="registry")
             if fault:
@@ -981,32 +1299,6 @@ class _ProxyHandler(_Handler):
             else:
                 self.upstream = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=120)
         return self.upstream
-
-    def _body_pieces(self):
-        """The request body as it arrives, de-chunked."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            while True:
-                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(1024).strip():
-                        pass  # trailers
-                    return
-                left = size
-                while left:
-                    piece = self.rfile.read(min(left, PIECE))
-                    if not piece:
-                        raise ConnectionError("client closed the connection mid-body")
-                    left -= len(piece)
-                    yield piece
-                self.rfile.readline(1024)
-        else:
-            left = int(self.headers.get("Content-Length") or 0)
-            while left:
-                piece = self.rfile.read(min(left, PIECE))
-                if not piece:
-                    raise ConnectionError("client closed the connection mid-body")
-                left -= len(piece)
-                yield piece
 
     def _discard_body(self, record):
         for piece in self._body_pieces():
@@ -1090,6 +1382,7 @@ class _StorageHandler(_Handler):
         url = urllib.parse.urlsplit(self.path)
         record = StorageRequest(self.command, url.path, url.query, redacted(self.headers))
         proxy.storage_requests.append(record)
+        proxy._note_secrets(self.headers)
         match = STORAGE_PATH.match(url.path)
         path = match and proxy.registry.blob_path(match["digest"])
         if not path or not path.is_file():
@@ -1159,11 +1452,18 @@ class BlobProxy:
     """A registry's front door that redirects blob GETs and injects faults; see the module
     docstring."""
 
-    def __init__(self, registry):
+    def __init__(self, registry, name=None, storage_name=None):
+        for wanted in (name, storage_name):
+            if wanted and wanted not in registry.names:
+                raise ValueError(f"{wanted!r} is not in the registry's certificate names {registry.names}")
         self.registry = registry
+        self.name = name
+        self.storage_name = storage_name
         self.requests = []
         self.storage_requests = []
         self.faults = []
+        self.secret_hashes = set()  # sha256 of every secret header value (and its parts) received
+        self.trusted = []
         self.lock = threading.Lock()
         self.server = self.storage = None
 
@@ -1171,6 +1471,9 @@ class BlobProxy:
         context = _server_context(self.registry.tls_cert, self.registry.tls_key) if self.registry.ca else None
         self.server = _Server(_ProxyHandler, self, context)
         self.storage = _Server(_StorageHandler, self, context)
+        for name, host in ((self.name, self.host), (self.storage_name, self.storage_host)):
+            if name:
+                self.trusted += self.registry.trust(host)
         return self
 
     def stop(self):
@@ -1178,6 +1481,8 @@ class BlobProxy:
             if server is not None:
                 server.stop()
         self.server = self.storage = None
+        self.registry.untrust(self.trusted)
+        self.trusted = []
 
     def __enter__(self):
         return self.start() if self.server is None else self
@@ -1190,18 +1495,42 @@ class BlobProxy:
     ca_cert = property(lambda self: self.registry.ca_cert)
     cert_dir = property(lambda self: self.registry.cert_dir)
     port = property(lambda self: self.server.port)
-    host = property(lambda self: f"127.0.0.1:{self.port}")
+    host = property(lambda self: f"{self.name or '127.0.0.1'}:{self.port}")
     url = property(lambda self: f"{self.scheme}://{self.host}")
-    storage_host = property(lambda self: f"localhost:{self.storage.port}")
+    storage_host = property(lambda self: f"{self.storage_name or 'localhost'}:{self.storage.port}")
     storage_url = property(lambda self: f"{self.scheme}://{self.storage_host}")
 
     def _storage_location(self, name, digest):
         return f"{self.storage_url}/blobs/{digest}?{urllib.parse.urlencode({'repository': name})}"
 
     # -- logs
+    def _note_secrets(self, headers):
+        for name, value in headers.items():
+            if name.lower() not in SECRET_HEADERS:
+                continue
+            parts = {value, value.partition(" ")[2]}
+            if value.lower().startswith("basic "):
+                with contextlib.suppress(ValueError):
+                    decoded = base64.b64decode(value[6:], validate=True).decode()
+                    parts |= {decoded, decoded.partition(":")[2]}
+            with self.lock:
+                self.secret_hashes |= {hashlib.sha256(part.encode()).hexdigest() for part in parts if part}
+
+    def received(self, secret):
+        """True when `secret` reached the proxy or its storage server: as a whole secret header
+        value, a Bearer/Basic credential, a Basic password, or anywhere in a path, query or
+        other header."""
+        if hashlib.sha256(secret.encode()).hexdigest() in self.secret_hashes:
+            return True
+        return any(secret in record.path or secret in record.query or
+                   any(secret in value for value in record.headers.values())
+                   for record in [*self.requests, *self.storage_requests])
+
     def forget(self):
         self.requests.clear()
         self.storage_requests.clear()
+        with self.lock:
+            self.secret_hashes.clear()
 
     def bytes_uploaded(self):
         return sum(request.bytes_in for request in self.requests)

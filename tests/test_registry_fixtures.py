@@ -5,12 +5,17 @@ import hashlib
 import http.client
 import json
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import urllib.parse
 import uuid
+from pathlib import Path
 
 import pytest
 
+import registry as registry_module
 from conftest import docker, image_id_of
 
 KIND_FIXTURES = ("registry_anon", "registry_tls", "registry_token")
@@ -302,3 +307,462 @@ def test_platform_index_has_both_platforms(platform_index):
         assert image_id_of(f"{registry.host}/{index.repo_tag}") == configs[index.native]
     finally:
         docker("rmi", "-f", configs[index.native], check=False)
+
+
+# -- what the fixtures below need on a provisioned machine ------------------------------------
+
+def test_fixture_tools_are_installed():
+    """tests/provision.sh installs them; without one, the proxy and login fixtures would fail
+    later and less clearly."""
+    from proxy import NCSA_AUTH
+
+    missing = [tool for tool in ("squid", "docker-registry", "htpasswd", "skopeo", "podman", "getent")
+               if not shutil.which(tool)]
+    assert not missing and os.access(NCSA_AUTH, os.X_OK), (missing, NCSA_AUTH)
+
+
+# -- squid (tests/proxy.py) ---------------------------------------------------------------------
+
+def tunnel(proxy_port, host, ca, headers=None):
+    """GET /v2/ on HOST (NAME:PORT) through a CONNECT tunnel of the proxy, TLS verified against
+    the name -> the HTTP status; OSError("Tunnel connection failed: 407 ...") when refused."""
+    name, port = host.rsplit(":", 1)
+    connection = http.client.HTTPSConnection("127.0.0.1", proxy_port, timeout=60, context=ca.client_context())
+    connection.set_tunnel(name, int(port), headers=headers)
+    try:
+        connection.request("GET", "/v2/")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def proxy_authorization(user, password):
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def skopeo(*args, env):
+    return subprocess.run(["skopeo", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_test_names_resolve_only_through_the_proxy(shared_squid, registry_named_tls):
+    from proxy import REGISTRY_NAME
+
+    proxy, registry = shared_squid, registry_named_tls
+    proxy.forget()
+
+    assert subprocess.run(["getent", "hosts", REGISTRY_NAME], capture_output=True).returncode == 2  # not found
+    with pytest.raises(socket.gaierror):
+        socket.create_connection((REGISTRY_NAME, registry.port), timeout=10)
+    assert proxy.requests(settle=0) == []
+
+    assert tunnel(proxy.port, registry.host_named(), registry.ca) == 401  # the registry's Basic challenge
+
+    (connect,) = proxy.requests()
+    assert (connect.method, connect.host, connect.port, connect.status) == ("CONNECT", REGISTRY_NAME, registry.port,
+                                                                            200)
+    assert connect.server == f"127.0.0.1:{registry.port}" and connect.user is None
+    assert proxy.reached() == {registry.host_named()}
+    proxy.forget()
+    assert proxy.requests() == []
+
+
+def test_proxy_authentication(squid_proxy, registry_named_tls):
+    user, password = "proxy-user", "pa:ss@w/rd%"
+    proxy = squid_proxy(users={user: password})
+    registry = registry_named_tls
+
+    for headers in (None, proxy_authorization(user, "wrong")):
+        with pytest.raises(OSError, match="407"):
+            tunnel(proxy.port, registry.host_named(), registry.ca, headers)
+    assert tunnel(proxy.port, registry.host_named(), registry.ca, proxy_authorization(user, password)) == 401
+    assert [(r.method, r.status, r.user) for r in proxy.requests()] == [
+        ("CONNECT", 407, None), ("CONNECT", 407, user), ("CONNECT", 200, user)]
+
+    # a real client takes the credentials from the proxy URL (percent-encoded there)
+    assert urllib.parse.urlsplit(proxy.authenticated_url).password == urllib.parse.quote(password, safe="")
+    target = ["inspect", "--raw", *registry.skopeo_flags(), f"docker://{registry.host_named()}/none/such:1"]
+    denied = skopeo(*target, env=proxy.env())
+    assert denied.returncode and "Proxy Authentication Required" in denied.stderr, denied.stderr
+    proxy.forget()
+    through = skopeo(*target, env=proxy.env(proxy.authenticated_url))
+    assert "manifest unknown" in through.stderr, through.stderr  # the registry answered
+    assert {(r.status, r.user) for r in proxy.requests()} == {(200, user)}
+    assert password not in through.stderr + denied.stderr
+
+
+def test_refusing_proxy(squid_proxy, registry_named_tls):
+    proxy = squid_proxy(refuse=True)
+    registry = registry_named_tls
+
+    with pytest.raises(OSError, match="403"):
+        tunnel(proxy.port, registry.host_named(), registry.ca)
+    refused = skopeo("inspect", "--raw", *registry.skopeo_flags(), f"docker://{registry.host_named()}/any/thing:1",
+                     env=proxy.env())
+    assert refused.returncode and "Forbidden" in refused.stderr, refused.stderr
+    assert {(r.method, r.status, r.result) for r in proxy.requests()} == {("CONNECT", 403, "TCP_DENIED/HIER_NONE")}
+    assert proxy.reached() == set()
+
+
+def test_dead_and_silent_proxies():
+    from proxy import proxy_env, refused_proxy, silent_proxy
+
+    with refused_proxy() as url:
+        port = urllib.parse.urlsplit(url).port
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=10)
+        failed = skopeo("inspect", "--raw", "docker://reg.proxytest:1/any/thing:1",
+                        env=proxy_env(HTTPS_PROXY=url))
+        assert failed.returncode and "connection refused" in failed.stderr, failed.stderr
+    with silent_proxy() as url, socket.create_connection(("127.0.0.1", urllib.parse.urlsplit(url).port),
+                                                          timeout=10) as sock:
+        sock.sendall(b"CONNECT reg.proxytest:443 HTTP/1.1\r\nHost: reg.proxytest:443\r\n\r\n")
+        sock.settimeout(1)
+        with pytest.raises(socket.timeout):
+            sock.recv(1)  # connected, and no answer ever comes
+
+
+def test_squid_stops_cleanly_and_fails_loudly(monkeypatch):
+    import proxy as proxy_module
+    from procs import alive
+
+    with proxy_module.SquidProxy() as proxy:
+        pid, directory, port = proxy.pid, proxy.dir, proxy.port
+        assert alive(pid) and directory.is_dir()
+        assert os.stat(f"/proc/{pid}").st_uid == pwd.getpwnam("proxy").pw_uid  # it dropped root
+    assert not alive(pid) and not directory.exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10)
+    proxy.stop()  # twice is fine
+
+    class Bungled(proxy_module.SquidProxy):
+        def _write_config(self):
+            super()._write_config()
+            with open(self.dir / "squid.conf", "a") as conf:
+                conf.write("http_access allow no_such_acl\n")
+
+    with pytest.raises(RuntimeError, match="(?s)squid exited.*no_such_acl"):
+        Bungled().start()
+    monkeypatch.setattr(proxy_module.shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(RuntimeError, match="squid is not installed .Debian package squid"):
+        proxy_module.SquidProxy().start()
+
+
+# -- registries by name, through the proxy ------------------------------------------------------
+
+def test_skopeo_reaches_the_token_registry_and_its_realm_only_through_the_proxy(shared_squid, registry_named_token,
+                                                                                 fresh_image, tmp_path):
+    from proxy import AUTH_NAME, REGISTRY_NAME, proxy_env
+
+    registry, proxy = registry_named_token, shared_squid
+    proxy.forget()
+    realm = registry.token_server.url
+    assert realm == f"https://{AUTH_NAME}:{registry.token_server.port}/token"
+    challenge = registry.request("GET", "/v2/", authorize=False).headers["WWW-Authenticate"]
+    assert challenge.startswith(f'Bearer realm="{realm}"')
+    for host in (registry.host_named(), f"{AUTH_NAME}:{registry.token_server.port}"):
+        for base in ("/etc/docker/certs.d", "/etc/containers/certs.d"):
+            assert (Path(base) / host / "ca.crt").read_bytes() == registry.ca_cert.read_bytes()
+    ref = f"fixture/named:{uuid.uuid4().hex[:8]}"
+    fresh_image(ref)
+    repo = unique("smoke/named")
+    source = f"docker://{registry.host_named()}/{repo}:1"
+
+    registry.skopeo_copy(f"docker-daemon:{ref}", source, env=proxy.env())  # a push through the proxy
+
+    stored = registry.manifest(repo, "1")
+    assert stored is not None
+    assert proxy.reached() == {registry.host_named(), f"{AUTH_NAME}:{registry.token_server.port}"}
+    # no --cert-dir: the CA comes from certs.d, as for any client under test
+    credentials = ["--creds", ":".join(registry.credentials)]
+    for env in (proxy.env(), proxy_env(https_proxy=proxy.url)):
+        proxy.forget()
+        inspected = skopeo("inspect", *credentials, source, env=env)
+        assert inspected.returncode == 0, inspected.stderr
+        assert json.loads(inspected.stdout)["Digest"] == stored.digest
+        assert {r.method for r in proxy.requests()} == {"CONNECT"}
+        assert proxy.reached() == {registry.host_named(), f"{AUTH_NAME}:{registry.token_server.port}"}
+    copied = skopeo("copy", "-q", "--src-creds", ":".join(registry.credentials), source, f"dir:{tmp_path / 'copy'}",
+                    env=proxy.env())
+    assert copied.returncode == 0 and (tmp_path / "copy" / "manifest.json").read_bytes() == stored.raw, copied.stderr
+    assert registry.token_server.requests[-1].user == registry.username
+
+    proxy.forget()
+    bypassed = skopeo("inspect", *credentials, source, env=proxy.env(no_proxy=REGISTRY_NAME))
+    assert bypassed.returncode and f"lookup {REGISTRY_NAME}" in bypassed.stderr, bypassed.stderr
+    assert "no such host" in bypassed.stderr and proxy.requests() == []
+
+
+def test_plain_http_registry_through_the_proxy(shared_squid, registry_named_anon, fresh_image):
+    from proxy import proxy_env
+
+    registry, proxy = registry_named_anon, shared_squid
+    repo = unique("smoke/named-http")
+    registry.push(fresh_image(f"fixture/named-http:{uuid.uuid4().hex[:8]}"), f"{repo}:1")
+    inspect = ["inspect", "--raw", "--tls-verify=false", f"docker://{registry.host_named()}/{repo}:1"]
+    proxy.forget()
+
+    assert skopeo(*inspect, env=proxy_env(HTTP_PROXY=proxy.url)).returncode == 0
+
+    asked = proxy.requests()
+    assert [(r.method, r.url, r.status) for r in asked][-1] == (
+        "GET", f"http://{registry.host_named()}/v2/{repo}/manifests/1", 200)
+    assert {r.method for r in asked} == {"GET"} and proxy.reached() == {registry.host_named()}
+    # Go's proxy settings have no ALL_PROXY: skopeo goes direct and cannot resolve the name
+    proxy.forget()
+    direct = skopeo(*inspect, env=proxy_env(ALL_PROXY=proxy.url))
+    assert direct.returncode and "no such host" in direct.stderr and proxy.requests() == []
+
+
+def test_blob_proxy_by_name_behind_squid(shared_squid, registry_named_tls, blob_proxy, fresh_image, tmp_path):
+    from proxy import REGISTRY_NAME, STORAGE_NAME
+
+    registry, squid = registry_named_tls, shared_squid
+    squid.forget()
+    repo = unique("smoke/named-blobs")
+    registry.push(fresh_image(f"fixture/named-blobs:{uuid.uuid4().hex[:8]}"), f"{repo}:1")
+    front = blob_proxy(registry, name=REGISTRY_NAME, storage_name=STORAGE_NAME)
+    assert front.host.startswith(f"{REGISTRY_NAME}:") and front.storage_host.startswith(f"{STORAGE_NAME}:")
+
+    copied = skopeo("copy", "-q", "--src-creds", ":".join(registry.credentials), f"docker://{front.host}/{repo}:1",
+                    f"dir:{tmp_path / 'copy'}", env=squid.env())
+
+    assert copied.returncode == 0, copied.stderr
+    assert squid.reached() == {front.host, front.storage_host}
+    assert front.storage_requests and all(r.status == 200 for r in front.storage_requests)
+    # what the registry side received, checked without keeping secrets in the log
+    assert front.received(registry.password) and not front.received("not-the-password")
+    assert "basic <redacted>" in {r.headers.get("authorization", "").lower() for r in front.requests}
+    trusted = [Path(base) / host for base in ("/etc/docker/certs.d", "/etc/containers/certs.d")
+               for host in (front.host, front.storage_host)]
+    assert all((directory / "ca.crt").exists() for directory in trusted)
+    front.stop()
+    assert not any(directory.exists() for directory in trusted)
+
+
+# -- identity tokens (OAuth2 on the token server) -------------------------------------------------
+
+def oauth(server, form, content_type="application/x-www-form-urlencoded"):
+    """POST the form to the realm -> (status, JSON answer)."""
+    parts = urllib.parse.urlsplit(server.direct_url)
+    connection = http.client.HTTPSConnection("127.0.0.1", parts.port, timeout=60,
+                                             context=server.ca.client_context())
+    connection.request("POST", parts.path, body=urllib.parse.urlencode(form),
+                       headers={"Content-Type": content_type})
+    response = connection.getresponse()
+    body = response.read()
+    return response.status, json.loads(body) if body.startswith(b"{") else body
+
+
+def claims_of(jwt):
+    part = jwt.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def test_oauth_password_and_refresh_token_grants(registry_identity):
+    server = registry_identity.token_server
+    user, password = registry_identity.credentials
+    base = {"service": "docker-dir-test-registry", "client_id": "docker-dir-fixture-test"}
+    start = len(server.requests)
+
+    status, answer = oauth(server, {**base, "grant_type": "password", "username": user, "password": password,
+                                    "access_type": "offline", "scope": "repository:alice/a:pull,push"})
+
+    assert status == 200 and "token" not in answer  # OAuth2 answers name it access_token only
+    refresh = answer["refresh_token"]
+    assert answer["scope"] == "repository:alice/a:pull,push" and answer["expires_in"] >= 60
+    assert claims_of(answer["access_token"])["access"] == [{"type": "repository", "name": "alice/a",
+                                                            "actions": ["pull", "push"]}]
+    assert refresh in server.issued_refresh_tokens
+
+    status, answer = oauth(server, {**base, "grant_type": "refresh_token", "refresh_token": refresh,
+                                    "scope": "repository:bob/b:pull,push repository:alice/a:push"})
+    assert status == 200 and answer["refresh_token"] == refresh  # the spec: the same one, not a new one
+    assert claims_of(answer["access_token"])["sub"] == user
+    assert claims_of(answer["access_token"])["access"] == [
+        {"type": "repository", "name": "bob/b", "actions": ["pull"]},
+        {"type": "repository", "name": "alice/a", "actions": ["push"]}]
+    assert answer["scope"] == "repository:bob/b:pull repository:alice/a:push"
+
+    refused = [
+        ({**base, "grant_type": "password", "username": user, "password": "wrong"}, "invalid_grant"),
+        ({**base, "grant_type": "refresh_token", "refresh_token": "no-such-token"}, "invalid_grant"),
+        ({**base, "grant_type": "refresh_token", "refresh_token": refresh, "service": "other"}, "invalid_request"),
+        ({**base, "grant_type": "refresh_token"}, "invalid_request"),
+        ({"service": base["service"], "grant_type": "refresh_token", "refresh_token": refresh}, "invalid_request"),
+        ({**base, "grant_type": "authorization_code", "code": "x"}, "unsupported_grant_type"),
+    ]
+    for form, error in refused:
+        assert oauth(server, form)[1]["error"] == error, form
+    assert oauth(server, {**base, "grant_type": "refresh_token", "refresh_token": refresh},
+                 content_type="application/json")[1]["error"] == "invalid_request"
+
+    server.revoke_refresh_token(refresh)
+    assert oauth(server, {**base, "grant_type": "refresh_token", "refresh_token": refresh}) == (
+        400, {"error": "invalid_grant", "error_description": "unknown or revoked refresh token"})
+
+    records = server.requests[start:]
+    assert [(r.method, r.grant_type, r.user, r.status, r.error) for r in records[:3]] == [
+        ("POST", "password", user, 200, None), ("POST", "refresh_token", user, 200, None),
+        ("POST", "password", user, 400, "invalid_grant")]
+    assert records[0].offline and records[0].issued == records[1].presented == server.fingerprint(refresh)
+    assert records[1].scopes == ["repository:bob/b:pull,push", "repository:alice/a:push"]
+    assert records[-1].presented == server.fingerprint(refresh) and records[-1].error == "invalid_grant"
+    assert refresh not in repr(server.requests) and password not in repr(server.requests)
+
+
+def test_oauth_rotation_and_servers_without_oauth(registry_identity, registry_token):
+    server = registry_identity.token_server
+    base = {"service": "docker-dir-test-registry", "client_id": "docker-dir-fixture-test",
+            "grant_type": "refresh_token"}
+    first = server.identity_token("alice")
+    server.rotate_refresh_tokens = True
+    try:
+        status, answer = oauth(server, {**base, "refresh_token": first})
+        assert status == 200 and answer["refresh_token"] != first
+        assert oauth(server, {**base, "refresh_token": first})[1]["error"] == "invalid_grant"
+        assert oauth(server, {**base, "refresh_token": answer["refresh_token"]})[0] == 200
+    finally:
+        server.rotate_refresh_tokens = False
+    server.oauth = False
+    try:
+        assert oauth(server, {**base, "refresh_token": answer["refresh_token"]})[0] == 404
+    finally:
+        server.oauth = True
+    # GET: a refresh token only for an authenticated offline request
+    offline = f"{server.direct_url}?service=docker-dir-test-registry&offline_token=true"
+    anonymous = get(registry_identity, offline)
+    assert anonymous[0] == 200 and "refresh_token" not in json.loads(anonymous[2])
+    assert "refresh_token" in json.loads(get(registry_identity, offline, basic(registry_identity.credentials))[2])
+
+    # by default no refresh token is handed out; one made by identity_token() still works
+    default = registry_token.token_server
+    offline = f"{default.direct_url}?service=docker-dir-test-registry&offline_token=true"
+    assert "refresh_token" not in json.loads(get(registry_token, offline, basic(registry_token.credentials))[2])
+    user, password = registry_token.credentials
+    status, answer = oauth(default, {**base, "grant_type": "password", "username": user, "password": password,
+                                     "access_type": "offline"})
+    assert status == 200 and "refresh_token" not in answer
+    assert oauth(default, {**base, "refresh_token": default.identity_token(user)})[0] == 200
+
+
+def test_docker_login_stores_an_identity_token_that_docker_pull_exchanges(registry_identity, registry_token,
+                                                                          blob_proxy, fresh_image, tmp_path):
+    registry, server = registry_identity, registry_identity.token_server
+    image = fresh_image(f"fixture/identity:{uuid.uuid4().hex[:8]}")
+    repo = unique("smoke/identity")
+    registry.push(image, f"{repo}:1")
+    front = blob_proxy(registry)  # sees every request docker sends the registry
+    env = dict(os.environ, DOCKER_CONFIG=str(tmp_path))
+    start = len(server.requests)
+
+    docker("login", "-u", registry.username, "--password-stdin", front.host, input=registry.password, env=env)
+
+    entry = json.loads((tmp_path / "config.json").read_text())["auths"][front.host]
+    token = entry["identitytoken"]
+    assert entry == {"auth": base64.b64encode(f"{registry.username}:".encode()).decode(), "identitytoken": token}
+    assert token in server.issued_refresh_tokens and registry.password not in json.dumps(entry)
+    (login,) = server.requests[start:]
+    assert (login.method, login.user, login.offline, login.client_id, login.issued) == (
+        "GET", registry.username, True, "docker", server.fingerprint(token))
+    assert registry_module.auth_entry(registry_module.IdentityToken(registry.username, token)) == entry
+
+    docker("rmi", "-f", image)
+    start = len(server.requests)
+    docker("pull", f"{front.host}/{repo}:1", env=env)
+
+    assert image_id_of(f"{front.host}/{repo}:1") == image
+    exchanges = [r for r in server.requests[start:] if r.grant_type == "refresh_token"]
+    assert exchanges and all(r.method == "POST" and r.user == registry.username and r.status == 200 and
+                             r.presented == server.fingerprint(token) and r.client_id == "docker"
+                             for r in exchanges), server.requests[start:]
+    assert [r for r in server.requests[start:] if r.grant_type != "refresh_token"] == []
+    assert any(r.headers.get("authorization") == "Bearer <redacted>" for r in front.requests)
+    assert not front.received(token) and not front.received(registry.password)
+
+    # the default token server gives none: docker login keeps the password
+    docker("login", "-u", registry_token.username, "--password-stdin", registry_token.host,
+           input=registry_token.password, env=env)
+    assert json.loads((tmp_path / "config.json").read_text())["auths"][registry_token.host] == \
+        registry_module.auth_entry(registry_token.credentials)
+
+
+def test_skopeo_exchanges_an_identity_token_from_auth_json(registry_token, fresh_image, tmp_path):
+    registry, server = registry_token, registry_token.token_server
+    repo = unique("smoke/identity-skopeo")
+    registry.push(fresh_image(f"fixture/identity-skopeo:{uuid.uuid4().hex[:8]}"), f"{repo}:1")
+    token = server.identity_token("alice")
+    auth = registry.auth_file(tmp_path / "auth.json",
+                              entries={registry.host: registry_module.IdentityToken("alice", token)})
+    inspect = ["inspect", "--raw", "--authfile", str(auth), "--cert-dir", str(registry.cert_dir),
+               f"docker://{registry.host}/{repo}:1"]
+    start = len(server.requests)
+
+    assert skopeo(*inspect, env=None).returncode == 0
+
+    (exchange,) = server.requests[start:]
+    assert (exchange.method, exchange.grant_type, exchange.user, exchange.status, exchange.client_id,
+            exchange.presented) == ("POST", "refresh_token", "alice", 200, "containers/image",
+                                    server.fingerprint(token))
+    server.revoke_refresh_token(token)
+    start = len(server.requests)
+    revoked = skopeo(*inspect, env=None)
+    assert revoked.returncode and "400" in revoked.stderr
+    assert {(r.status, r.error) for r in server.requests[start:]} == {(400, "invalid_grant")}
+
+
+# -- two accounts on one registry: repository-path keys ----------------------------------------
+
+def test_path_keyed_auth_json_two_accounts(registry_token, fresh_image, tmp_path):
+    from engines import podman_env
+
+    """Measured with skopeo 1.9.3 and podman 4.3.1: an auth.json key HOST/NAMESPACE applies to
+    the repositories under it, the longest matching key wins whatever the order of the keys,
+    and HOST alone is the fallback. Each team's user can reach only its team's repositories, so a client
+    that picks the wrong key is refused ("denied: requested access to the resource is
+    denied")."""
+    registry, server = registry_token, registry_token.token_server
+    teams = registry.team_accounts("team-a", "team-b")
+    nobody_name = unique("nobody")
+    nobody = (nobody_name, server.add_user(nobody_name))  # no grants: anonymous rights only
+    ref = f"fixture/teams:{uuid.uuid4().hex[:8]}"
+    fresh_image(ref)
+    host = registry.host
+    repos = {"team-a": unique("team-a/app"), "team-b": unique("team-b/app")}
+    nested = f"{repos['team-a']}/deep"
+    for repo in (*repos.values(), nested):
+        registry.skopeo_copy(f"docker-daemon:{ref}", f"docker://{host}/{repo}:1")
+
+    def users_asked(entries, repo):
+        auth = registry.auth_file(tmp_path / f"{uuid.uuid4().hex}.json", entries=entries)
+        start = len(server.requests)
+        inspected = skopeo("inspect", "--raw", "--authfile", str(auth), "--cert-dir", str(registry.cert_dir),
+                           f"docker://{host}/{repo}:1", env=None)
+        assert inspected.returncode == 0 or "denied: requested access" in inspected.stderr, inspected.stderr
+        return inspected.returncode == 0, {r.user for r in server.requests[start:]}
+
+    path_keyed = {f"{host}/team-a": teams["team-a"], f"{host}/team-b": teams["team-b"], host: nobody}
+    assert users_asked(path_keyed, repos["team-a"]) == (True, {teams["team-a"][0]})
+    assert users_asked(path_keyed, repos["team-b"]) == (True, {teams["team-b"][0]})
+    assert users_asked(path_keyed, nested) == (True, {teams["team-a"][0]})
+    swapped = {f"{host}/team-a": teams["team-b"], f"{host}/team-b": teams["team-a"]}
+    assert users_asked(swapped, repos["team-a"]) == (False, {teams["team-b"][0]})
+    assert users_asked(swapped, repos["team-b"]) == (False, {teams["team-a"][0]})
+    assert users_asked({host: nobody}, repos["team-a"]) == (False, {nobody[0]})
+    # the longest prefix wins, in either order of the keys
+    for order in (1, -1):
+        longest = dict(list({host: nobody, f"{host}/team-a": teams["team-b"],
+                             f"{host}/{repos['team-a']}": teams["team-a"]}.items())[::order])
+        assert users_asked(longest, nested) == (True, {teams["team-a"][0]})
+        assert users_asked(longest, repos["team-a"]) == (True, {teams["team-a"][0]})
+    # podman (same containers/image library) chooses the same way
+    env = podman_env(tmp_path / "podman")
+    auth = registry.auth_file(tmp_path / "podman.json", entries=longest)
+    for repo, team in ((repos["team-a"], "team-a"), (repos["team-b"], "team-b")):
+        start = len(server.requests)
+        pulled = subprocess.run(["podman", "pull", "-q", "--authfile", str(auth), "--cert-dir", str(registry.cert_dir),
+                                 f"{host}/{repo}:1"], env=env, capture_output=True, text=True)
+        if pulled.returncode == 0:
+            subprocess.run(["podman", "rmi", "-f", pulled.stdout.strip()], env=env, capture_output=True)
+        expected = teams["team-a"][0] if team == "team-a" else nobody[0]  # `longest` has no team-b key
+        assert {r.user for r in server.requests[start:]} == {expected}, pulled.stderr
+        assert (pulled.returncode == 0) == (team == "team-a"), pulled.stderr
