@@ -257,14 +257,14 @@ class Env(PinnableEnvBase, CacheableEnvBase, DeployableEnvBase):
         """Pull the ref into the cache's store (once per image) and make `link` name it."""
         from docker_dir.application.save import RegistryImage, Selectors, save
 
-        store = self.cache_path / STORE
-        store.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix=".pull-", dir=store))
+        building = Path(tempfile.mkdtemp(prefix=".pull-", dir=self.cache_path))
         try:
             with docker_dir_errors():
                 saved = save([RegistryImage(self.spec.ref[len(SCHEME):])], str(building / "image"),
                              selectors=Selectors(platform=self.spec.platform))
             config_hex = saved.ids[0].split(":", 1)[1]
+            store = self.cache_path / STORE
+            store.mkdir(exist_ok=True)
             try:
                 os.rename(building / "image", store / config_hex)
             except OSError as err:
