@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO, cli, count_events, docker, image_id_of, import_image, private_ref
+from conftest import REPO, cli, count_events, docker, image_id_of, private_ref
 
 if sys.version_info < (3, 11):
     pytest.skip("the Snakemake plugin interface needs Python >= 3.11: the plugin is not installed on "
@@ -198,10 +198,10 @@ def test_identity_is_the_image_id(bash_image, rootfs, tmp_path, monkeypatch):
 
 def waiting_on_flock(path):
     """How many processes wait to flock the file at `path` (/proc/locks marks them '->')."""
-    inode = os.stat(path).st_ino
+    st = os.stat(path)
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     lines = Path("/proc/locks").read_text().splitlines()
-    return sum(1 for line in lines if "->" in line and line.split()[-3].endswith(f":{inode}")
-               and "FLOCK" in line)
+    return sum(1 for line in lines if "-> FLOCK" in line and line.split()[-3] == file_id)
 
 
 DEPLOY = """

@@ -68,7 +68,7 @@ class Settings(SoftwareDeploymentSettingsBase):
 
 
 @contextlib.contextmanager
-def docker_dir_errors():
+def _docker_dir_errors():
     """docker-dir's errors as Snakemake's, with docker-dir's one line and no traceback of its internals."""
     try:
         yield
@@ -141,11 +141,11 @@ class Env(PinnableEnvBase, CacheableEnvBase, DeployableEnvBase):
         return str(link.resolve())
 
     def image_id(self) -> str:
-        with docker_dir_errors():
+        with _docker_dir_errors():
             return image_id(self.image_dir(), repo_tag=self.spec.repo_tag, platform=self.spec.platform)
 
     def _image(self):
-        with docker_dir_errors():
+        with _docker_dir_errors():
             return read_consistently(self.image_dir(), lambda image_dir: image_dir.select(
                 repo_tag=self.spec.repo_tag, platform=self.spec.platform))
 
@@ -156,7 +156,7 @@ class Env(PinnableEnvBase, CacheableEnvBase, DeployableEnvBase):
 
     def report_software(self) -> Iterable[SoftwareReport]:
         image = self._image()
-        with docker_dir_errors():
+        with _docker_dir_errors():
             names = ", ".join(image.repo_tags + image.ref_names) or str(self.spec)
             platform = image.platform or image.platform_of_config()
             return [SoftwareReport(name=f"{names} ({platform})" if platform else names, version=image.image_id())]
@@ -198,7 +198,7 @@ class Env(PinnableEnvBase, CacheableEnvBase, DeployableEnvBase):
 
     def contains_executable(self, executable: str) -> bool:
         options = self._options(["sh", "-c", 'command -v "$1"', "sh", executable], load_only=True)
-        with docker_dir_errors():
+        with _docker_dir_errors():
             ready_to_run(options)  # loads the image once, under docker-dir-exec's lock
             engine = get_engine(self.settings.engine)
             request = run_request(options, engine.image_ref(self.image_id().split(":", 1)[1]))
@@ -219,7 +219,7 @@ class Env(PinnableEnvBase, CacheableEnvBase, DeployableEnvBase):
     async def deploy(self) -> None:
         # Not in a worker thread: a pull (of a ref not cached yet) sets signal handlers, which
         # only the main thread may.
-        with docker_dir_errors():
+        with _docker_dir_errors():
             ready_to_run(self._options([], load_only=True))
         # What Snakemake checks to skip a deployment; the engine's copy is node-local, so
         # a step on a node without it loads it (once) as docker-dir-exec does anyway.
@@ -259,7 +259,7 @@ class Env(PinnableEnvBase, CacheableEnvBase, DeployableEnvBase):
 
         building = Path(tempfile.mkdtemp(prefix=".pull-", dir=self.cache_path))
         try:
-            with docker_dir_errors():
+            with _docker_dir_errors():
                 saved = save([RegistryImage(self.spec.ref[len(SCHEME):])], str(building / "image"),
                              selectors=Selectors(platform=self.spec.platform))
             config_hex = saved.ids[0].split(":", 1)[1]
@@ -297,7 +297,7 @@ class Env(PinnableEnvBase, CacheableEnvBase, DeployableEnvBase):
 
     async def pin(self) -> None:
         image = self._image()
-        with docker_dir_errors():
+        with _docker_dir_errors():
             digests = image.repo_digests
         if not digests:
             raise WorkflowError(f"{self.spec}: the pulled image {self.image_dir()} records no registry digest; "
