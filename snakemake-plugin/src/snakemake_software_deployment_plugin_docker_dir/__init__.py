@@ -32,7 +32,7 @@ from snakemake_interface_software_deployment_plugins import (CacheableEnvBase, D
                                                              EnvSpecSourceFile, PinnableEnvBase, SoftwareReport)
 from snakemake_interface_software_deployment_plugins.settings import CommonSettings, SoftwareDeploymentSettingsBase
 
-from docker_dir import image_id
+from docker_dir import image_id as read_image_id
 from docker_dir.application.exec import ExecOptions, ready_to_run, run_request
 from docker_dir.engine import ENGINES, get_engine
 from docker_dir.errors import DockerDirError
@@ -142,7 +142,7 @@ class Env(PinnableEnvBase, CacheableEnvBase, DeployableEnvBase):
 
     def image_id(self) -> str:
         with _docker_dir_errors():
-            return image_id(self.image_dir(), repo_tag=self.spec.repo_tag, platform=self.spec.platform)
+            return read_image_id(self.image_dir(), repo_tag=self.spec.repo_tag, platform=self.spec.platform)
 
     def _image(self):
         with _docker_dir_errors():
@@ -260,9 +260,9 @@ class Env(PinnableEnvBase, CacheableEnvBase, DeployableEnvBase):
         building = Path(tempfile.mkdtemp(prefix=".pull-", dir=self.cache_path))
         try:
             with _docker_dir_errors():
-                saved = save([RegistryImage(self.spec.ref[len(SCHEME):])], str(building / "image"),
-                             selectors=Selectors(platform=self.spec.platform))
-            config_hex = saved.ids[0].split(":", 1)[1]
+                save([RegistryImage(self.spec.ref[len(SCHEME):])], str(building / "image"),
+                     selectors=Selectors(platform=self.spec.platform))
+                config_hex = read_image_id(str(building / "image")).split(":", 1)[1]
             store = self.cache_path / STORE
             store.mkdir(exist_ok=True)
             try:
