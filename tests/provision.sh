@@ -12,8 +12,9 @@ if [ "${PROVISION_FOR:-tests}" = demo ]; then
 else
   # docker-registry and apache2-utils (htpasswd): the real registries of tests/registry.py;
   # squid: the forward proxy of tests/proxy.py
+  # bash-static: bash in the Snakemake plugin's fixture image (Snakemake runs steps with bash)
   SYSTEM_PACKAGES="docker.io busybox-static podman catatonit git-annex skopeo umoci buildah make iproute2 util-linux
-python3-venv docker-registry apache2-utils squid"
+python3-venv docker-registry apache2-utils squid bash-static"
 fi
 
 . tests/provision-extra.sh
@@ -65,11 +66,20 @@ command -v busybox >/dev/null || die "busybox is needed to build fixture images 
 # DOCKER_DIR_EXTRAS picks the pip extras: "test" (default) or "" for the bare package.
 extras=${DOCKER_DIR_EXTRAS-test}
 stamp=".venv/.installed-${extras:-base}"
-if [ ! -x .venv/bin/python ] || [ ! -e "$stamp" ] || [ setup.py -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -x .venv/bin/python ] || [ ! -e "$stamp" ] || [ setup.py -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] ||
+   [ snakemake-plugin/pyproject.toml -nt "$stamp" ]; then
   say "installing the package${extras:+ with its $extras extras} into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e ".${extras:+[$extras]}"
+  # The Snakemake plugin, a distribution of its own, where its interface installs (Python >= 3.11).
+  # A second pip run on purpose: the interface needs packaging >= 26.1 (through
+  # snakemake-interface-common >= 1.23.1) while snakemake 9.27.1 caps packaging < 26, so one
+  # resolution of both fails; pip then warns about snakemake's cap, and snakemake 9.27.1 runs
+  # the test suite's workflows with packaging 26 all the same.
+  if [ -n "$extras" ] && .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    .venv/bin/pip install -q -e ./snakemake-plugin
+  fi
   touch "$stamp"
 fi
 # An editable install leaves no bytecode, and PYTHONDONTWRITEBYTECODE may forbid

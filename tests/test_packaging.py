@@ -63,3 +63,46 @@ def test_second_install_into_a_debian_python_venv_has_runnable_scripts(tmp_path)
 
         proc = subprocess.run([str(script), "--version"], capture_output=True, text=True)
         assert proc.stdout == f"{name} {__version__}\n", (name, proc.stderr)
+
+
+def test_snakemake_plugin_installs_beside_docker_dir_and_only_on_python_3_11_up(tmp_path):
+    """`pip install . ./snakemake-plugin` (as the README says) gives a plugin Snakemake's own
+    registry finds, installed as users install it (not editable); on Python 3.9 pip refuses
+    the plugin, for its interface needs 3.11, while docker-dir itself installs."""
+    source = tracked_copy(tmp_path / "src")
+    bin_dir = venv(SYSTEM_PYTHON, tmp_path / "with-plugin")
+    proc = subprocess.run([str(bin_dir / "pip"), "install", "-q", "--no-cache-dir", ".", "./snakemake-plugin"],
+                          cwd=source, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = subprocess.run([str(bin_dir / "python"), "-c",
+                            "from snakemake_interface_software_deployment_plugins.registry import "
+                            "SoftwareDeploymentPluginRegistry as R; print(R().get_plugin('docker-dir').name)"],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert found.stdout == "docker-dir\n", found.stderr
+
+    old = python_3_9()
+    if old is None:
+        pytest.skip("no Python 3.9 on this machine (PATH, pyenv) to show the plugin is refused there")
+    old_bin = venv(old, tmp_path / "python3.9")
+    refused = subprocess.run([str(old_bin / "pip"), "install", "-q", "--no-cache-dir", "./snakemake-plugin"],
+                             cwd=source, capture_output=True, text=True, timeout=600)
+    # pip says so through the plugin's Requires-Python or, older pips, its interface's
+    assert refused.returncode != 0, refused.stdout
+    assert ("requires a different Python" in refused.stderr
+            or "No matching distribution found for snakemake-interface-software-deployment-plugins" in refused.stderr
+            ), refused.stderr[-2000:]
+    assert not list((old_bin.parent / "lib").glob("python3.9/site-packages/snakemake_software_deployment_plugin*"))
+    pip_install(old_bin, source)
+    assert subprocess.run([str(old_bin / "docker-dir-id"), "--version"], capture_output=True).returncode == 0
+
+
+def python_3_9():
+    """A Python 3.9 (docker-dir's oldest) on PATH or among pyenv's versions, or None."""
+    import glob
+
+    pyenv = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    for candidate in [shutil.which("python3.9"), *sorted(glob.glob(f"{pyenv}/versions/3.9*/bin/python3.9"))]:
+        if candidate and subprocess.run([candidate, "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 9))"],
+                                        capture_output=True).returncode == 0:
+            return candidate
+    return None
