@@ -154,6 +154,8 @@ class Registry:
         if response.status == 202:
             self._abandon_upload(repo, response)
             return False
+        if response.status in (401, 403):  # no right to read `from_repo` (another account's): upload, as docker does
+            return False
         raise self._refusal(response, repo, f"mount blob {digest} into repository {repo}", f"blob {digest}")
 
     def upload_blob(self, repo, open_stream, on_bytes=None, digest=None, size=None):

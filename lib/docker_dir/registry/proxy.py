@@ -68,7 +68,8 @@ def _parse(value, variable):
         valid = False
     if not valid:
         raise UsageError(f"{variable}: not a proxy URL; docker-dir takes http://[USER:PASSWORD@]HOST:PORT")
-    where = parts.netloc.rpartition("@")[2]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    where = f"{host}:{parts.port or _DEFAULT_PORTS[parts.scheme]}"  # as urllib3 names it, port and all
     headers = {}
     if parts.username is not None:
         from urllib3.util import make_headers

@@ -184,6 +184,8 @@ class Transport:
         except TransportFailure as failure:
             if failure.kind != PROXY:
                 failure.where = host_port(url)  # as the URL writes it: certs.d is named so
+            else:  # the connection knows the proxy's URL; say which variable named it
+                failure.args = (str(failure).replace(f"the proxy {proxy.url}", f"the proxy {proxy.shown}", 1),)
             raise
         except (HTTPError, OSError, http.client.HTTPException, ValueError) as err:
             raise _request_failure(err, url, proxy) from None
@@ -202,7 +204,6 @@ class Transport:
                                blocksize=_SEND_BLOCK)
                 if proxy:
                     manager = urllib3.ProxyManager(proxy.url, proxy_headers=proxy.headers, **options)
-                    manager.proxy_shown = proxy.shown
                 else:
                     manager = urllib3.PoolManager(**options)
                 manager.pool_classes_by_scheme = _POOLS
@@ -254,11 +255,21 @@ class _Connecting:
     """A connection whose failures while connecting (to the proxy, through its tunnel,
     the TLS handshake) raise TransportFailure at once, named for what failed."""
 
+    # Ours: http.client's _tunnel closes the connection on failure, which resets urllib3's state.
+    proxy_reached = tunnel_open = False
+    tunnel_target = None
+
     def connect(self):
         try:
             super().connect()
         except (HTTPError, OSError, http.client.HTTPException, ValueError) as err:
             raise _connect_failure(err, self) from None
+
+    def _tunnel(self):
+        self.proxy_reached = True
+        self.tunnel_target = f"{self._tunnel_host}:{self._tunnel_port}"
+        super()._tunnel()
+        self.tunnel_open = True
 
 
 class _HTTPConnection(_Connecting, HTTPConnection):
@@ -282,14 +293,14 @@ _POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 def _connect_failure(err, connection):
     """The TransportFailure of a connection that could not be set up."""
-    target = f"{connection._tunnel_host}:{connection._tunnel_port}" if connection._tunnel_host else \
-        f"{connection.host}:{connection.port}"
-    target = target.replace(":443", "") if target.endswith(":443") else target
-    if connection.proxy is not None:
+    target = connection.tunnel_target or f"{connection.host}:{connection.port}"
+    target = target[:-len(":443")] if target.endswith(":443") else target
+    timeout = isinstance(_cause(err), (socket.timeout, TimeoutError, urllib3.exceptions.TimeoutError))
+    if connection.proxy is not None and not connection.tunnel_open:
         proxy = f"the proxy {connection.proxy.scheme}://{connection.proxy.netloc}"
-        if not connection.has_connected_to_proxy:
-            return TransportFailure(f"cannot connect to {proxy}: {_describe(err)}", PROXY,
-                                    connection.proxy.netloc, retryable=not isinstance(err, NameResolutionError))
+        if not connection.proxy_reached:
+            return TransportFailure(f"cannot connect to {proxy}: {_describe(err)}", PROXY, connection.proxy.netloc,
+                                    retryable=not (timeout or isinstance(err, NameResolutionError)))
         refused = _tunnel_refusal(err)
         if refused:
             status, text = refused
@@ -301,10 +312,12 @@ def _connect_failure(err, connection):
                                         connection.proxy.netloc, retryable=True)
             return TransportFailure(f"{proxy} refused to connect to {target} (HTTP {status} {text})", PROXY,
                                     connection.proxy.netloc)
+        return TransportFailure(f"{proxy} did not open a tunnel to {target}: {_describe(err)}", PROXY,
+                                connection.proxy.netloc, retryable=not timeout)
     cause = _cause(err)
     if isinstance(err, NameResolutionError):
         return TransportFailure(f"cannot connect to {target}: {_describe(err)}", CONNECT, target)
-    if isinstance(err, NewConnectionError):  # refused, unreachable, no answer in time
+    if isinstance(err, NewConnectionError):  # refused, unreachable
         return TransportFailure(f"cannot connect to {target}: {_describe(err)}", CONNECT, target, retryable=True)
     if isinstance(cause, ssl.SSLCertVerificationError):
         return TransportFailure(f"the TLS certificate of {target} was refused: "
@@ -314,8 +327,10 @@ def _connect_failure(err, connection):
     if isinstance(cause, (ssl.SSLError, ConnectionResetError, ConnectionAbortedError)):
         # What a plain HTTP server makes of a TLS handshake: an HTTP answer, or a hang-up.
         return TransportFailure(f"{target} does not speak TLS ({_describe(cause)})", NO_TLS, target)
+    # No answer in time is not tried again: a host that drops packets (a firewall) would
+    # make every try wait CONNECT_TIMEOUT.
     return TransportFailure(f"cannot connect to {target}: {_describe(cause)}", CONNECT, target,
-                            retryable=isinstance(cause, (OSError, socket.timeout)))
+                            retryable=isinstance(cause, OSError) and not timeout)
 
 
 def _request_failure(err, url, proxy):
