@@ -956,7 +956,7 @@ def test_blobs_download_in_parallel(app, blob_proxy, out, monkeypatch):
 
 
 def test_progress_line_on_a_terminal(app, out):
-    from docker_dir.cli.common import human
+    from docker_dir.cli.reporting import human
 
     manifest = app.manifest()
     total = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])

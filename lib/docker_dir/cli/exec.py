@@ -10,7 +10,8 @@ import sys
 from ..application.exec import ExecOptions, prune_cache, ready_to_run
 from ..direct import replace_process
 from ..errors import EngineUnavailable, UsageError
-from .common import TerminalReporter, human, run, trap_signals
+from .common import run, trap_signals
+from .reporting import TerminalReporter, human
 
 PROG = "docker-dir-exec"
 IMAGE_ENV = "DOCKER_DIR_IMAGE"

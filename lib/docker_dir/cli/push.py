@@ -5,8 +5,9 @@ import sys
 from ..application.push import COMPRESSIONS, push
 from ..errors import UsageError
 from ..fs import write_if_changed
-from .common import TerminalReporter, human, print_output, report_annexed, require_stdout, run, trap_signals
+from .common import print_output, require_stdout, run, trap_signals
 from .parser import Parser, add_selectors
+from .reporting import TerminalReporter, human, report_annexed
 
 PROG = "docker-dir-push"
 

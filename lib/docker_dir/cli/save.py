@@ -8,8 +8,9 @@ import sys
 from ..application.save import DirectoryImages, EngineImage, RegistryImage, Selectors, save
 from ..engine import get_engine
 from ..errors import UsageError
-from .common import TerminalReporter, human, print_output, report_annexed, require_stdout, run, trap_signals
+from .common import print_output, require_stdout, run, trap_signals
 from .parser import Parser, add_engine_option, add_selectors
+from .reporting import TerminalReporter, human, report_annexed
 
 PROG = "docker-dir-save"
 _ID_REF = re.compile(r"(sha256:)?[0-9a-f]{64}|[0-9a-f]{12,63}")
