@@ -1,11 +1,14 @@
-"""Application layer: what the commands do, between argument parsing (cli) and engines.
+"""Application layer: what the commands do, between argument parsing (cli) and the
+engines and registries it is handed.
 
-save.py: save images into a directory (temp dir, safe extraction, atomic swap,
-stale-temp cleanup). exec.py: read the directory, choose and check the engine, make it
-hold the image. load.py: give an engine an image once (node-local lock, presence check,
-tag or load). id.py: describe an image directory, write the ID only when it changed.
-None prints: they tell a `Reporter` (the cli passes one that writes to the terminal),
-return what the cli shows, and raise docker-dir's errors.
+save.py: one orchestration (build directory, atomic swap) over a module per source kind
+(save_engine, save_directory, save_registry). pull.py and push.py: images from and to a
+registry, their blobs through transfers.py; push_cache.py: what pushes remember.
+exec.py: read the directory, choose and check the engine, make it hold the image.
+load.py: give an engine an image once (node-local lock, presence check, tag or load).
+id.py: describe an image directory, write the ID only when it changed. annex.py and
+annex_remote.py: git-annex. None prints: they tell a `Reporter` (the cli passes one that
+writes to the terminal), return what the cli shows, and raise docker-dir's errors.
 """
 
 
