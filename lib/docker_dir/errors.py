@@ -26,7 +26,8 @@ EXIT_CODES = (
     ("67", "no image matches --repo-tag/--config/--platform, or several do and none was chosen; or the "
            "registry has no such repository, tag or platform"),
     ("69", "a service docker-dir needs is unavailable: container engine not installed or its daemon not "
-           "reachable, registry not reachable or its TLS certificate refused, a Python module missing (zstd)"),
+           "reachable, registry or proxy not reachable (or refusing), a TLS certificate refused, a Python module "
+           "missing (zstd)"),
     ("70", "the engine refused an operation (image not found, save or load failed)"),
     ("71", "image not loaded in the engine and --no-load was given"),
     ("73", "cannot write the output (DIR not empty, parent missing or not writable, disk full)"),
