@@ -547,16 +547,13 @@ def test_no_try_starts_past_the_deadline():
     assert clock.now - 1000.0 <= 2.0 + retry.MAX_WAIT and policy.made < 100
 
 
-class Scripted(http.server.ThreadingHTTPServer):
-    """A registry API that answers each request from a script: a list per path of
-    (status, headers, body) or "drop" (the connection closed with no answer)."""
+class LoopbackServer(http.server.ThreadingHTTPServer):
+    """A server of this module on a free loopback port, serving in a thread of its own."""
 
     daemon_threads = True
 
-    def __init__(self, script):
-        self.script = script
-        self.hits = []
-        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -568,12 +565,32 @@ class Scripted(http.server.ThreadingHTTPServer):
         self.server_close()
 
 
-class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
         pass
 
+    def answer(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for name, value in [*headers, ("Content-Length", str(len(body)))]:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+class Scripted(LoopbackServer):
+    """A registry API that answers each request from a script: a list per path of
+    (status, headers, body) or "drop" (the connection closed with no answer)."""
+
+    def __init__(self, script):
+        self.script = script
+        self.hits = []
+        super().__init__(_ScriptedHandler)
+
+
+class _ScriptedHandler(Handler):
     def do_GET(self):
         path = self.path.split("?", 1)[0]
         self.server.hits.append((self.command, path, time.monotonic()))
@@ -584,11 +601,7 @@ class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         status, headers, body = step
-        self.send_response(status)
-        for name, value in dict(headers, **{"Content-Length": str(len(body))}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        self.answer(status, body, headers.items())
 
     do_HEAD = do_GET
 
@@ -652,55 +665,32 @@ def test_token_service_answers_are_tried_again():
 
 # -- 3. one transfer scheduler: the first failure stops the rest -------------------------
 
-class SlowBlobs(http.server.ThreadingHTTPServer):
+class SlowBlobs(LoopbackServer):
     """A registry holding one image whose blobs are served as scripted: "slow" trickles
     (64 kB every 20 ms, counting what went out), "missing" is a 404, others at once.
     Records which blobs were asked for, and uploads started (POST) and bytes received."""
-
-    daemon_threads = True
 
     def __init__(self, blobs):
         self.blobs = blobs  # digest -> (bytes, how)
         self.asked = []
         self.sent = {}
         self.received = {}
-        super().__init__(("127.0.0.1", 0), _SlowHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def host(self):
-        return f"127.0.0.1:{self.server_port}"
-
-    def stop(self):
-        self.shutdown()
-        self.server_close()
+        self.streaming = threading.Event()  # a layer's upload is under way
+        super().__init__(_SlowHandler)
 
 
-class _SlowHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def _answer(self, status, body=b"", headers=()):
-        self.send_response(status)
-        for name, value in [*headers, ("Content-Length", str(len(body)))]:
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
+class _SlowHandler(Handler):
     def do_GET(self):
         path = self.path.split("?", 1)[0]
         if path == "/v2/":
-            return self._answer(200, b"{}")
+            return self.answer(200, b"{}")
         if "/manifests/" in path:
-            return self._answer(200, self.server.manifest, [("Content-Type", self.server.manifest_type)])
+            return self.answer(200, self.server.manifest, [("Content-Type", self.server.manifest_type)])
         digest = path.rsplit("/", 1)[1]
         self.server.asked.append(digest)
         content, how = self.server.blobs[digest]
         if how == "missing":
-            return self._answer(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}')
+            return self.answer(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}')
         self.send_response(200)
         self.send_header("Content-Length", str(len(content)))
         self.end_headers()
@@ -716,16 +706,17 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
 
     def do_HEAD(self):
-        self._answer(404)
+        self.answer(404)
 
     def do_POST(self):
         self.server.asked.append("POST")
-        self._answer(202, headers=[("Location", f"/v2/x/blobs/uploads/{uuid.uuid4().hex}"), ("Range", "0-0")])
+        self.answer(202, headers=[("Location", f"/v2/x/blobs/uploads/{uuid.uuid4().hex}"), ("Range", "0-0")])
 
     def do_PUT(self):
         if "/manifests/" in self.path:
-            return self._answer(201)
-        self._answer(403, b'{"errors":[{"code":"DENIED","message":"not for you"}]}')
+            return self.answer(201)
+        self.server.streaming.wait(30)  # refused while a layer streams up, so that it has to stop
+        self.answer(403, b'{"errors":[{"code":"DENIED","message":"not for you"}]}')
 
     def do_PATCH(self):
         key = self.path.split("?", 1)[0]
@@ -742,12 +733,13 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
                         raise OSError("cut")
                     size -= len(piece)
                     self.server.received[key] += len(piece)
+                    self.server.streaming.set()
                     time.sleep(0.005)  # a slow link: 3 MB/s
                 self.rfile.readline()
         except (OSError, ValueError):
             self.close_connection = True
             return
-        self._answer(202, headers=[("Location", key), ("Range", f"0-{self.server.received[key] - 1}")])
+        self.answer(202, headers=[("Location", key), ("Range", f"0-{self.server.received[key] - 1}")])
 
 
 def sha(data):
