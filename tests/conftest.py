@@ -26,10 +26,21 @@ sys.path.insert(0, str(REPO / "lib"))
 PRIVATE_REPO = "localhost/docker-dir"
 
 
+STORE_ENV = "DOCKER_DIR_STORE"
+
+
+def with_test_store(env):
+    """`env` (None: ours) with this test's blob store, unless it names one itself: a test
+    never finds blobs that another left in a store (see blob_store)."""
+    if env is None or STORE_ENV in env or STORE_ENV not in os.environ:
+        return env
+    return {**env, STORE_ENV: os.environ[STORE_ENV]}
+
+
 def cli(name, *args, env=None, cwd=None, input=None, timeout=300):
     """Run one of bin/ from the checkout with this interpreter; never raises on exit status."""
     return subprocess.run([sys.executable, str(BIN / name), *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, input=input, timeout=timeout)
+                          env=with_test_store(env), cwd=cwd, input=input, timeout=timeout)
 
 
 def one_line_error(proc, code):
@@ -50,7 +61,7 @@ def cli_on_tty(name, *args, cwd=None, env=None):
     if pid == 0:
         if cwd:
             os.chdir(cwd)
-        os.execve(sys.executable, [sys.executable, str(BIN / name), *map(str, args)], env or os.environ)
+        os.execve(sys.executable, [sys.executable, str(BIN / name), *map(str, args)], with_test_store(env) or os.environ)
     out = b""
     while True:
         try:
@@ -134,6 +145,25 @@ def tree_digest(directory):
         else:
             result[rel] = "dir"
     return result
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_blob_store(tmp_path_factory):
+    """The blob store of what session fixtures save (the user's own, ~/.cache, is never used)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv(STORE_ENV, str(tmp_path_factory.mktemp("store-session")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def blob_store(session_blob_store, tmp_path_factory, monkeypatch):
+    """Each test saves into a blob store of its own (outside its tmp_path, which tests check
+    for leftovers): docker-dir's default, a store, is what every test exercises, and no test
+    finds blobs another left there (a pull would pass without downloading)."""
+    path = tmp_path_factory.mktemp("store")
+    monkeypatch.setenv(STORE_ENV, str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,9 @@ class Reporter:
     def waiting(self, message):
         """A wait on another process began (e.g. its load of the same image)."""
 
+    def notice(self, message):
+        """Something the user may want to know, said once (e.g. the blob store is elsewhere)."""
+
     def transfer(self, label, total=None, waiting=None):
         """A byte stream of about `total` bytes begins, its first byte waiting for what
         `waiting` says; returns a callable taking byte counts, with reset(total), close()

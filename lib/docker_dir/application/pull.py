@@ -174,8 +174,8 @@ def _familiar(ref):
 
 class _Fetcher:
     """Blobs to fetch, each once, a few at a time (transfers.py), with one progress line;
-    those the directory being replaced holds (checked against their digest) are reused
-    instead."""
+    those the directory being replaced holds, or the blob store (each checked against its
+    digest), are taken from there instead; each fetched blob goes to the store too."""
 
     def __init__(self, registry, repository, blobs, reuse_dir):
         self.registry, self.repository, self.blobs, self.reuse_dir = registry, repository, blobs, reuse_dir
@@ -191,14 +191,18 @@ class _Fetcher:
         missing = {hexd: size for hexd, size in self.wanted.items() if not self._reused(hexd)}
         with Transfers(reporter, label, total=sum(missing.values()) or None, parallel=PARALLEL) as transfers:
             def fetch(hexd):
+                if self.blobs.take_from_store(hexd, missing[hexd]):  # read and checked: no download
+                    transfers.counted(missing[hexd])
+                    return 0
                 partial = self.blobs.path(f".{hexd}.partial")
                 self.registry.fetch_blob(self.repository, "sha256:" + hexd, missing[hexd], partial,
                                          transfers.counted)
                 os.rename(partial, self.blobs.path(hexd))
+                self.blobs.checked(hexd)
+                return missing[hexd]
 
-            transfers.results([transfers.submit(fetch, hexd)
-                               for hexd in sorted(missing, key=missing.get, reverse=True)])
-        self.fetched = transfers.done
+            self.fetched = sum(transfers.results([transfers.submit(fetch, hexd)
+                                                  for hexd in sorted(missing, key=missing.get, reverse=True)]))
 
     def _reused(self, hexd):
         """Blob `hexd` taken from the directory being replaced, if it holds it whole."""

@@ -14,6 +14,8 @@ import time
 from ..errors import CantWrite, UsageError
 from ..format.canonical import Blobs, write_index_layout, write_layout
 from ..format.imagedir import ImageDir
+from ..format.store import ENV as STORE_ENV
+from ..format.store import BlobStore
 from ..fs import move_into_place
 from ..nodelocal import BuildDir, remove_abandoned
 from ..signals import SignalLatch
@@ -25,6 +27,7 @@ from .save_engine import EngineImage, engine_export
 __all__ = ["save", "Selectors", "EngineImage", "DirectoryImages", "RegistryImage", "Saved", "TEMP_MARK"]
 
 TEMP_MARK = ".docker-dir-save-"
+FROM_ENVIRONMENT = object()  # save()'s default store: the one $DOCKER_DIR_STORE or the cache names
 
 
 class Selectors:
@@ -36,12 +39,13 @@ class Selectors:
 
 class Build:
     """The build directory of one save, and what its sources added to it. A source's
-    `add_to(build)` puts blobs in `blobs` and appends `entries` (or sets `index`, a whole
+    `add_to(build)` puts blobs in `blobs` (which takes them from the blob store when it
+    holds them, and adds the others to it) and appends `entries` (or sets `index`, a whole
     multi-platform image), counting the bytes it received."""
 
-    def __init__(self, tmp, target, reporter, selectors, insecure):
+    def __init__(self, tmp, target, reporter, selectors, insecure, store):
         self.tmp, self.target, self.reporter, self.selectors, self.insecure = tmp, target, reporter, selectors, insecure
-        self.blobs = Blobs(tmp)
+        self.blobs = Blobs(tmp, store)
         self.entries = []
         self.index = None  # (OCI index bytes, repo tags)
         self.received = 0
@@ -54,28 +58,33 @@ class Build:
 
 
 class Saved:
-    """What a save wrote: the images' IDs, bytes received, seconds taken, and the
-    registry URLs of the layers pulled ({path in DIR: docker-blob:// URL})."""
+    """What a save wrote: the images' IDs, bytes received, seconds taken, the registry URLs
+    of the layers pulled ({path in DIR: docker-blob:// URL}), and bytes taken from the
+    blob store instead of received."""
 
-    def __init__(self, ids, nbytes, seconds, layer_urls):
+    def __init__(self, ids, nbytes, seconds, layer_urls, from_store=0):
         self.ids, self.nbytes, self.seconds, self.layer_urls = ids, nbytes, seconds, layer_urls
+        self.from_store = from_store
 
 
 def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattributes=False,
-         selectors=Selectors(), insecure=()):
+         selectors=Selectors(), insecure=(), store=FROM_ENVIRONMENT):
     """Save the images `sources` name into directory `path`. `engine` exports the
     EngineImage sources (None when there are none); `insecure` registries may answer
-    in plain HTTP."""
+    in plain HTTP; `store` is the BlobStore shared with other directories (None: none;
+    by default the one the environment names)."""
     check_all_platforms(sources, selectors)
     parent = check_target(path, force)
     name = os.path.basename(os.path.abspath(path))
     planned = _planned(sources, engine)
     for source in planned:
         source.check()  # before anything is made: an engine that cannot save, an image it lacks
+    if store is FROM_ENVIRONMENT:
+        store = BlobStore.from_environment()
     remove_stale_temps(parent, name)
     started = time.monotonic()
     with SignalLatch() as latch, BuildDir(parent, f".{name}{TEMP_MARK}", _remove_tree) as tmp:
-        build = Build(tmp, path, reporter, selectors, insecure)
+        build = Build(tmp, path, reporter, selectors, insecure, store)
         for source in planned:
             source.add_to(build)
         if build.index:
@@ -90,7 +99,11 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
                 out.write(gitattributes(saved))
         latch.check()  # a signal whose exception was dropped stops us before the commit
         move_into_place(tmp, path, _remove_tree)
-    return Saved(ids, build.received, time.monotonic() - started, build.layer_urls)
+    if store is not None and not store.same_file_system(path):  # said on success only: an error is one line
+        reporter.notice(f"the blob store {store.root} is on another file system than {path}: blobs are copied "
+                        f"from it, not linked, and none is added to it; set {STORE_ENV} to a directory on the "
+                        "same file system to share them")
+    return Saved(ids, build.received, time.monotonic() - started, build.layer_urls, sum(build.blobs.from_store.values()))
 
 
 def _planned(sources, engine):

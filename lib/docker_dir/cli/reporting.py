@@ -81,6 +81,8 @@ class TerminalReporter:
         if not self.quiet:
             print(f"{self.prog}: {message}", file=sys.stderr)
 
+    notice = waiting
+
     def transfer(self, label, total=None, waiting=None):
         return Progress(label, total, waiting, enabled=not self.quiet)
 

@@ -81,7 +81,8 @@ def main(args):
                  args.gitattributes or args.annex_urls, selectors, args.insecure_registry)
     if not args.quiet:
         what = " ".join(str(source) for source in args.sources)
-        print(f"{PROG}: saved {what} to {args.dir} ({human(saved.nbytes)} in {saved.seconds:.1f} s)",
+        reused = f"; {human(saved.from_store)} from the blob store" if saved.from_store else ""
+        print(f"{PROG}: saved {what} to {args.dir} ({human(saved.nbytes)} in {saved.seconds:.1f} s{reused})",
               file=sys.stderr)
     if args.annex_urls:
         report_annexed(PROG, args.dir, saved.layer_urls, args.quiet)

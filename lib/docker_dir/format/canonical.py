@@ -63,11 +63,29 @@ def blob_path(hexd):
 class Blobs:
     """DIR/blobs/sha256 of the layout being written. A blob arrives by rename (a file
     already in the same build directory: an engine's export), by a copy checked while it
-    is made (another directory's file), or as bytes; a blob present already is kept."""
+    is made (another directory's file), from the blob store (store.py: a hard link, checked),
+    or as bytes; a blob present already is kept. With a `store`, every blob whose digest was
+    checked here is added to it, and a blob it holds is taken from it, not copied or fetched."""
 
-    def __init__(self, dest):
+    def __init__(self, dest, store=None):
         self.dir = os.path.join(dest, "blobs", "sha256")
         os.makedirs(self.dir, exist_ok=True)
+        self.store = store
+        self.from_store = {"linked": 0, "copied": 0}  # bytes taken from the store, by how
+
+    def take_from_store(self, hexd, size=None):
+        """Blob `hexd` placed from the store (checked there), if it holds it whole."""
+        if self.store is None or self.has(hexd):
+            return self.has(hexd)
+        how = self.store.place(hexd, self.path(hexd), size)
+        if how:
+            self.from_store[how] += os.stat(self.path(hexd)).st_size
+        return how is not None
+
+    def checked(self, hexd):
+        """Blob `hexd`, its content checked against its digest by the caller, goes to the store too."""
+        if self.store is not None:
+            self.store.adopt(self.path(hexd), hexd)
 
     def path(self, hexd):
         return os.path.join(self.dir, hexd)
@@ -92,7 +110,7 @@ class Blobs:
         """Copy the readable `source` to blob `hexd` and return `hexd`, refusing
         (BadImageDir, nothing kept) content whose sha256 or size differs from what names
         it; `size` None is unknown; `hexd` None names the blob by what the copy hashed."""
-        if hexd is not None and self.has(hexd):
+        if hexd is not None and self.take_from_store(hexd, size):
             return hexd
         partial = self.path(f".{hexd or os.urandom(8).hex()}.partial")
         hashing = HashingReader(source)
@@ -118,6 +136,7 @@ class Blobs:
             if os.path.exists(partial):
                 os.unlink(partial)
             raise
+        self.checked(actual)
         return actual
 
     def put(self, data):
