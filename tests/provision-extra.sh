@@ -21,6 +21,8 @@ EXTRA_APT_OPTIONS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 # user:uid:groups. ddhighuid's UID lies above every subuid range useradd hands out
 # here and outside the 65536 IDs a rootless engine maps, like an LDAP user's.
 TEST_USERS="ddrootless:: ddhighuid:2000000: dddocker::docker"
+# group:members: two users sharing a blob store (tests/test_store.py)
+TEST_GROUPS="ddstore:ddrootless,dddocker"
 
 SLURM_CONF=/etc/slurm/slurm.conf
 SLURM_LOG_DIR=/var/log/slurm
@@ -131,6 +133,14 @@ _extra_provision_test_users() {
       grep -q "^$user:" "$file" 2>/dev/null || _extra_add_subids "$user" "$file"
     done
     _extra_user_dirs "$user"
+  done
+  local group members member
+  for entry in $TEST_GROUPS; do
+    IFS=: read -r group members <<<"$entry"
+    getent group "$group" >/dev/null || groupadd "$group"
+    for member in ${members//,/ }; do
+      id -nG "$member" | tr ' ' '\n' | grep -qx "$group" || usermod -aG "$group" "$member"
+    done
   done
 }
 

@@ -13,7 +13,7 @@ from docker_dir.cli.id import full_parse, quick_parse
 from docker_dir.errors import EXIT_CODES, UsageError
 from docker_dir.fastjson import loads_json
 
-PROGS = ("docker-dir-save", "docker-dir-id", "docker-dir-exec", "docker-dir-push")
+PROGS = ("docker-dir-save", "docker-dir-id", "docker-dir-exec", "docker-dir-push", "docker-dir-store")
 
 
 def _plain(text):

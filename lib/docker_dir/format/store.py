@@ -9,9 +9,9 @@ $XDG_CACHE_HOME/docker-dir/store (~/.cache/docker-dir/store).
 A store is private (its directories the owner's alone, its files read-only: 0444), or
 shared by a group: one whose top directory is group-writable (made by `mkdir -m 2775` and
 `chgrp GROUP`). Then its directories stay group-writable and set-group-ID, and its files
-are readable and writable by the group (0664): Linux lets a user hard-link only a file
-they may write (fs.protected_hardlinks), so read-only files would be linked by their owner
-alone.
+are the store's group's, readable and writable by it (0664): Linux lets a user hard-link
+only a file they may write (fs.protected_hardlinks), so read-only files would be linked
+by their owner alone.
 
 The guarantees (each function states its own):
 - a blob enters the store only by a hard link to a file whose digest the caller checked
@@ -43,7 +43,9 @@ class BlobStore:
         self.dir = os.path.join(root, _BLOBS)
         try:
             os.makedirs(root, exist_ok=True)
-            self.shared = bool(os.stat(root).st_mode & stat.S_IWGRP)
+            top = os.stat(root)
+            self.shared = bool(top.st_mode & stat.S_IWGRP)
+            self.group = top.st_gid
             dir_mode = 0o2775 if self.shared else 0o755
             for path in (os.path.join(root, "blobs"), self.dir):
                 try:
@@ -122,6 +124,8 @@ class BlobStore:
             if err.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.EROFS):
                 return False
             raise
+        if self.shared:  # a link keeps the file's group; set-group-ID gives it only to new files
+            os.chown(target, -1, self.group)
         os.chmod(target, self.file_mode)  # the one file: DIR's too
         return True
 
