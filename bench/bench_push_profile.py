@@ -367,9 +367,9 @@ def report(measured, layer_mib, image_size, walls, loads, probe, floor, startup,
 
 
 def code_of(lib):
-    """Which code the profiled lib/ is: its checkout's commit, + "+uncommitted" when it differs."""
+    """Which code the profiled lib/ is: the last commit that changed it, + "+uncommitted" when it differs."""
     git = ["git", "-C", lib]
-    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(git + ["log", "-1", "--format=%h", "HEAD", "--", "."], capture_output=True, text=True)
     if head.returncode:
         return f"{lib} (not in a git checkout)"
     dirty = subprocess.run(git + ["status", "--porcelain", "--", "."], capture_output=True, text=True).stdout.strip()

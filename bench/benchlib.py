@@ -266,13 +266,16 @@ def fmt(value, unit):
 
 
 def measured_at():
-    """Which code, when, and how busy the machine was: recorded with every row, since the
-    table merges rows of runs made at different times."""
+    """Which code (the commit that last changed lib/, bin/ or pyproject.toml), when, and how
+    busy the machine was: recorded with every row, since the table merges rows of runs
+    made at different times."""
     git = local["git"]["-C", CHECKOUT]
-    commit = git("rev-parse", "--short", "HEAD").strip()
-    if git("status", "--porcelain", "--", "lib", "bin").strip():
+    code = ("lib", "bin", "pyproject.toml")
+    # the code measured: the last commit that changed it (a bench-only commit after it changes nothing)
+    commit = git("log", "-1", "--format=%h", "HEAD", "--", *code).strip()
+    if git("status", "--porcelain", "--", *code).strip():
         commit += "+uncommitted"
-    return {"commit": commit, "utc": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
+    return {"commit": commit, "head": git("rev-parse", "--short", "HEAD").strip(), "utc": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
             "load": [round(x, 1) for x in os.getloadavg()]}
 
 
