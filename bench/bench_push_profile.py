@@ -20,9 +20,14 @@ exit), each thread's time by activity, the requests (time in sendall, waiting fo
 answer, and the rest: producing the body), the gaps between a thread's requests, and
 cProfile's heaviest functions.
 
-usage: bench_push_profile.py [--runs N] [--layer-mib MIB] [--requests]
+With --warm, the same for the warm push: the unchanged image to a new repository of one
+registry both tools pushed it to before, caches kept (docker-dir, probed, skopeo; written
+to results/push_profile_warm.*).
+
+usage: bench_push_profile.py [--runs N] [--layer-mib MIB] [--requests] [--warm] [--lib DIR]
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +50,7 @@ LIB = os.path.join(CHECKOUT, "lib")
 PLAIN = "import sys; sys.path.insert(0, {lib!r}); from docker_dir.cli.push import entry_point; sys.exit(entry_point())"
 TARGET = "bench/image:1"
 CONTENDERS = ("docker-dir", "docker-dir, probed", "skopeo", "curl PUT (floor)")
+WARM_CONTENDERS = CONTENDERS[:3]
 # What a thread's time was spent in, by cProfile's names of C functions (first match wins).
 ACTIVITIES = [
     ("compress", r"' of '(isal_zlib|zlib|zstd)\.|built-in method (isal\.)?(isal_zlib|zlib|zstd)\.|igzip"),
@@ -83,27 +89,52 @@ class Runs:
         self.lib, self.work, self.ca, self.image_dir, self.skopeo_dir = lib, work, ca, image_dir, skopeo_dir
         self.gzipped, self.gzipped_hex = gzipped, gzipped_hex
         self.probes = []  # one analysis per probed run
+        self.warm = None  # (registry, docker-dir's cache) once warmed()
+        self.pushes = 0
 
     def once(self, name):
-        """Wall time of one run of `name` into a fresh registry, caches cleared (untimed set-up)."""
+        """Wall time of one run of `name`: cold, into a fresh registry with caches cleared;
+        or, once warmed(), to a new repository of the registry every client pushed to."""
+        if self.warm:
+            registry, cache = self.warm
+            self.pushes += 1
+            return self._run(name, registry, f"bench/warm-{self.pushes}:1", cache)
         cache = tempfile.mkdtemp(prefix="xdg-cache-", dir=self.work)
-        with LoopbackRegistry(self.work, self.ca) as registry:
-            target = f"docker://{registry.host}/{TARGET}"
-            env = client_env(XDG_CACHE_HOME=cache)
-            try:
-                if name == "docker-dir":
-                    argv = docker_dir("push") if self.lib == LIB else [PY, "-c", PLAIN.format(lib=self.lib)]
-                    return run_timed(argv + ["-q", self.image_dir, target], env=env)
-                if name == "docker-dir, probed":
-                    return self._probed(target, env)
+        try:
+            with LoopbackRegistry(self.work, self.ca) as registry:
                 if name == "skopeo":
                     forget_skopeo_cache()
-                    return run_timed(["skopeo", "copy", "-q", "--dest-compress", f"dir:{self.skopeo_dir}", target],
-                                     env=env)
-                return run_timed(["sh", "-c", CURL_PUT, "sh", registry.url, self.ca.cert, self.gzipped,
-                                  "sha256:" + self.gzipped_hex], env=env)
-            finally:
-                shutil.rmtree(cache, ignore_errors=True)
+                return self._run(name, registry, TARGET, cache)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def warmed(self):
+        """Runs from now on go to one registry both tools pushed the image to, caches kept."""
+        cache = tempfile.mkdtemp(prefix="xdg-cache-", dir=self.work)
+        try:
+            with LoopbackRegistry(self.work, self.ca) as registry:
+                forget_skopeo_cache()
+                self._run("docker-dir", registry, "bench/first:1", cache)
+                self._run("skopeo", registry, "bench/first-skopeo:1", cache)
+                self.warm = (registry, cache)
+                yield
+        finally:
+            self.warm = None
+            shutil.rmtree(cache, ignore_errors=True)
+
+    def _run(self, name, registry, repo_tag, cache):
+        target = f"docker://{registry.host}/{repo_tag}"
+        env = client_env(XDG_CACHE_HOME=cache)
+        if name == "docker-dir":
+            argv = docker_dir("push") if self.lib == LIB else [PY, "-c", PLAIN.format(lib=self.lib)]
+            return run_timed(argv + ["-q", self.image_dir, target], env=env)
+        if name == "docker-dir, probed":
+            return self._probed(target, env)
+        if name == "skopeo":
+            return run_timed(["skopeo", "copy", "-q", "--dest-compress", f"dir:{self.skopeo_dir}", target], env=env)
+        return run_timed(["sh", "-c", CURL_PUT, "sh", registry.url, self.ca.cert, self.gzipped,
+                          "sha256:" + self.gzipped_hex], env=env)
 
     def _probed(self, target, env):
         out = tempfile.mkdtemp(prefix="probe-", dir=self.work)
@@ -276,16 +307,18 @@ def the_layer(image_dir):
 
 # -- the report --------------------------------------------------------------------
 
-def report(measured, layer_mib, image_size, walls, loads, probe, floor, startup, show_requests):
+def report(measured, layer_mib, image_size, walls, loads, probe, floor, startup, show_requests, warm):
     lines = []
     say = lines.append
     med = {name: statistics.median(values) for name, values in walls.items()}
+    how = ("caches warm: the unchanged image to a new repository of one registry both tools pushed it to, "
+           "their caches kept" if warm else "caches cleared, a fresh registry per run")
     say(f"push profile: {image_size / 1e6:.0f} MB image, one {layer_mib} MiB layer (random bytes) on busybox, "
-        f"TLS loopback registry, caches cleared, a fresh registry per run; docker-dir: {measured['code']}, "
+        f"TLS loopback registry, {how}; docker-dir: {measured['code']}, "
         f"{measured['utc']} UTC, load average {min(loads):.1f}-{max(loads):.1f} over the runs")
     say("")
     say(f"wall time, median of {len(walls['docker-dir'])} interleaved runs (fastest-slowest):")
-    for name in CONTENDERS:
+    for name in walls:
         ratio = f"  {med[name] / med['skopeo']:.2f}x skopeo" if name != "skopeo" else ""
         say(f"  {name:<22} {med[name]:6.2f} s  ({min(walls[name]):.2f}-{max(walls[name]):.2f}){ratio}")
     say("")
@@ -381,6 +414,9 @@ def main():
     parser.add_argument("--runs", type=int, default=2 if quick_mode() else 5, help="interleaved rounds (default 5)")
     parser.add_argument("--layer-mib", type=int, default=8 if quick_mode() else 150, help="the layer's size")
     parser.add_argument("--requests", action="store_true", help="also list the requests one by one")
+    parser.add_argument("--warm", action="store_true",
+                        help="profile the warm push instead: the unchanged image to a new repository of a registry "
+                             "both tools pushed it to, caches kept")
     parser.add_argument("--lib", default=LIB, help="profile the docker_dir package of this lib/ directory instead "
                                                    "of this checkout's (e.g. another worktree's)")
     args = parser.parse_args()
@@ -399,29 +435,33 @@ def main():
         gzipped_hex, _ = gzip_layer(layer, gzipped)
         ca = ThrowawayCA(os.path.join(work, "ca"))
         runs = Runs(args.lib, work, ca, image_dir, skopeo_dir, gzipped, gzipped_hex)
-        print(f"bench_push_profile: {image_size / 1e6:.0f} MB image, {args.runs} rounds of {', '.join(CONTENDERS)} "
-              "after one warm-up round", file=sys.stderr, flush=True)
-        walls, loads = {name: [] for name in CONTENDERS}, []
-        for round_ in range(args.runs + 1):
-            if round_:
-                loads.append(round(os.getloadavg()[0], 2))
-            for name in CONTENDERS:
-                wall = runs.once(name)
+        contenders = WARM_CONTENDERS if args.warm else CONTENDERS
+        print(f"bench_push_profile: {image_size / 1e6:.0f} MB image, {args.runs} rounds of {', '.join(contenders)} "
+              f"after one warm-up round{', caches warm' if args.warm else ''}", file=sys.stderr, flush=True)
+        walls, loads = {name: [] for name in contenders}, []
+        with runs.warmed() if args.warm else contextlib.nullcontext():
+            for round_ in range(args.runs + 1):
                 if round_:
-                    walls[name].append(wall)
+                    loads.append(round(os.getloadavg()[0], 2))
+                for name in contenders:
+                    wall = runs.once(name)
+                    if round_:
+                        walls[name].append(wall)
         runs.probes = runs.probes[1:]  # the warm-up's
         floor = floors(layer, work)
         startup = startup_floors(args.lib)
     by_wall = sorted(runs.probes, key=lambda p: p["wall"])
     probe = by_wall[(len(by_wall) - 1) // 2]
     measured = {**measured_at(), "code": code_of(args.lib)}
-    text = report(measured, args.layer_mib, image_size, walls, loads, probe, floor, startup, args.requests)
+    text = report(measured, args.layer_mib, image_size, walls, loads, probe, floor, startup, args.requests,
+                  args.warm)
     print(text)
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "push_profile.txt"), "w") as out:
+    name = "push_profile_warm" if args.warm else "push_profile"
+    with open(os.path.join(RESULTS, f"{name}.txt"), "w") as out:
         out.write(text + "\n")
-    with open(os.path.join(RESULTS, "push_profile.json"), "w") as out:
-        json.dump({"bench": "push_profile", "quick": quick_mode(), "rows": [], "measured": measured,
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as out:
+        json.dump({"bench": name, "quick": quick_mode(), "rows": [], "measured": measured, "warm": args.warm,
                    "info": {"walls": walls, "loads": loads, "probes": runs.probes, "floors": floor,
                             "startup": startup, "image_size": image_size, "layer_mib": args.layer_mib}},
                   out, indent=1)
