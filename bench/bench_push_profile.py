@@ -330,7 +330,8 @@ def report(measured, layer_mib, image_size, walls, loads, probe, floor, startup,
     say(f"  {'exit (the interpreter ends)':<44} {ms(probe['exit']):>6} ms")
     say(f"  beside them: " + ", ".join(f"{name} {ms(value)} ms" for name, value in startup.items()))
     say("")
-    say("each thread's time (ms; cProfile's own time of the C calls named; 'Python' is the rest):")
+    say("each thread's time (ms; cProfile's own time of the C calls named; 'Python' is the rest, including time "
+        "blocked in a `with lock:`, which cProfile charges to the function with the with statement):")
     labels = [label for label, _ in ACTIVITIES]
     short = {"compress": "compress", "hash": "hash", "file read": "f.read", "file write": "f.write",
              "socket send": "sock.send", "socket receive": "sock.recv", "connect + TLS handshake": "connect",
