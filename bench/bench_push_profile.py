@@ -204,16 +204,22 @@ def analyse(out, spawned, exited, lib):
         stats = pstats.Stats(os.path.join(out, info["profile"]))
         total = sum(entry[2] for entry in stats.stats.values())
         activities = {label: 0.0 for label, _ in ACTIVITIES}
+        callers = {label: {} for label, _ in ACTIVITIES}  # activity -> {calling function: its share}
         for (_file, _line, func), entry in stats.stats.items():
             for label, pattern in ACTIVITIES:
                 if re.search(pattern, func):
                     activities[label] += entry[2]
+                    for caller, share in entry[4].items():
+                        where = _where(caller, lib)
+                        callers[label][where] = callers[label].get(where, 0.0) + share[2]
                     break
         # docker-dir's own functions and C calls: the thread and futures plumbing above them says nothing
         top = sorted(((entry[3], entry[2], entry[1], _where(key, lib)) for key, entry in stats.stats.items()
                       if key[0] == "~" or key[0].startswith(lib)), reverse=True)[:14]
         threads[name] = {"first": info["first"] - t0, "last": info["last"] - t0, "total": total,
                          "activities": activities, "top": top,
+                         "callers": {label: sorted(((t, where) for where, t in found.items()), reverse=True)[:3]
+                                     for label, found in callers.items() if activities[label] >= 0.02},
                          "sent": sum(r["bytes"] for r in requests if r["thread"] == name),
                          "requests": sum(1 for r in requests if r["thread"] == name)}
         merged = stats if merged is None else merged.add(stats)
@@ -344,6 +350,12 @@ def report(measured, layer_mib, image_size, walls, loads, probe, floor, startup,
         say("  " + f"{name[:25]:<26}{ms(t['first']) + '-' + ms(t['last']):>14}{ms(t['total']):>7}"
             + "".join(f"{ms(t['activities'][l]):>10}" for l in labels) + f"{ms(python):>8}"
             + f"  {t['requests']}, {t['sent'] / 1e6:.1f} MB")
+    say("  who made those C calls (activities of 20 ms or more; ms by calling function):")
+    for name, t in sorted(probe["threads"].items(), key=lambda item: item[1]["first"]):
+        for label, found in t["callers"].items():
+            if label.startswith("waiting"):
+                continue
+            say(f"    {name[:25]:<26}{short[label]:<10}" + "; ".join(f"{ms(time_)} {where}" for time_, where in found))
     say("")
     say("HTTP requests (ms from the process's spawn; send: inside sendall; answer: from the last byte sent to the "
         "answer's headers; body: the rest of the request's time, producing what it sends):")
