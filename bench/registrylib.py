@@ -7,6 +7,11 @@ and skopeo 1.9 both read that directory (skopeo looks in /etc/containers/certs.d
 /etc/docker/certs.d), so both verify the same certificate with no flag; dockerd treats
 127.0.0.0/8 as insecure and speaks TLS to it without checking. The entry is removed when
 the registry stops, also on failure.
+
+The registry keeps its storage in memory (/dev/shm, or $BENCH_REGISTRY_DIR): it plays a
+remote server, and on a machine whose disk others keep busy its own writes (each upload
+chunk, each commit) would otherwise add seconds of noise to whichever client is running.
+The clients' files (DIR, docker-dir's cache and work files) stay where the bench puts them.
 """
 import json
 import os
@@ -21,6 +26,7 @@ import urllib.error
 import urllib.request
 
 CERTS_D = "/etc/docker/certs.d"
+SERVER_DIR = os.environ.get("BENCH_REGISTRY_DIR") or "/dev/shm"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -72,13 +78,14 @@ class ThrowawayCA:
 
 
 class LoopbackRegistry:
-    """`docker-registry serve` on a free 127.0.0.1 port with its own storage under `root`,
-    anonymous; HTTPS with the CA's certificate (trusted through certs.d while it runs)
-    when given a ThrowawayCA, plain HTTP without one."""
+    """`docker-registry serve` on a free 127.0.0.1 port with its own storage (in SERVER_DIR,
+    else under `root`), anonymous; HTTPS with the CA's certificate (trusted through
+    certs.d while it runs) when given a ThrowawayCA, plain HTTP without one."""
 
     def __init__(self, root, ca=None):
         self.ca = ca
-        self.dir = tempfile.mkdtemp(prefix="registry-", dir=root)
+        server_dir = SERVER_DIR if os.access(SERVER_DIR, os.W_OK) else root
+        self.dir = tempfile.mkdtemp(prefix="docker-dir-bench-registry-", dir=server_dir)
         self.process = None
         self.port = None
         self.certs_entry = None
