@@ -24,7 +24,10 @@ With --warm, the same for the warm push: the unchanged image to a new repository
 registry both tools pushed it to before, caches kept (docker-dir, probed, skopeo; written
 to results/push_profile_warm.*).
 
-usage: bench_push_profile.py [--runs N] [--layer-mib MIB] [--requests] [--warm] [--lib DIR]
+With --lib DIR (repeatable), the docker_dir package of another tree's lib/ instead of this
+checkout's: `--lib OLD/lib --lib NEW/lib` interleaves both, a before/after in one run.
+
+usage: bench_push_profile.py [--runs N] [--layer-mib MIB] [--requests] [--warm] [--lib DIR ...]
 """
 import argparse
 import contextlib
@@ -49,8 +52,7 @@ LIB = os.path.join(CHECKOUT, "lib")
 # docker-dir-push from another tree's lib/ (--lib), started as bin/docker-dir-push starts it
 PLAIN = "import sys; sys.path.insert(0, {lib!r}); from docker_dir.cli.push import entry_point; sys.exit(entry_point())"
 TARGET = "bench/image:1"
-CONTENDERS = ("docker-dir", "docker-dir, probed", "skopeo", "curl PUT (floor)")
-WARM_CONTENDERS = CONTENDERS[:3]
+PEERS = ("skopeo", "curl PUT (floor)")  # curl only when cold: a warm push sends no layer
 # What a thread's time was spent in, by cProfile's names of C functions (first match wins).
 ACTIVITIES = [
     ("compress", r"' of '(isal_zlib|zlib|zstd)\.|built-in method (isal\.)?(isal_zlib|zlib|zstd)\.|igzip"),
@@ -85,20 +87,27 @@ def ms(seconds):
 # -- the runs -------------------------------------------------------------------
 
 class Runs:
-    def __init__(self, lib, work, ca, image_dir, skopeo_dir, gzipped, gzipped_hex):
-        self.lib, self.work, self.ca, self.image_dir, self.skopeo_dir = lib, work, ca, image_dir, skopeo_dir
+    def __init__(self, libs, work, ca, image_dir, skopeo_dir, gzipped, gzipped_hex):
+        """libs: {label: lib/ directory}, each pushed plainly and probed."""
+        self.work, self.ca, self.image_dir, self.skopeo_dir = work, ca, image_dir, skopeo_dir
         self.gzipped, self.gzipped_hex = gzipped, gzipped_hex
-        self.probes = []  # one analysis per probed run
-        self.warm = None  # (registry, docker-dir's cache) once warmed()
+        self.contenders = {}  # name -> (how, lib)
+        for label, lib in libs.items():
+            name = "docker-dir" + (f" {label}" if len(libs) > 1 else "")
+            self.contenders[name] = ("plain", lib)
+            self.contenders[f"{name}, probed"] = ("probed", lib)
+        self.probes = {name: [] for name, (how, _) in self.contenders.items() if how == "probed"}
+        self.warm = None  # (registry, {lib: its docker-dir cache}) once warmed()
         self.pushes = 0
 
     def once(self, name):
         """Wall time of one run of `name`: cold, into a fresh registry with caches cleared;
         or, once warmed(), to a new repository of the registry every client pushed to."""
         if self.warm:
-            registry, cache = self.warm
+            registry, caches = self.warm
             self.pushes += 1
-            return self._run(name, registry, f"bench/warm-{self.pushes}:1", cache)
+            return self._run(name, registry, f"bench/warm-{self.pushes}:1", caches.get(self.contenders.get(name,
+                                                                                                          (0, 0))[1]))
         cache = tempfile.mkdtemp(prefix="xdg-cache-", dir=self.work)
         try:
             with LoopbackRegistry(self.work, self.ca) as registry:
@@ -110,42 +119,48 @@ class Runs:
 
     @contextlib.contextmanager
     def warmed(self):
-        """Runs from now on go to one registry both tools pushed the image to, caches kept."""
-        cache = tempfile.mkdtemp(prefix="xdg-cache-", dir=self.work)
+        """Runs from now on go to one registry both tools pushed the image to, caches kept
+        (one per tree: their caches need not have one format)."""
+        caches = {lib: tempfile.mkdtemp(prefix="xdg-cache-", dir=self.work)
+                  for how, lib in self.contenders.values() if how == "plain"}
         try:
             with LoopbackRegistry(self.work, self.ca) as registry:
                 forget_skopeo_cache()
-                self._run("docker-dir", registry, "bench/first:1", cache)
-                self._run("skopeo", registry, "bench/first-skopeo:1", cache)
-                self.warm = (registry, cache)
+                for index, (name, (how, lib)) in enumerate(self.contenders.items()):
+                    if how == "plain":
+                        self._run(name, registry, f"bench/first-{index}:1", caches[lib])
+                self._run("skopeo", registry, "bench/first-skopeo:1", None)
+                self.warm = (registry, caches)
                 yield
         finally:
             self.warm = None
-            shutil.rmtree(cache, ignore_errors=True)
+            for cache in caches.values():
+                shutil.rmtree(cache, ignore_errors=True)
 
     def _run(self, name, registry, repo_tag, cache):
         target = f"docker://{registry.host}/{repo_tag}"
-        env = client_env(XDG_CACHE_HOME=cache)
-        if name == "docker-dir":
-            argv = docker_dir("push") if self.lib == LIB else [PY, "-c", PLAIN.format(lib=self.lib)]
+        env = client_env(**({"XDG_CACHE_HOME": cache} if cache else {}))
+        how, lib = self.contenders.get(name, (None, None))
+        if how == "plain":
+            argv = docker_dir("push") if lib == LIB else [PY, "-c", PLAIN.format(lib=lib)]
             return run_timed(argv + ["-q", self.image_dir, target], env=env)
-        if name == "docker-dir, probed":
-            return self._probed(target, env)
+        if how == "probed":
+            return self._probed(name, lib, target, env)
         if name == "skopeo":
             return run_timed(["skopeo", "copy", "-q", "--dest-compress", f"dir:{self.skopeo_dir}", target], env=env)
         return run_timed(["sh", "-c", CURL_PUT, "sh", registry.url, self.ca.cert, self.gzipped,
                           "sha256:" + self.gzipped_hex], env=env)
 
-    def _probed(self, target, env):
+    def _probed(self, name, lib, target, env):
         out = tempfile.mkdtemp(prefix="probe-", dir=self.work)
         spawned = time.monotonic()
-        proc = subprocess.run([PY, PROBE, out, self.lib, "-q", self.image_dir, target], env=env,
+        proc = subprocess.run([PY, PROBE, out, lib, "-q", self.image_dir, target], env=env,
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         exited = time.monotonic()
         if proc.returncode:
             raise RuntimeError(f"the probed push failed ({proc.returncode}): "
                                f"{proc.stderr.decode(errors='replace')[-800:]}")
-        self.probes.append(analyse(out, spawned, exited, self.lib))
+        self.probes[name].append(analyse(out, spawned, exited, lib))
         shutil.rmtree(out, ignore_errors=True)
         return exited - spawned
 
@@ -313,21 +328,28 @@ def the_layer(image_dir):
 
 # -- the report --------------------------------------------------------------------
 
-def report(measured, layer_mib, image_size, walls, loads, probe, floor, startup, show_requests, warm):
-    lines = []
-    say = lines.append
+def report(measured, codes, layer_mib, image_size, walls, loads, probes, floor, startups, show_requests, warm):
+    """The whole text: wall times, then one section per probed tree (probes: {name: analysis})."""
     med = {name: statistics.median(values) for name, values in walls.items()}
     how = ("caches warm: the unchanged image to a new repository of one registry both tools pushed it to, "
            "their caches kept" if warm else "caches cleared, a fresh registry per run")
-    say(f"push profile: {image_size / 1e6:.0f} MB image, one {layer_mib} MiB layer (random bytes) on busybox, "
-        f"TLS loopback registry, {how}; docker-dir: {measured['code']}, "
-        f"{measured['utc']} UTC, load average {min(loads):.1f}-{max(loads):.1f} over the runs")
-    say("")
-    say(f"wall time, median of {len(walls['docker-dir'])} interleaved runs (fastest-slowest):")
+    lines = [f"push profile: {image_size / 1e6:.0f} MB image, one {layer_mib} MiB layer (random bytes) on busybox, "
+             f"TLS loopback registry, {how}; docker-dir: {'; '.join(codes)}, {measured['utc']} UTC, load average "
+             f"{min(loads):.1f}-{max(loads):.1f} over the runs", "",
+             f"wall time, median of {len(walls['skopeo'])} interleaved runs (fastest-slowest):"]
+    width = max(len(name) for name in walls) + 2
     for name in walls:
         ratio = f"  {med[name] / med['skopeo']:.2f}x skopeo" if name != "skopeo" else ""
-        say(f"  {name:<22} {med[name]:6.2f} s  ({min(walls[name]):.2f}-{max(walls[name]):.2f}){ratio}")
-    say("")
+        lines.append(f"  {name:<{width}} {med[name]:6.2f} s  ({min(walls[name]):.2f}-{max(walls[name]):.2f}){ratio}")
+    for name, probe in probes.items():
+        lines += ["", f"== {name} =="] if len(probes) > 1 else [""]
+        lines += probe_report(probe, floor, startups[name], show_requests)
+    return "\n".join(lines)
+
+
+def probe_report(probe, floor, startup, show_requests):
+    lines = []
+    say = lines.append
     say(f"the probed run shown: {probe['wall']:.2f} s (the median probed run)")
     say(f"  {'interpreter start-up':<44} {ms(probe['startup']):>6} ms")
     say(f"  {'import docker_dir.cli.push':<44} {ms(probe['imports']):>6} ms")
@@ -409,7 +431,7 @@ def report(measured, layer_mib, image_size, walls, loads, probe, floor, startup,
     if probe["missing"]:
         say("")
         say("NOT MEASURED (patch targets missing in this Python): " + ", ".join(probe["missing"]))
-    return "\n".join(lines)
+    return lines
 
 
 def code_of(lib):
@@ -430,11 +452,15 @@ def main():
     parser.add_argument("--warm", action="store_true",
                         help="profile the warm push instead: the unchanged image to a new repository of a registry "
                              "both tools pushed it to, caches kept")
-    parser.add_argument("--lib", default=LIB, help="profile the docker_dir package of this lib/ directory instead "
-                                                   "of this checkout's (e.g. another worktree's)")
+    parser.add_argument("--lib", action="append", help="profile the docker_dir package of this lib/ directory "
+                                                       "instead of this checkout's; several: interleaved, a "
+                                                       "before/after in one run")
     args = parser.parse_args()
-    args.lib = os.path.abspath(args.lib)
-    subprocess.run([PY, "-m", "compileall", "-q", args.lib], check=True, stdout=subprocess.DEVNULL)
+    libs = {}
+    for lib in [os.path.abspath(path) for path in args.lib or [LIB]]:
+        subprocess.run([PY, "-m", "compileall", "-q", lib], check=True, stdout=subprocess.DEVNULL)
+        label = code_of(lib).split(" ")[0]
+        libs[label if label not in libs else f"{label}#{len(libs) + 1}"] = lib
     for tool in ("docker-registry", "skopeo", "openssl", "curl"):
         if not shutil.which(tool):
             raise SystemExit(f"bench_push_profile needs {tool} (the Debian package of that name)")
@@ -447,8 +473,8 @@ def main():
         gzipped = os.path.join(work, "layer.gz")
         gzipped_hex, _ = gzip_layer(layer, gzipped)
         ca = ThrowawayCA(os.path.join(work, "ca"))
-        runs = Runs(args.lib, work, ca, image_dir, skopeo_dir, gzipped, gzipped_hex)
-        contenders = WARM_CONTENDERS if args.warm else CONTENDERS
+        runs = Runs(libs, work, ca, image_dir, skopeo_dir, gzipped, gzipped_hex)
+        contenders = list(runs.contenders) + list(PEERS[:1] if args.warm else PEERS)
         print(f"bench_push_profile: {image_size / 1e6:.0f} MB image, {args.runs} rounds of {', '.join(contenders)} "
               f"after one warm-up round{', caches warm' if args.warm else ''}", file=sys.stderr, flush=True)
         walls, loads = {name: [] for name in contenders}, []
@@ -460,13 +486,14 @@ def main():
                     wall = runs.once(name)
                     if round_:
                         walls[name].append(wall)
-        runs.probes = runs.probes[1:]  # the warm-up's
+        probes = {name: sorted(found[1:], key=lambda p: p["wall"])  # without the warm-up's
+                  for name, found in runs.probes.items()}
         floor = floors(layer, work)
-        startup = startup_floors(args.lib)
-    by_wall = sorted(runs.probes, key=lambda p: p["wall"])
-    probe = by_wall[(len(by_wall) - 1) // 2]
-    measured = {**measured_at(), "code": code_of(args.lib)}
-    text = report(measured, args.layer_mib, image_size, walls, loads, probe, floor, startup, args.requests,
+        startups = {name: startup_floors(runs.contenders[name][1]) for name in probes}
+    shown = {name: found[(len(found) - 1) // 2] for name, found in probes.items()}
+    measured = measured_at()
+    codes = [code_of(lib) for lib in libs.values()]
+    text = report(measured, codes, args.layer_mib, image_size, walls, loads, shown, floor, startups, args.requests,
                   args.warm)
     print(text)
     os.makedirs(RESULTS, exist_ok=True)
@@ -475,8 +502,8 @@ def main():
         out.write(text + "\n")
     with open(os.path.join(RESULTS, f"{name}.json"), "w") as out:
         json.dump({"bench": name, "quick": quick_mode(), "rows": [], "measured": measured, "warm": args.warm,
-                   "info": {"walls": walls, "loads": loads, "probes": runs.probes, "floors": floor,
-                            "startup": startup, "image_size": image_size, "layer_mib": args.layer_mib}},
+                   "info": {"codes": codes, "walls": walls, "loads": loads, "probes": probes, "floors": floor,
+                            "startups": startups, "image_size": image_size, "layer_mib": args.layer_mib}},
                   out, indent=1)
 
 
