@@ -1,100 +1,36 @@
 #!/usr/bin/env python3
-"""Issue 22: `docker-dir-push DIR docker://REG/NAME:TAG` of the bench image (saved first with
+"""Issues 22 and 26: `docker-dir-push DIR docker://REG/NAME:TAG` (DIR saved first with
 docker-dir-save) against `skopeo copy --dest-compress dir:… docker://…` (the same image as
-skopeo's dir: layout, gzip like docker-dir) and against `docker push` (which gzips too), to a
-loopback registry (Debian's docker-registry, plain HTTP); then a re-push after a 1 MiB new
-top layer, counting the bytes each client sends.
+skopeo's dir: layout, gzip like docker-dir) and, on the bench image, against `docker push`
+(which gzips too), to a loopback TLS registry (Debian's docker-registry, a throwaway CA
+that docker-dir and skopeo both find in /etc/docker/certs.d: registrylib.py). Two image
+shapes: the 547 MB bench image (5 layers) and 150 MiB of one layer on busybox. Then, on
+the bench image, a re-push after a 1 MiB new top layer, counting the bytes each client
+sends (plain HTTP, so the count is HTTP's alone).
 
-Every timed run pushes into a registry started for it (untimed), so no client can mount or
+Every cold run pushes into a registry started for it (untimed), so no client can mount or
 skip a blob a run before left there, and nothing in it is cached by anyone: docker-dir gets
 an empty XDG_CACHE_HOME (it compresses every layer), skopeo's blob-info cache
 (/var/lib/containers/cache/blob-info-cache-v1.boltdb) is removed, docker push finds a
-registry it never saw. A second figure, labelled "caches warm", pushes the unchanged image
-to a new repository of a registry the client already pushed it to: all three then mount.
+registry it never saw. "Caches warm" pushes the unchanged image to a new repository of a
+registry the client already pushed it to, caches kept: all of them then mount.
+
+usage: bench_push.py [--shape 5-layer|1-layer ...]   (default: both; results/push.json holds
+the 5-layer rows, results/push-1layer.json the 1-layer ones)
 """
-import json
+import argparse
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import threading
-import time
-import urllib.request
 
-from benchlib import (bench_image, docker_dir, interleaved, median, quick_mode, rebuilt_image, row, run_timed,
-                      workdir, write_results)
+from benchlib import (bench_image, docker_dir, interleaved, load_note, median, quick_mode, rebuilt_image,
+                     registry_shapes, row, run_timed, workdir, write_results)
+from registrylib import LoopbackRegistry, ThrowawayCA, client_env
 
 SKOPEO_CACHE = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LoopbackRegistry:
-    """`docker-registry serve` on a free 127.0.0.1 port with its own storage (plain HTTP:
-    docker, and docker-dir, speak it to loopback hosts without configuration)."""
-
-    def __init__(self, root):
-        self.dir = tempfile.mkdtemp(prefix="registry-", dir=root)
-        self.process = None
-        self.port = None
-
-    @property
-    def host(self):
-        return f"127.0.0.1:{self.port}"
-
-    def start(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        for _attempt in range(5):
-            self.port = free_port()
-            config = {"version": 0.1, "log": {"level": "error"},
-                      "storage": {"filesystem": {"rootdirectory": os.path.join(self.dir, "storage")},
-                                  "delete": {"enabled": True}},
-                      "http": {"addr": self.host, "secret": os.urandom(16).hex()}}
-            path = os.path.join(self.dir, "config.yml")
-            with open(path, "w") as out:
-                json.dump(config, out)  # JSON is YAML
-            log = open(os.path.join(self.dir, "log"), "ab")
-            self.process = subprocess.Popen(["docker-registry", "serve", path], stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-            log.close()
-            if self._ready():
-                return self
-        raise RuntimeError(f"docker-registry did not start: see {self.dir}/log")
-
-    def _ready(self):
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False  # its port was taken meanwhile: another one
-            try:
-                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2) as answer:
-                    if answer.status == 200:
-                        return True
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"docker-registry on {self.host} did not answer within 30 s")
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 class CountingRelay:
@@ -158,51 +94,71 @@ def run_quiet(argv, **kwargs):
 
 
 class Contenders:
-    """The three ways to push one image (docker-dir's DIR, skopeo's dir:, the engine's ref)."""
+    """The ways to push one image (docker-dir's DIR, skopeo's dir:, the engine's ref)."""
 
-    NAMES = ("docker-dir", "skopeo", "docker push")
+    def __init__(self, ref, image_dir, skopeo_dir):
+        self.ref, self.image_dir, self.skopeo_dir = ref, image_dir, skopeo_dir
 
-    def __init__(self, work, ref, image_dir, skopeo_dir):
-        self.work, self.ref, self.image_dir, self.skopeo_dir = work, ref, image_dir, skopeo_dir
-
-    def argv(self, name, host, repo_tag, cache):
+    def argv(self, name, registry, repo_tag, cache):
+        target = f"docker://{registry.host}/{repo_tag}"
         if name == "docker-dir":
-            return docker_dir("push", "-q", self.image_dir, f"docker://{host}/{repo_tag}"), \
-                {"env": {**os.environ, "XDG_CACHE_HOME": cache}}
+            return docker_dir("push", "-q", self.image_dir, target), {"env": client_env(XDG_CACHE_HOME=cache)}
         if name == "skopeo":
-            return ["skopeo", "copy", "-q", "--dest-compress", "--dest-tls-verify=false", f"dir:{self.skopeo_dir}",
-                    f"docker://{host}/{repo_tag}"], {}
-        return ["docker", "push", f"{host}/{repo_tag}"], {}
+            # TLS verified with the CA in certs.d, as docker-dir does; plain HTTP needs the flag
+            tls = [] if registry.ca else ["--dest-tls-verify=false"]
+            return ["skopeo", "copy", "-q", "--dest-compress", *tls, f"dir:{self.skopeo_dir}", target], \
+                {"env": client_env()}
+        return ["docker", "push", f"{registry.host}/{repo_tag}"], {}
 
-    def push(self, name, host, repo_tag, cache, timed=True):
+    def push(self, name, registry, repo_tag, cache, timed=True):
         """Wall time of one push (docker push: tagged first, untagged after, both untimed)."""
         if name == "docker push":
-            run_quiet(["docker", "tag", self.ref, f"{host}/{repo_tag}"])
-        argv, kwargs = self.argv(name, host, repo_tag, cache)
+            run_quiet(["docker", "tag", self.ref, f"{registry.host}/{repo_tag}"])
+        argv, kwargs = self.argv(name, registry, repo_tag, cache)
         try:
             return run_timed(argv, **kwargs) if timed else run_quiet(argv, **kwargs)
         finally:
             if name == "docker push":
-                run_quiet(["docker", "rmi", f"{host}/{repo_tag}"])
+                run_quiet(["docker", "rmi", f"{registry.host}/{repo_tag}"])
+
+
+class _Relayed:
+    """A registry as seen through a CountingRelay (what Contenders.push needs of it)."""
+
+    def __init__(self, relay, registry):
+        self.host, self.ca = relay.host, registry.ca
 
 
 def main():
-    quick = quick_mode()
-    layers = [8] * 4 if quick else [130] * 4
-    runs = 2 if quick else 5
-    for tool in ("docker-registry", "skopeo"):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", action="append", choices=sorted(registry_shapes()),
+                        help="only this image shape (repeatable; default: all)")
+    args = parser.parse_args()
+    for tool in ("docker-registry", "skopeo", "openssl"):
         if not shutil.which(tool):
             raise SystemExit(f"bench_push needs {tool} (the Debian package of that name)")
-    with bench_image(layers) as (ref, image_id, image_size), workdir("push") as work:
-        image_dir = os.path.join(work, "image")
+    with workdir("push") as work:
+        ca = ThrowawayCA(os.path.join(work, "ca"))
+        for shape, layers in registry_shapes(args.shape).items():
+            measure_shape(shape, layers, work, ca)
+
+
+def measure_shape(shape, layers, work, ca):
+    quick = quick_mode()
+    bench_shape = shape == "5-layer"  # the bench image: docker push and the re-push there too
+    names = ("docker-dir", "skopeo", "docker push") if bench_shape else ("docker-dir", "skopeo")
+    runs = 2 if quick else (5 if bench_shape else 7)
+    with bench_image(layers) as (ref, image_id, image_size):
+        image_dir = os.path.join(work, f"image-{shape}")
         run_quiet(docker_dir("save", "-q", ref, image_dir))
-        skopeo_dir = os.path.join(work, "skopeo-dir")
+        skopeo_dir = os.path.join(work, f"skopeo-dir-{shape}")
         # skopeo's own layout of the same image: the engine's config, layers uncompressed
         run_quiet(["skopeo", "copy", "-q", "--format", "v2s2", f"docker-daemon:{ref}", f"dir:{skopeo_dir}"])
-        contenders = Contenders(work, ref, image_dir, skopeo_dir)
-        names = Contenders.NAMES
-        print(f"bench_push: image {image_size / 1e6:.0f} MB ({len(layers)} random layers of {layers[0]} MiB on "
-              f"busybox), {runs} interleaved runs each after 1 warm-up, a new registry per run", flush=True)
+        contenders = Contenders(ref, image_dir, skopeo_dir)
+        label = (f"{image_size / 1e6:.0f} MB image, {len(layers) + 1} layers" if bench_shape else
+                 f"{image_size / 1e6:.0f} MB image, one {layers[0]} MiB layer on busybox")
+        print(f"bench_push [{shape}]: {label} (random bytes), {runs} interleaved runs each after 1 warm-up, "
+              "a new TLS registry per cold run", flush=True)
 
         # 1. cold: a new registry per run, no client cache
         registry = {}
@@ -210,102 +166,112 @@ def main():
         def before_cold(name):
             if registry:
                 registry.pop("current").stop()
-            registry["current"] = LoopbackRegistry(work).start()
+            registry["current"] = LoopbackRegistry(work, ca).start()
             if name == "skopeo":
                 forget_skopeo_cache()
 
         def cold(name):
             cache = tempfile.mkdtemp(prefix="xdg-cache-", dir=work)
             try:
-                return contenders.push(name, registry["current"].host, "bench/image:1", cache)
+                return contenders.push(name, registry["current"], "bench/image:1", cache)
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
 
-        cpu = {}
+        cpu, loads = {}, []
         try:
             times = interleaved({name: (lambda n=name: cold(n)) for name in names}, runs, before_each=before_cold,
-                                cpu=cpu)
+                                cpu=cpu, loads=loads)
         finally:
             if registry:
                 registry.pop("current").stop()
 
         # 2. caches warm: the same image to a new repository of a registry each client pushed it to
-        with LoopbackRegistry(work) as warm_registry:
+        warm_cpu, warm_loads = {}, []
+        with LoopbackRegistry(work, ca) as warm_registry:
             warm_cache = tempfile.mkdtemp(prefix="xdg-cache-", dir=work)
             forget_skopeo_cache()
             for name in names:
-                contenders.push(name, warm_registry.host, "bench/first:1", warm_cache, timed=False)
+                contenders.push(name, warm_registry, "bench/first:1", warm_cache, timed=False)
             counter = {"n": 0}
 
             def warm(name):
                 counter["n"] += 1
-                return contenders.push(name, warm_registry.host, f"bench/warm-{counter['n']}:1", warm_cache)
+                return contenders.push(name, warm_registry, f"bench/warm-{counter['n']}:1", warm_cache)
 
-            warm_times = interleaved({name: (lambda n=name: warm(n)) for name in names}, runs)
+            warm_times = interleaved({name: (lambda n=name: warm(n)) for name in names}, runs, cpu=warm_cpu,
+                                     loads=warm_loads)
+            shutil.rmtree(warm_cache, ignore_errors=True)
 
         # 3. a re-push after a 1 MiB new top layer, through a byte-counting relay
-        repush_bytes = {}
-        with rebuilt_image(ref, 1) as (new_ref, _new_id):
-            new_dir = os.path.join(work, "rebuilt")
-            run_quiet(docker_dir("save", "-q", new_ref, new_dir))
-            new_skopeo_dir = os.path.join(work, "rebuilt-skopeo-dir")
-            run_quiet(["skopeo", "copy", "-q", "--format", "v2s2", f"docker-daemon:{new_ref}",
-                       f"dir:{new_skopeo_dir}"])
-            rebuilt = Contenders(work, new_ref, new_dir, new_skopeo_dir)
-            new_layer = None
-            for name in names:
-                with LoopbackRegistry(work) as target:
-                    relay = CountingRelay(target.port)
-                    cache = tempfile.mkdtemp(prefix="xdg-cache-", dir=work)
-                    forget_skopeo_cache()
-                    try:
-                        contenders.push(name, relay.host, "bench/app:1", cache, timed=False)
-                        before = relay.sent
-                        rebuilt.push(name, relay.host, "bench/app:1", cache, timed=False)
-                        repush_bytes[name] = relay.sent - before
-                        if name == "docker-dir":
-                            new_layer = top_layer_size(target.host, "bench/app", "1")
-                    finally:
-                        relay.close()
-                        shutil.rmtree(cache, ignore_errors=True)
+        repush_bytes, new_layer = ({}, None) if not bench_shape else measure_repush(contenders, ref, work, names)
 
     med = {n: median(times[n]) for n in names}
     warm_med = {n: median(warm_times[n]) for n in names}
-    cpu_note = ", ".join(f"{n} {median(cpu[n]):.2f} s" for n in names)
-    size_note = f"{image_size / 1e6:.0f} MB image, {len(layers) + 1} layers, gzip"
+    size_note = f"{label}, gzip, TLS registry"
     cold_note = (f"{runs} runs, median; each run into a registry started for it; docker-dir with an empty "
                  "XDG_CACHE_HOME every run (its cache of compressed digests would spare it the compression of "
                  "layers a registry already has), skopeo's blob-info cache removed before each run, skopeo "
-                 "reading its own dir: copy of the image (uncompressed layers); fastest run: "
+                 "reading its own dir: copy of the image (uncompressed layers); both verify the registry's "
+                 "certificate with the CA in /etc/docker/certs.d; fastest run: "
                  + ", ".join(f"{n} {min(times[n]):.2f} s" for n in names)
-                 + f"; median client CPU (user+sys; docker push's work is in dockerd, not counted): {cpu_note}")
-    rows = [
-        row(f"push wall time, cold ({size_note})", "s", med["docker-dir"], med["skopeo"], None, goal=1.0,
-            baseline="skopeo copy --dest-compress", note=cold_note),
-        row(f"push wall time, cold, vs docker push ({size_note})", "s", med["docker-dir"], med["docker push"], None,
-            baseline="docker push", note="the same runs as the row above"),
-        row("push wall time, caches warm: the unchanged image to a new repository", "s", warm_med["docker-dir"],
-            warm_med["skopeo"], None, baseline="skopeo copy (cache kept)",
-            note=f"{runs} runs, median, one registry each client already pushed the image to: docker-dir "
-                 "(its cache kept), skopeo (its blob-info cache kept) and docker push all mount every blob "
-                 f"instead of sending it; docker push {warm_med['docker push']:.2f} s"),
-        row("re-push after a 1 MiB new top layer: bytes sent", "bytes", repush_bytes["docker-dir"], new_layer, None,
-            goal=1.1, baseline="the new layer, gzipped",
-            note=f"request bytes through a counting TCP relay, HTTP headers included, each client re-pushing "
-                 f"to the repository it pushed the old image to: docker-dir {repush_bytes['docker-dir']} B, "
-                 f"skopeo {repush_bytes['skopeo']} B (its blob-info cache kept from the first push), docker push "
-                 f"{repush_bytes['docker push']} B; the new layer is {new_layer} B gzipped"),
-    ]
-    write_results("push", rows, {"runs": runs, "layers_mib": layers, "image_size": image_size, "times": times,
-                                 "cpu": cpu, "warm_times": warm_times, "repush_bytes": repush_bytes,
-                                 "new_layer": new_layer})
+                 + "; median client CPU (user+sys" + ("; docker push's work is in dockerd, not counted" if
+                                                      bench_shape else "") + "): "
+                 + ", ".join(f"{n} {median(cpu[n]):.2f} s" for n in names) + f"; {load_note(loads)}")
+    rows = [row(f"push wall time, cold ({size_note})", "s", med["docker-dir"], med["skopeo"], None, goal=1.0,
+                baseline="skopeo copy --dest-compress", note=cold_note)]
+    if bench_shape:
+        rows.append(row(f"push wall time, cold, vs docker push ({size_note})", "s", med["docker-dir"],
+                        med["docker push"], None, baseline="docker push", note="the same runs as the row above"))
+    rows.append(row(f"push wall time, caches warm: the unchanged image to a new repository ({label})", "s",
+                    warm_med["docker-dir"], warm_med["skopeo"], None, goal=1.0, baseline="skopeo copy (cache kept)",
+                    note=f"{runs} runs, median, one TLS registry each client already pushed the image to: docker-dir "
+                         "(its cache kept), skopeo (its blob-info cache kept)"
+                         + (" and docker push" if bench_shape else "") + " mount every blob instead of sending it"
+                         + (f"; docker push {warm_med['docker push']:.2f} s" if bench_shape else "")
+                         + "; median client CPU: " + ", ".join(f"{n} {median(warm_cpu[n]) * 1000:.0f} ms"
+                                                                for n in names)
+                         + f"; {load_note(warm_loads)}"))
+    if bench_shape:
+        rows.append(row("re-push after a 1 MiB new top layer: bytes sent", "bytes", repush_bytes["docker-dir"],
+                        new_layer, None, goal=1.1, baseline="the new layer, gzipped",
+                        note=f"request bytes through a counting TCP relay to a plain HTTP registry, HTTP headers "
+                             f"included, each client re-pushing to the repository it pushed the old image to: "
+                             f"docker-dir {repush_bytes['docker-dir']} B, skopeo {repush_bytes['skopeo']} B (its "
+                             f"blob-info cache kept from the first push), docker push "
+                             f"{repush_bytes['docker push']} B; the new layer is {new_layer} B gzipped"))
+    write_results("push" if bench_shape else "push-1layer", rows,
+                  {"shape": shape, "runs": runs, "layers_mib": layers, "image_size": image_size, "times": times,
+                   "cpu": cpu, "loads": loads, "warm_times": warm_times, "warm_cpu": warm_cpu,
+                   "warm_loads": warm_loads, "repush_bytes": repush_bytes, "new_layer": new_layer})
 
 
-def top_layer_size(host, repo, tag):
-    request = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{tag}",
-                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.loads(answer.read())["layers"][-1]["size"]
+def measure_repush(contenders, ref, work, names):
+    """Bytes each client sends re-pushing the image rebuilt with a 1 MiB top layer to the
+    repository it pushed the old one to: ({name: bytes}, the new layer's gzipped size)."""
+    repush_bytes, new_layer = {}, None
+    with rebuilt_image(ref, 1) as (new_ref, _new_id):
+        new_dir = os.path.join(work, "rebuilt")
+        run_quiet(docker_dir("save", "-q", new_ref, new_dir))
+        new_skopeo_dir = os.path.join(work, "rebuilt-skopeo-dir")
+        run_quiet(["skopeo", "copy", "-q", "--format", "v2s2", f"docker-daemon:{new_ref}", f"dir:{new_skopeo_dir}"])
+        rebuilt = Contenders(new_ref, new_dir, new_skopeo_dir)
+        for name in names:
+            with LoopbackRegistry(work) as target:
+                relay = CountingRelay(target.port)
+                relayed = _Relayed(relay, target)
+                cache = tempfile.mkdtemp(prefix="xdg-cache-", dir=work)
+                forget_skopeo_cache()
+                try:
+                    contenders.push(name, relayed, "bench/app:1", cache, timed=False)
+                    before = relay.sent
+                    rebuilt.push(name, relayed, "bench/app:1", cache, timed=False)
+                    repush_bytes[name] = relay.sent - before
+                    if name == "docker-dir":
+                        new_layer = target.manifest("bench/app", "1")["layers"][-1]["size"]
+                finally:
+                    relay.close()
+                    shutil.rmtree(cache, ignore_errors=True)
+    return repush_bytes, new_layer
 
 
 if __name__ == "__main__":

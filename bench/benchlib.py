@@ -29,6 +29,10 @@ PY = os.path.abspath(sys.executable)
 MiB = 1024 * 1024
 # The save row where fixed costs show: about 150 MB of image, 4 random layers on busybox.
 SAVE_150_LAYERS = [35] * 4
+# The registry benches' two image shapes (issue 26): the bench image, and one large layer on
+# busybox, as a typical application image is (150 MiB of random bytes: ~157 MB gzipped).
+REGISTRY_SHAPES = {"5-layer": [130] * 4, "1-layer": [150]}
+REGISTRY_SHAPES_QUICK = {"5-layer": [8] * 4, "1-layer": [8]}
 # The cold exec row where fixed costs show: a base of busybox + 1 MiB, rebuilt with 1 MiB more.
 SMALL_BASE_LAYERS = [1]
 
@@ -44,6 +48,12 @@ def adapter(*args):
 
 def quick_mode():
     return os.environ.get("BENCH_QUICK") == "1"
+
+
+def registry_shapes(chosen=None):
+    """{shape name: layer sizes in MiB} of the registry benches, all or those chosen."""
+    shapes = REGISTRY_SHAPES_QUICK if quick_mode() else REGISTRY_SHAPES
+    return {name: shapes[name] for name in (chosen or shapes)}
 
 
 # -- images ------------------------------------------------------------------
@@ -144,11 +154,12 @@ def run_timed(argv, **kwargs):
     return elapsed
 
 
-def interleaved(contenders, runs, before_each=None, warmup=1, cpu=None):
+def interleaved(contenders, runs, before_each=None, warmup=1, cpu=None, loads=None):
     """Time each contender `runs` times, round-robin, so drift on a shared engine
     hits all of them alike. contenders: {name: argv or callable}. Returns {name: [s]}.
     With a dict `cpu`, also fills {name: [user+sys s of the child processes]}: a figure
-    that waiting for a busy CPU does not inflate."""
+    that waiting for a busy CPU does not inflate. With a list `loads`, appends the 1-minute
+    load average at the start of each round."""
     def once(name, what):
         if before_each:
             before_each(name)
@@ -162,12 +173,19 @@ def interleaved(contenders, runs, before_each=None, warmup=1, cpu=None):
             once(name, what)
     samples = {name: [] for name in contenders}
     for _ in range(runs):
+        if loads is not None:
+            loads.append(round(os.getloadavg()[0], 2))
         for name, what in contenders.items():
             elapsed, cpu_time = once(name, what)
             samples[name].append(elapsed)
             if cpu is not None:
                 cpu.setdefault(name, []).append(cpu_time)
     return samples
+
+
+def load_note(loads):
+    """The 1-minute load average over a measurement, for its note."""
+    return f"load average {min(loads):.1f}-{max(loads):.1f} during the runs" if loads else ""
 
 
 def median(values):
@@ -248,13 +266,16 @@ def fmt(value, unit):
 
 
 def measured_at():
-    """Which code, when, and how busy the machine was: recorded with every row, since the
-    table merges rows of runs made at different times."""
+    """Which code (the commit that last changed lib/, bin/ or pyproject.toml), when, and how
+    busy the machine was: recorded with every row, since the table merges rows of runs
+    made at different times."""
     git = local["git"]["-C", CHECKOUT]
-    commit = git("rev-parse", "--short", "HEAD").strip()
-    if git("status", "--porcelain", "--", "lib", "bin").strip():
+    code = ("lib", "bin", "pyproject.toml")
+    # the code measured: the last commit that changed it (a bench-only commit after it changes nothing)
+    commit = git("log", "-1", "--format=%h", "HEAD", "--", *code).strip()
+    if git("status", "--porcelain", "--", *code).strip():
         commit += "+uncommitted"
-    return {"commit": commit, "utc": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
+    return {"commit": commit, "head": git("rev-parse", "--short", "HEAD").strip(), "utc": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}",
             "load": [round(x, 1) for x in os.getloadavg()]}
 
 

@@ -14,7 +14,7 @@ from plumbum import local
 
 from benchlib import BENCH, PY, RESULTS, fmt, ratio
 
-ORDER = ("id", "save", "exec", "charliecloud", "pull", "push")
+ORDER = ("id", "save", "exec", "charliecloud", "pull", "pull-1layer", "push", "push-1layer")
 
 
 def load_benches():
