@@ -8,12 +8,14 @@ manifest digest; `compressor_id` names the library, its version and the level, s
 remembered from one are never expected of another.
 
 A CompressedLayer is read as a stream (no work file: the upload overlaps the
-compression), and read again from any offset (compression cannot seek: the bytes before
+compression, made by a thread of its own), and read again from any offset (compression cannot seek: the bytes before
 it are made again, and dropped). The uncompressed layer is hashed as it is read and,
 at its end, checked against the digests that name it: the registry sees only the
 compressed bytes, and would take a damaged layer for a new one.
 """
 import hashlib
+import queue
+import threading
 
 from ..errors import VerifyError
 from ..fs import open_regular
@@ -25,6 +27,7 @@ from .verify import CORRUPT
 GZIP_LEVEL = 2
 ZSTD_LEVEL = 3
 _GZIP_WBITS = 31  # a gzip wrapper; ISA-L writes mtime 0 and no name
+_AHEAD = 64  # compressed pieces (up to CHUNK each) made ahead of the reads
 
 
 def compressor_id(method):
@@ -64,51 +67,79 @@ def _compressor(method):
 
 
 class _Reader:
+    """The compressed bytes, made by a thread of their own a few MiB ahead of the reads: the
+    reading thread sends them (TLS, the network) while the next ones are compressed and
+    hashed (ISA-L, zstd and hashlib let go of the GIL)."""
+
     def __init__(self, layer, skip):
-        self._layer = layer
-        self._source = open_regular(layer.path)
-        self._source_hash = hashlib.sha256()
-        self._hash = hashlib.sha256()
-        self._compressor = _compressor(layer.method)
-        self._skip = skip  # compressed bytes still to drop before the first one returned
+        self._queue = queue.Queue(maxsize=_AHEAD)
+        self._stop = threading.Event()
         self._buffer = bytearray()
         self._ended = False
         self.size = 0
         self.digest = None  # hex, once the end was read
+        self._thread = threading.Thread(target=self._produce, args=(layer, skip), name="compress", daemon=True)
+        self._thread.start()
 
     def read(self, size=-1):
         while not self._ended and (size < 0 or len(self._buffer) < size):
-            self._fill()
+            item = self._queue.get()
+            if isinstance(item, bytes):
+                self._buffer += item
+            elif isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            else:
+                self._ended = True
+                self.digest, self.size = item
         if size < 0:
             size = len(self._buffer)
         data = bytes(self._buffer[:size])
         del self._buffer[:size]  # cheap at a bytearray's start
         return data
 
-    def _fill(self):
-        data = self._source.read(CHUNK)
-        if data:
-            self._source_hash.update(data)
-            self._add(self._compressor.compress(data))
-            return
-        self._add(self._compressor.flush())
-        self._ended = True
-        self.digest = self._hash.hexdigest()
-        actual = self._source_hash.hexdigest()
-        wrong = sorted(self._layer.expected - {actual})
-        if wrong:
-            raise VerifyError(f"{self._layer.path}: content sha256:{short(actual)} does not match its digest "
-                              f"sha256:{short(wrong[0])}; {CORRUPT}")
-
-    def _add(self, made):
-        if not made:
-            return
-        self._hash.update(made)
-        self.size += len(made)
-        if self._skip:
-            dropped = min(self._skip, len(made))
-            made, self._skip = made[dropped:], self._skip - dropped
-        self._buffer += made
-
     def close(self):
-        self._source.close()
+        self._stop.set()
+        while self._thread.is_alive():  # a producer blocked on a full queue: make room until it sees the stop
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def _produce(self, layer, skip):
+        try:
+            source_hash, made_hash, size = hashlib.sha256(), hashlib.sha256(), 0
+            compressor = _compressor(layer.method)
+            with open_regular(layer.path) as source:
+                while True:
+                    data = source.read(CHUNK)
+                    made = compressor.compress(data) if data else compressor.flush()
+                    source_hash.update(data)
+                    made_hash.update(made)
+                    size += len(made)
+                    if skip:
+                        dropped = min(skip, len(made))
+                        made, skip = made[dropped:], skip - dropped
+                    if made and not self._put(made):
+                        return
+                    if not data:
+                        break
+            actual = source_hash.hexdigest()
+            wrong = sorted(layer.expected - {actual})
+            if wrong:
+                raise VerifyError(f"{layer.path}: content sha256:{short(actual)} does not match its digest "
+                                  f"sha256:{short(wrong[0])}; {CORRUPT}")
+            self._put((made_hash.hexdigest(), size))
+        except BaseException as err:  # the reader raises it
+            self._put(err)
+
+    def _put(self, item):
+        """Queue `item` for the reader; False once the reader closed."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False

@@ -643,6 +643,9 @@ class _Body:
         if self.length is not None:
             size = self.length - self.sent if size < 0 else min(size, self.length - self.sent)
             if size == 0:
+                if self._stream.read(1):  # read to its end: a stream checks what it read there
+                    raise BadImageDir("a local blob is larger than its declared size; check the local copy: "
+                                      "docker-dir-id --verify DIR")
                 return b""
         data = self._stream.read(size)
         if not data and self.length is not None:
