@@ -31,10 +31,17 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
+# Set for every process of these sandboxes (pointing at the system's own bundle), and on no
+# user's machine: with them, a client loads the whole bundle where it would look CAs up.
+SANDBOX_TLS_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
 def client_env(**extra):
-    """The environment for the clients measured: no proxy variables (a Python client has no
-    loopback exemption from them), plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    """The environment for the clients measured, as a user's machine has it: no proxy
+    variables (a Python client has no loopback exemption from them), no SSL_CERT_FILE or
+    SSL_CERT_DIR (both tools then trust the system's CAs), plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.lower().endswith("_proxy") and k not in SANDBOX_TLS_VARIABLES}
     env.update(extra)
     return env
 

@@ -228,7 +228,7 @@ class Transport:
 
 def tls_context(where):
     """(SSLContext for host[:port] `where`, whether certs.d named files for it)."""
-    context = ssl.create_default_context()
+    context = _system_context()
     own = False
     for base in CERTS_DIRS:
         directory = os.path.join(base, where)
@@ -249,6 +249,26 @@ def tls_context(where):
                 raise TransportFailure(f"cannot use {path}: {_describe(err)}; fix or remove it",
                                        CERTIFICATE, where) from None
     return context, own
+
+
+def _system_context():
+    """ssl's default context, trusting the system's CAs. Where they are also a hashed
+    directory (c_rehash's links, as Debian and Ubuntu keep /etc/ssl/certs), OpenSSL looks a
+    CA up there when a certificate needs it: loading the whole bundle took 60-90 ms of every
+    registry command (bench/README.md). $SSL_CERT_FILE and $SSL_CERT_DIR are honoured."""
+    paths = ssl.get_default_verify_paths()
+    if os.environ.get(paths.openssl_cafile_env) or not _hashed(paths.capath):
+        return ssl.create_default_context()
+    return ssl.create_default_context(capath=paths.capath)
+
+
+def _hashed(directory):
+    """Whether `directory` holds CAs by their subject hash (NNNNNNNN.0), as OpenSSL looks them up."""
+    try:
+        with os.scandir(directory) as entries:
+            return any(len(entry.name) == 10 and entry.name[8:] == ".0" for entry in entries)
+    except (OSError, TypeError):  # none, or no such directory
+        return False
 
 
 class _Connecting:
