@@ -173,6 +173,14 @@ def main():
 
         cli.replace_process = replace_process
     builtins.__import__ = _timed_import
+    real_exit = getattr(cli, "exit_now", None)  # revisions whose commands end with os._exit
+    if real_exit:
+        def exit_now(code):
+            builtins.__import__ = _real_import
+            dump()
+            real_exit(code)
+
+        cli.exit_now = exit_now
     status = timed("entry_point", cli.entry_point)
     builtins.__import__ = _real_import
     dump()

@@ -10,7 +10,7 @@ import sys
 from ..application.exec import ExecOptions, prune_cache, ready_to_run
 from ..direct import replace_process
 from ..errors import EngineUnavailable, UsageError
-from .common import run, trap_signals
+from .common import exit_now, run, trap_signals
 from .reporting import TerminalReporter, human
 
 PROG = "docker-dir-exec"
@@ -118,4 +118,4 @@ def main(args):
 
 
 def entry_point():
-    return run(PROG, parse, main)
+    exit_now(run(PROG, parse, main))

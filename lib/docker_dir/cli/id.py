@@ -6,7 +6,7 @@ the engine list are imported only for the others, whose parsing would double the
 import os
 
 from ..application.id import describe
-from .common import print_output, run
+from .common import exit_now, print_output, run
 
 PROG = "docker-dir-id"
 _FLAGS = {"--verify": "verify", "--json": "json", "--debug": "debug"}
@@ -95,4 +95,4 @@ def main(args):
 
 
 def entry_point():
-    return run(PROG, parse, main)
+    exit_now(run(PROG, parse, main))

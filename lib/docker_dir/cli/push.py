@@ -5,7 +5,7 @@ import sys
 from ..application.push import COMPRESSIONS, push
 from ..errors import UsageError
 from ..fs import write_if_changed
-from .common import print_output, require_stdout, run, trap_signals
+from .common import exit_now, print_output, require_stdout, run, trap_signals
 from .parser import Parser, add_selectors
 from .reporting import TerminalReporter, human, report_annexed
 
@@ -59,4 +59,4 @@ def main(args):
 
 
 def entry_point():
-    return run(PROG, parse, main)
+    exit_now(run(PROG, parse, main))

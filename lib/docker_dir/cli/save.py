@@ -8,7 +8,7 @@ import sys
 from ..application.save import DirectoryImages, EngineImage, RegistryImage, Selectors, save
 from ..engine import get_engine
 from ..errors import UsageError
-from .common import print_output, require_stdout, run, trap_signals
+from .common import exit_now, print_output, require_stdout, run, trap_signals
 from .parser import Parser, add_engine_option, add_selectors
 from .reporting import TerminalReporter, human, report_annexed
 
@@ -90,4 +90,4 @@ def main(args):
 
 
 def entry_point():
-    return run(PROG, parse, main)
+    exit_now(run(PROG, parse, main))

@@ -1,6 +1,6 @@
 """docker-dir-store: what the blob store holds, and removing what no directory uses."""
 from ..application.store import blob_store
-from .common import print_output, run
+from .common import exit_now, print_output, run
 from .parser import Parser
 from .reporting import human
 
@@ -34,4 +34,4 @@ def main(args):
 
 
 def entry_point():
-    return run(PROG, parse, main)
+    exit_now(run(PROG, parse, main))
