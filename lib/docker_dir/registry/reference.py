@@ -5,8 +5,7 @@ names live under "library/"; no tag and no digest means "latest". The first comp
 a host when it has a "." or ":", is "localhost", or has capitals (a name never does).
 """
 import re
-from dataclasses import dataclass
-from typing import Optional
+from collections import namedtuple
 
 from ..errors import UsageError
 from ..format.names import hex_of_digest, is_hex64, shown, split_host
@@ -23,12 +22,13 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _FORM = "[HOST[:PORT]/]NAME[:TAG][@sha256:HEX]"
 
 
-@dataclass(frozen=True)
-class Reference:
-    registry: str  # as written; "docker.io" for Docker Hub
-    repository: str  # "library/busybox", "team/app"
-    tag: Optional[str]  # None only when a digest names the image
-    digest: Optional[str]  # "sha256:<64 hex>" or None
+class Reference(namedtuple("Reference", "registry repository tag digest")):
+    """An image reference, parsed: `registry` as written ("docker.io" for Docker Hub),
+    `repository` ("library/busybox", "team/app"), `tag` (None only when a digest names the
+    image), `digest` ("sha256:<64 hex>" or None). A named tuple, not a dataclass:
+    dataclasses (and the inspect it imports) took 15 ms of a push's 200 ms of imports."""
+
+    __slots__ = ()
 
     @classmethod
     def parse(cls, text):
