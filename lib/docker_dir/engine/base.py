@@ -122,7 +122,7 @@ class Engine(abc.ABC):
 
     # -- saving (engines with can_save) ----------------------------------------
     def inspect_id(self, ref):
-        """The engine's ID of image `ref`, None when it has no such image."""
+        """The engine's ID of image `ref` ("sha256:<hex>"), None when it has no such image."""
         raise NotImplementedError(f"{self.name} declares can_save = False")
 
     def image_size(self, refs):
