@@ -491,6 +491,34 @@ def test_signal_while_waiting_for_another_load(side_daemon, loads, signum):
         assert (first.returncode, out) == (0, "first\n"), err
 
 
+# -- the presence check outlives nothing ------------------------------------------------
+
+def presence_check(pid):
+    """The `podman image exists` child of docker-dir-exec, once it runs."""
+    return next((child for child in children(pid) if argv_of(child)[1:3] == ["image", "exists"]), None)
+
+
+def test_sigkill_during_the_presence_check_ends_the_check(podman, saved):
+    """The hot path's presence check is a child (`podman image exists`); frozen, then its
+    parent SIGKILLed, it gets the parent-death signal as process.py's children do, instead
+    of staying behind stopped for ever."""
+    proc = start_exec("--engine", "podman", saved.one, "true", env=podman.env)
+    check = None
+    try:
+        check = wait_until(lambda: presence_check(proc.pid), 30, "podman image exists", proc, poll=0.0002)
+        freeze(check)
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: state_of(check) in (None, "Z"), 10, "the end of the orphaned presence check")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if check is not None and state_of(check) not in (None, "Z"):
+            os.kill(check, signal.SIGKILL)
+            thaw(check)
+
+
 # -- the daemon killed during a load (a side dockerd: never the shared one) -------
 
 def test_daemon_killed_during_load(side_daemon, loads):
