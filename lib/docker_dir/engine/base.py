@@ -290,8 +290,8 @@ class CliEngine(Engine):
         try:
             write_load_stream(image, stream.stdin, [ref], on_bytes=on_bytes, held=held,
                               placeholders=self.short_archive == "placeholder")
-        except BrokenPipeError:
-            pass  # the engine stopped reading: its own error follows from _finish()
+        except ConnectionError:
+            pass  # the engine stopped reading (a broken pipe, a reset socket): _finish() says why
         except BaseException as err:
             stream.abort()
             if isinstance(err, (KeyboardInterrupt, Interrupted, DockerDirError)):
