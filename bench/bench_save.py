@@ -11,6 +11,8 @@ sampled separately, for information.
 Issue 19: the same against raw docker on a ~150 MB image, where docker-dir's fixed
 costs (start-up, imports, engine requests) are a larger share.
 
+Issue 29: at most raw docker's time at 547 MB (<= 1.0x), and <= 1.05x at ~150 MB.
+
 After every docker-dir run (not timed) DIR is read back with docker-dir-id: a save
 that wrote no usable image is an error, not a fast sample.
 """
@@ -96,7 +98,7 @@ def main():
     size_note = f"image {image_size / 1e6:.0f} MB, saved DIR {dir_size / 1e6:.0f} MB, {len(layers) + 1} layers"
     rows = [
         row(f"save wall time ({size_note})", "s", med_t["docker-dir"], med_t["raw docker"], med_t["adapter"],
-            goal=1.05, note=f"{runs} runs, median; fastest run: " +
+            goal=1.0, note=f"{runs} runs, median; fastest run: " +
             ", ".join(f"{n} {min(times[n]):.2f} s" for n in names) + "; median client CPU time (user+sys of "
             "the tool and its children, docker CLI included): " +
             ", ".join(f"{n} {median(cpu[n]):.2f} s" for n in names)),

@@ -1,7 +1,7 @@
 """The engine contract (engine/base.py) and what each engine builds from a RunRequest.
 
 Every engine in ENGINES implements every method the application layer calls; a
-capability an engine lacks is declared (can_save), not discovered by an exception.
+capability an engine lacks is declared (can_save, can_tag), not discovered by an exception.
 The run argv of each engine is checked here directly, option by option: the
 end-to-end tests (test_exec.py, test_charliecloud.py) show that the engines accept it.
 No engine runs here: argv building needs none.
@@ -19,6 +19,7 @@ from docker_dir.engine.base import Engine, Mount, RunRequest
 from docker_dir.errors import UsageError
 
 SAVE_METHODS = ("inspect_id", "image_size", "save")
+TAG_METHODS = ("stored_digest", "tag")
 
 
 def application_calls():
@@ -47,9 +48,10 @@ def test_engine_implements_the_contract(name):
     assert issubclass(cls, Engine)
     assert not cls.__abstractmethods__, f"{name} leaves {sorted(cls.__abstractmethods__)} unimplemented"
     assert cls.name == name and cls.program
-    overridden = [m for m in SAVE_METHODS if getattr(cls, m) is not getattr(Engine, m)]
-    assert overridden == (list(SAVE_METHODS) if cls.can_save else []), \
-        f"{name}: can_save={cls.can_save} but it implements {overridden}"
+    for flag, methods in (("can_save", SAVE_METHODS), ("can_tag", TAG_METHODS)):
+        overridden = [m for m in methods if getattr(cls, m) is not getattr(Engine, m)]
+        assert overridden == (list(methods) if getattr(cls, flag) else []), \
+            f"{name}: {flag}={getattr(cls, flag)} but it implements {overridden}"
 
 
 @pytest.mark.parametrize("name", [name for name in ENGINES if not engine_class(name).can_save])

@@ -267,6 +267,48 @@ def test_side_daemon_parallel_cold_execs_load_once(side_any, cold_tagged, tmp_pa
     assert engine.loads_since(mark) == 1
 
 
+# -- an image the engine holds is tagged, never loaded ---------------------------------
+
+@pytest.fixture(params=["side20", "docker26", "docker26c", "podman"])
+def any_engine(request):
+    """dockerd 20.10 (a side daemon: its events are this suite's alone), Docker 26 with
+    each image store, root podman (a private events log)."""
+    return request.getfixturevalue(request.param)
+
+
+def test_an_image_the_engine_holds_is_tagged_never_loaded(any_engine, cold_tagged, tmp_path):
+    """As the README's Cleaning up promises: with docker-dir's private tag removed, an exec
+    of a directory saved from the engine tags the image the engine still holds under the
+    user's name; it never loads it (podman did, every time: its IDs are bare hex)."""
+    engine = any_engine
+    directory, image, tag = cold_tagged()
+    engine.load_dir(directory)
+    held_as = tag if engine.engine == "docker" else "localhost/" + tag
+    ref = private_ref(image)
+    engine.created += [ref, held_as]
+    engine_id = engine.image_id(held_as)
+    saved = tmp_path / "saved"
+    proc = engine.save(held_as, saved)
+    assert (proc.returncode, proc.stdout.strip()) == (0, image), proc.stderr
+
+    mark = engine.mark()
+    for _ in range(2):
+        assert not engine.has(ref)
+        proc = engine.exec(saved, "sh", "-c", "echo tagged", cwd=tmp_path)
+        assert (proc.returncode, proc.stdout) == (0, "tagged\n"), proc.stderr
+        assert engine.image_id(ref) == engine_id
+        engine.remove(ref)  # the private tag only, as Cleaning up says
+    assert engine.loads_since(mark) == 0
+    assert engine.image_id(held_as) == engine_id
+
+    # The count sees this engine's loads: with the image gone, the same exec loads it.
+    engine.remove(held_as)
+    assert not engine.has(engine_id)
+    proc = engine.exec(saved, "true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert engine.loads_since(mark) == 1
+
+
 # -- cross-engine matrix ------------------------------------------------------------
 
 ENGINES = ("main", "podman", "docker26", "docker26c")

@@ -491,12 +491,41 @@ def test_signal_while_waiting_for_another_load(side_daemon, loads, signum):
         assert (first.returncode, out) == (0, "first\n"), err
 
 
+# -- the presence check outlives nothing ------------------------------------------------
+
+def presence_check(pid):
+    """The `podman image exists` child of docker-dir-exec, once it runs."""
+    return next((child for child in children(pid) if argv_of(child)[1:3] == ["image", "exists"]), None)
+
+
+def test_sigkill_during_the_presence_check_ends_the_check(podman, saved):
+    """The hot path's presence check is a child (`podman image exists`); frozen, then its
+    parent SIGKILLed, it gets the parent-death signal as process.py's children do, instead
+    of staying behind stopped for ever."""
+    proc = start_exec("--engine", "podman", saved.one, "true", env=podman.env)
+    check = None
+    try:
+        check = wait_until(lambda: presence_check(proc.pid), 30, "podman image exists", proc, poll=0.0002)
+        freeze(check)
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: state_of(check) in (None, "Z"), 10, "the end of the orphaned presence check")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if check is not None and state_of(check) not in (None, "Z"):
+            os.kill(check, signal.SIGKILL)
+            thaw(check)
+
+
 # -- the daemon killed during a load (a side dockerd: never the shared one) -------
 
 def test_daemon_killed_during_load(side_daemon, loads):
     """dockerd is frozen while it unpacks the archive (its docker-import-* temp dir exists),
-    then SIGKILLed: docker-dir-exec says so in one line; while the daemon is down it says
-    how to start it; once the daemon is back, the next exec loads the image whole."""
+    then SIGKILLed: docker-dir-exec says so in one line, in words, naming the daemon's log
+    (not "[Errno 104] Connection reset by peer"); while the daemon is down it says how to
+    start it; once the daemon is back, the next exec loads the image whole."""
     load, loading = loads["writing"], DaemonLoad(side_daemon)
     env = side_daemon.env()
     with cold(loading.target, load):
@@ -509,9 +538,11 @@ def test_daemon_killed_during_load(side_daemon, loads):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.returncode in (EXIT_ENGINE_UNAVAILABLE, EXIT_ENGINE_FAILED), err
+        assert proc.returncode == EXIT_ENGINE_FAILED, err
         assert out == ""
-        assert_one_line_error(err)
+        line = assert_one_line_error(err)
+        assert f"the docker daemon closed the connection while loading {load.dir}" in line, line
+        assert f"check its log, {side_daemon.log_path}" in line, line  # where the side daemon writes it
         assert lock_is_free(load.image)
 
         down = run_exec("--network", "none", load.dir, "echo", "ran", env=env, timeout=5)  # a hang guard

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import stat
+import subprocess
 import tarfile
 
 import pytest
@@ -106,9 +107,11 @@ def arena(tmp_path):
     return tmp_path
 
 
-def assert_refused(arena, members, stderr_line=None):
-    """Run save on the crafted archive; it must refuse it and leave no trace anywhere."""
+def assert_refused(arena, members, stderr_line=None, head=b""):
+    """Run save on the crafted archive (`head`: raw tar members before `members`); it must
+    refuse it and leave no trace anywhere."""
     archive = write_tar(arena / "evil.tar", image_members(members))
+    archive.write_bytes(head + archive.read_bytes())
     env = fake_docker(arena / "fakebin", archive, stderr_line)
     before_root = sorted(os.listdir(arena))
     proc = cli("docker-dir-save", "--engine", "docker", "evil/img:1", arena / "work" / "img", env=env)
@@ -243,6 +246,21 @@ def test_long_name_in_pax_header(arena):
 
 def test_long_symlink_target_in_pax_header(arena):
     assert_refused(arena, [member("esc", "symlink", target="../../outside/" + "q" * 120)])
+
+
+def test_sparse_file(arena, tmp_path_factory):
+    """A sparse member's bytes in the stream are not the file's; GNU tar writes one with
+    --sparse (the crafted member comes from it: tarfile cannot write one), no engine does."""
+    src = tmp_path_factory.mktemp("sparse")
+    with open(src / "holes", "wb") as out:
+        out.seek(4 << 20)
+        out.write(b"end\n")
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(src / "sparse.tar"), "-C", str(src), "holes"],
+                   check=True)
+    with tarfile.open(src / "sparse.tar") as tar:
+        assert tar.next().issparse(), "GNU tar wrote no sparse member: the case is not tested"
+        head = (src / "sparse.tar").read_bytes()[:tar.offset]
+    assert "sparse file" in assert_refused(arena, [], head=head)
 
 
 def test_refusal_wins_over_engine_chatter_on_stderr(arena):

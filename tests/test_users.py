@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import docker, import_image, private_ref, raw_save
+from engines import podman_load_count
 from hosts import (DOCKER_GROUP, HIGHUID, ROOTLESS, RootlessDockerd, RootlessPodman, or_skip, remove_tree, run_as,
                    user_dir, user_info, user_venv)
 
@@ -99,6 +100,51 @@ def test_rootless_podman_runs_as_the_user(user, venv, image_dir):
         assert (explicit.returncode, explicit.stdout.strip()) == (0, "0"), explicit.stderr  # --user as asked
     finally:
         podman.podman("rmi", "-f", private_ref(image_dir[1]), check=False)
+        podman.stop()
+        remove_tree(work)
+
+
+def private_events_env(podman, work):
+    """CONTAINERS_CONF for the user's podman: the user's own containers.conf (which it
+    replaces) with the events log in `work`, so only this test's loads count."""
+    conf = Path(podman.user.home, ".config", "containers", "containers.conf").read_text()
+    line = f'events_logfile_path = "{work / "events.log"}"'
+    if "[engine]\n" in conf:
+        conf = conf.replace("[engine]\n", f"[engine]\n{line}\n")
+    else:
+        conf += f"\n[engine]\n{line}\n"
+    (work / "containers.conf").write_text(conf)
+    os.chmod(work / "containers.conf", 0o644)
+    return {"CONTAINERS_CONF": str(work / "containers.conf")}
+
+
+def test_rootless_podman_tags_an_image_it_holds_never_loads_it(venv, rootfs):
+    """A directory saved from the user's podman, docker-dir's private tag removed (the
+    README's Cleaning up): each exec tags the image podman holds, none loads it."""
+    work = user_dir(ROOTLESS)
+    podman = RootlessPodman(ROOTLESS)
+    tag = f"localhost/docker-dir-test/held-{uuid.uuid4().hex[:8]}:1"
+    image = podman.import_rootfs(rootfs, tag, changes=("ENV PATH=/bin", f"LABEL docker-dir-test={uuid.uuid4().hex}"))
+    try:
+        env = private_events_env(podman, work)
+        saved = work / "saved"
+        proc = run_as(ROOTLESS, [venv / "docker-dir-save", "--engine", "podman", "-q", tag, saved], cwd=work,
+                      env={"PATH": f"{venv}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", **env})
+        assert (proc.returncode, proc.stdout.strip()) == (0, image), proc.stderr
+        for _ in range(2):
+            proc = exec_as(ROOTLESS, venv, "--engine", "podman", saved, "sh", "-c", "echo tagged", env=env, cwd=work)
+            assert (proc.returncode, proc.stdout) == (0, "tagged\n"), proc.stderr
+            held = podman.podman("image", "inspect", "--format", "{{.Id}}", private_ref(image)).stdout.strip()
+            assert "sha256:" + held == image
+            podman.podman("rmi", private_ref(image))
+        assert podman_load_count(env) == 0
+        # The count sees this podman's loads: with the image gone, the same exec loads it.
+        podman.podman("rmi", tag)
+        proc = exec_as(ROOTLESS, venv, "--engine", "podman", saved, "true", env=env, cwd=work)
+        assert proc.returncode == 0, proc.stderr
+        assert podman_load_count(env) == 1
+    finally:
+        podman.podman("rmi", "-f", tag, private_ref(image), check=False)
         podman.stop()
         remove_tree(work)
 

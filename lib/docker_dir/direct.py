@@ -12,9 +12,12 @@ process in between. Imports inside functions below are that same saving.
 """
 import os
 
-# Short engine commands (inspect, image exists, tag) answer in well under a second;
-# this bounds a stuck daemon. process.py uses the same bound.
+# Short commands (inspect, image exists, tag, a credential helper) answer in well under
+# a second; this only bounds a stuck daemon or program. process.py uses it too.
 SHORT_TIMEOUT = 60
+
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = 9
 
 
 def find_program(name):
@@ -26,13 +29,30 @@ def find_program(name):
     return None
 
 
+def die_with_parent(parent_pid):
+    """A preexec_fn: the child gets SIGKILL when its parent dies (PR_SET_PDEATHSIG), so no
+    engine command outlives a killed docker-dir. ctypes is imported here, by the callers
+    that start a child."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec():
+        libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 def run_check(argv, timeout=SHORT_TIMEOUT):
     """(exit status, stdout, stderr) of a short presence check, as text, or None when
-    it did not answer within `timeout` seconds."""
+    it did not answer within `timeout` seconds. The check dies with us."""
     import subprocess
 
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                              preexec_fn=die_with_parent(os.getpid()))
     except subprocess.TimeoutExpired:
         return None
     return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")

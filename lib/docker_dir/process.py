@@ -1,8 +1,7 @@
 """Running programs, off the hot path: one function for short commands, one class for streams.
 
 Both go through plumbum's public API (`local[program][args]`, `.run`, `.popen`, `<<`
-for input). The hot path (engine/stdlib_path.py) is the one place that does not:
-it says why. Callers classify a failure themselves (an engine by its stderr, the
+for input). The hot path (direct.py) is the one place that does not: it says why. Callers classify a failure themselves (an engine by its stderr, the
 registry client by a credential helper's answer), so nothing here raises
 docker-dir's errors: a program that cannot start raises OSError, one that does not
 finish in time NoAnswer.
@@ -10,7 +9,6 @@ finish in time NoAnswer.
 Every child dies with us (PR_SET_PDEATHSIG): a `docker save` or `load` left behind
 by a killed docker-dir would keep the daemon exporting or importing for nobody.
 """
-import ctypes
 import errno
 import os
 import subprocess
@@ -19,27 +17,11 @@ import tempfile
 from plumbum import local
 from plumbum.commands.processes import CommandNotFound, ProcessTimedOut
 
-# Short commands (inspect, tag, a credential helper) answer in well under a second;
-# this only bounds a stuck daemon or program.
-SHORT_TIMEOUT = 60
-
-_PR_SET_PDEATHSIG = 1
-_SIGKILL = 9
+from .direct import SHORT_TIMEOUT, die_with_parent
 
 
 class NoAnswer(Exception):
     """A short command did not finish within its timeout."""
-
-
-def _die_with_parent(parent_pid):
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec():
-        libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 def _command(argv):
@@ -55,7 +37,7 @@ def run(argv, timeout=SHORT_TIMEOUT, input=None, env=None):
     stdin, else /dev/null; `env` its whole environment, else ours. Any exit status
     returns: the caller knows which are failures."""
     cmd = _command(argv)
-    kwargs = {"preexec_fn": _die_with_parent(os.getpid())}
+    kwargs = {"preexec_fn": die_with_parent(os.getpid())}
     if env is not None:
         kwargs["env"] = env
     if input is None:
@@ -79,7 +61,7 @@ class Stream:
             self.proc = _command(argv).popen(
                 stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
                 stdout=self._outputs[1] if feed else subprocess.PIPE, stderr=self._outputs[0],
-                preexec_fn=_die_with_parent(os.getpid()))
+                preexec_fn=die_with_parent(os.getpid()))
         except OSError:
             self._close_outputs()
             raise

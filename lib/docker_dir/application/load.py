@@ -47,7 +47,7 @@ def ensure_loaded(engine, image, ref, reporter=QUIET):
         if engine.has_image(ref):
             return  # another process loaded it while we waited
         # An image saved from this engine may still be there and only need the private tag.
-        present = engine.stored_digest(image.candidate_digests())
+        present = engine.stored_digest(image.candidate_digests()) if engine.can_tag else None
         if present:
             engine.tag(present, ref)
         else:

@@ -3,9 +3,11 @@
 An engine module defines `ENGINE`, a subclass of `Engine`, and is listed in
 engine/__init__.py ENGINES. `Engine` declares every method the application layer
 calls; the abstract ones must be implemented, the others have a default that fits an
-engine without that feature. `can_save` declares whether the engine keeps images that
-docker-dir-save can export (then `inspect_id`, `image_size` and `save` are implemented).
-tests/test_engines.py checks every engine in ENGINES against this class.
+engine without that feature. Capabilities are declared, never found by an exception:
+`can_save`, the engine keeps images that docker-dir-save can export (then `inspect_id`,
+`image_size` and `save` are implemented); `can_tag`, it keeps images in a store where one
+may already be under another name (then `stored_digest` and `tag` are implemented).
+tests/test_engine_contract.py checks every engine in ENGINES against this class.
 
 `CliEngine` implements all of it for engines with a docker-like CLI (`image inspect`,
 `tag`, `load`, `save`, `run`); docker and podman only add what differs. Short commands
@@ -88,6 +90,7 @@ class Engine(abc.ABC):
     program = None     # the executable looked up on PATH
     start_hint = None  # how to make an unreachable engine answer, for messages
     can_save = False   # keeps images docker-dir-save can export: inspect_id, image_size, save
+    can_tag = False    # may hold an image under another name, and names it anew: stored_digest, tag
 
     def __init__(self, binary=None):
         self.binary = binary or find_program(self.program)
@@ -104,13 +107,13 @@ class Engine(abc.ABC):
     def has_image(self, ref):
         """Whether the engine holds `ref`; on the hot path, so standard library only (direct.py)."""
 
-    @abc.abstractmethod
     def stored_digest(self, digests):
         """Which of these digests (config digest, manifest digests) names an image in the store, or None."""
+        raise NotImplementedError(f"{self.name} declares can_tag = False")
 
-    @abc.abstractmethod
     def tag(self, source, ref):
         """Give the stored image `source` the private reference `ref`."""
+        raise NotImplementedError(f"{self.name} declares can_tag = False")
 
     def held_layers(self, image):
         """How many of the image's first layers the engine holds and need not be sent (0: send all)."""
@@ -122,7 +125,7 @@ class Engine(abc.ABC):
 
     # -- saving (engines with can_save) ----------------------------------------
     def inspect_id(self, ref):
-        """The engine's ID of image `ref`, None when it has no such image."""
+        """The engine's ID of image `ref` ("sha256:<hex>"), None when it has no such image."""
         raise NotImplementedError(f"{self.name} declares can_save = False")
 
     def image_size(self, refs):
@@ -165,6 +168,7 @@ class CliEngine(Engine):
     """An engine driven through a docker-like CLI."""
 
     can_save = True
+    can_tag = True
     # Lower-case fragments of the CLI's stderr: the engine cannot be reached / has no such image.
     unreachable_markers = ()
     not_found_markers = ()
@@ -286,8 +290,8 @@ class CliEngine(Engine):
         try:
             write_load_stream(image, stream.stdin, [ref], on_bytes=on_bytes, held=held,
                               placeholders=self.short_archive == "placeholder")
-        except BrokenPipeError:
-            pass  # the engine stopped reading: its own error follows from _finish()
+        except ConnectionError:
+            pass  # the engine stopped reading (a broken pipe, a reset socket): _finish() says why
         except BaseException as err:
             stream.abort()
             if isinstance(err, (KeyboardInterrupt, Interrupted, DockerDirError)):

@@ -29,6 +29,7 @@ class CharliecloudEngine(Engine):
     program = "ch-run"
     start_hint = "ch-run needs unprivileged user namespaces (sysctl user.max_user_namespaces > 0)"
     can_save = False  # no store to export from: it runs image directories
+    can_tag = False  # nor one an image could already be in under another name
 
     def __init__(self, binary=None):
         binary = binary or find_program(self.program)
@@ -47,12 +48,6 @@ class CharliecloudEngine(Engine):
 
     def has_image(self, ref):
         return cache_entries.has_entry(self.cache(), ref)
-
-    def stored_digest(self, digests):
-        return None  # no store an image could already be in under another name
-
-    def tag(self, source, ref):
-        raise AssertionError("charliecloud has no store to tag in: stored_digest() never names an image")
 
     # -- unpacking -------------------------------------------------------------
     def load(self, image, ref, on_bytes=None, held=0):

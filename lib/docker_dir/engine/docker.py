@@ -79,7 +79,19 @@ class DockerEngine(CliEngine):
                 raise EngineFailed(f"dockerd {version} cannot load the zstd-compressed layers of "
                                    f"{image.image_dir.path} (Docker >= {ZSTD_SINCE} and podman can); "
                                    "recompress them, e.g. 'skopeo copy --dest-compress-format gzip oci:DIR oci:NEWDIR'")
-        super().load(image, ref, on_bytes, held)
+        try:
+            super().load(image, ref, on_bytes, held)
+        except docker_api.ConnectionLost as lost:
+            raise EngineFailed(f"the docker daemon closed the connection while loading {image.image_dir.path} "
+                               f"(it stopped or restarted); check {self._log_hint(lost.log)}") from None
+
+    def _log_hint(self, log):
+        """Where the daemon's log is, for a message: its file, else its journal."""
+        if log:
+            return f"its log, {log}"
+        if os.path.isdir("/run/systemd/system"):
+            return "'journalctl --user -u docker'" if self.rootless() else "'journalctl -u docker'"
+        return "its log (where dockerd's output goes)"
 
     def server_version(self):
         version = self._api_json("/version")

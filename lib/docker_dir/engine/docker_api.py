@@ -9,6 +9,7 @@ engine uses the CLI instead. `get` imports only the C module under socket.py (so
 itself costs the hot path milliseconds); the streams, off the hot path, use socket.py.
 """
 import io
+import os
 
 from ..errors import first_line
 from ..fastjson import loads_json
@@ -106,13 +107,24 @@ class Download:
         self._conn.close()
 
 
+class ConnectionLost(OSError):
+    """The daemon closed the connection before it answered a load (it died or restarted);
+    `log`: the file it writes its log to, when one could be seen, else None."""
+
+    def __init__(self, log):
+        super().__init__("the daemon closed the connection")
+        self.log = log
+
+
 class Upload:
     """A streamed POST whose body the caller writes to `stdin` (docker load), sent in
     chunks, shaped like process.Stream: finish() reads the daemon's JSON messages and
-    returns (status, messages, complaint). Raises OSError when the socket cannot be opened."""
+    returns (status, messages, complaint), or raises ConnectionLost when no answer came.
+    Raises OSError when the socket cannot be opened."""
 
     def __init__(self, sock_path, path):
         self._conn = _connect(sock_path, None)  # loading a big image takes long: no timeout
+        self._log = _daemon_log(self._conn)  # now: a daemon that dies takes its /proc entry along
         self._conn.sendall(f"POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/x-tar\r\n"
                            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode())
         self.stdin = io.BufferedWriter(_ChunkWriter(self._conn), 1 << 16)
@@ -125,14 +137,13 @@ class Upload:
         try:
             self.stdin.flush()
             self._conn.sendall(b"0\r\n\r\n")
-        except BrokenPipeError:
+        except ConnectionError:
             pass  # the daemon stopped reading: its reply says why
         try:
             reply = _Reply(self._conn.makefile("rb"))
             body = reply.read_all()
-        except OSError as err:  # no reply, or half of one: the daemon went away meanwhile
-            self._complaint = f"the daemon closed the connection before it answered ({err}); is it still running?"
-            return 1, "", self._complaint
+        except OSError:  # no reply, or half of one: the daemon went away meanwhile
+            raise ConnectionLost(self._log) from None
         finally:
             self._conn.close()
         if reply.status != 200:
@@ -166,6 +177,21 @@ def _connect(sock_path, timeout):
         conn.close()
         raise
     return conn
+
+
+def _daemon_log(conn):
+    """The file the daemon at the other end of `conn` writes its log to (its stderr),
+    when that is a file whose name we may read (root, or the owner of a rootless daemon);
+    else None (a journal, a terminal, another user's process)."""
+    import socket
+    import struct
+
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        target = os.readlink(f"/proc/{struct.unpack('3i', creds)[0]}/fd/2")
+    except (OSError, AttributeError, struct.error):
+        return None
+    return target if target.startswith("/") and not target.startswith(("/dev/", "/proc/")) else None
 
 
 def _status(head):

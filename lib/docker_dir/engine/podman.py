@@ -33,6 +33,12 @@ class PodmanEngine(CliEngine):
             return status == 0
         raise self.error(stderr, f"looking for {ref}")
 
+    def inspect_id(self, ref):
+        # podman's {{.Id}} is bare hex; the contract's IDs, and the digests stored_digest
+        # compares them with, are "sha256:<hex>" (docker's own form).
+        found = super().inspect_id(ref)
+        return found if found is None or ":" in found else f"sha256:{found}"
+
     def save_args(self, refs):
         multi = ["--multi-image-archive"] if len(refs) > 1 else []
         return ["save", "--format", "docker-archive", *multi, "--", *refs]
