@@ -22,7 +22,7 @@ EXTRA_APT_OPTIONS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 # here and outside the 65536 IDs a rootless engine maps, like an LDAP user's.
 TEST_USERS="ddrootless:: ddhighuid:2000000: dddocker::docker"
 # group:members: two users sharing a blob store (tests/test_store.py)
-TEST_GROUPS="ddstore:ddrootless,dddocker"
+TEST_GROUPS="ddstore:ddhighuid,dddocker"
 
 SLURM_CONF=/etc/slurm/slurm.conf
 SLURM_LOG_DIR=/var/log/slurm

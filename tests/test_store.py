@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import BIN, cli, docker, image_id_of
-from hosts import DOCKER_GROUP, ROOTLESS, or_skip, run_as, user_dir, user_venv
+from hosts import DOCKER_GROUP, HIGHUID, or_skip, run_as, user_dir, user_venv
 
 from docker_dir.errors import EXIT_VERIFY
 
@@ -280,12 +280,12 @@ def test_a_store_shared_by_a_group(family, blob_proxy, tmp_path):
     (Linux lets a user link only files they may write)."""
     venv = or_skip(user_venv)
     proxy = blob_proxy(family.registry)
-    store = Path(user_dir(ROOTLESS, prefix="ddstore")) / "store"
+    store = Path(user_dir(HIGHUID, prefix="ddstore")) / "store"
     store.mkdir()
     shutil.chown(store, group="ddstore")
     os.chmod(store, 0o2775)
     dirs = {}
-    for user, name in ((ROOTLESS, "a"), (DOCKER_GROUP, "b")):
+    for user, name in ((HIGHUID, "a"), (DOCKER_GROUP, "b")):
         work = user_dir(user)
         proc = run_as(user, [venv / "docker-dir-save", f"docker://{proxy.host}/{getattr(family, name).repo}:1",
                              work / "img"], env={"DOCKER_DIR_STORE": str(store)})
@@ -293,7 +293,7 @@ def test_a_store_shared_by_a_group(family, blob_proxy, tmp_path):
         dirs[user] = work / "img"
     stored = store_files(store)
     for hexd in (layer[7:] for layer in family.b.layers[:-1]):
-        assert same_file(blob_files(dirs[ROOTLESS])[hexd], blob_files(dirs[DOCKER_GROUP])[hexd])
+        assert same_file(blob_files(dirs[HIGHUID])[hexd], blob_files(dirs[DOCKER_GROUP])[hexd])
         info = os.stat(stored[hexd])
         assert stat.S_IMODE(info.st_mode) == 0o664 and info.st_gid == grp.getgrnam("ddstore").gr_gid
     for directory in (store / "blobs", store / "blobs" / "sha256"):
