@@ -21,7 +21,7 @@ import tarfile
 
 import pytest
 
-from conftest import cli
+from conftest import cli, one_line_error
 
 from docker_dir.application.save import TEMP_MARK
 from docker_dir.errors import EXIT_BAD_DIR, EXIT_ENGINE_FAILED
@@ -390,3 +390,22 @@ def test_member_repeating_a_link_name_replaces_the_link_not_its_target(arena):
 def test_archive_without_its_config(arena):
     members = [m for m in image_members() if not m[0].name.endswith(".json") or m[0].name == "manifest.json"]
     assert "is missing" in assert_incomplete_refused(arena, members)
+
+
+@pytest.mark.parametrize("what", ["layer", "config"])
+def test_content_that_does_not_match_its_digest(arena, what):
+    """Every file of an export is hashed as it streams and checked against the digest the
+    image names it by: a layer that is not its diff_id, a config that is not its name."""
+    members = image_members()
+    if what == "layer":
+        layer = next(m for m in members if m[0].name == "aaaa/layer.tar")
+        members[members.index(layer)] = member("aaaa/layer.tar", data=layer[1][:-1] + b"\1")
+    else:
+        config = next(m for m in members if m[0].name.endswith(".json"))
+        members[members.index(config)] = member(config[0].name, data=config[1].replace(b"amd64", b"arm64"))
+    archive = write_tar(arena / "bad.tar", members)
+    proc = cli("docker-dir-save", "--engine", "docker", "evil/img:1", arena / "work" / "img",
+               env=fake_docker(arena / "fakebin", archive))
+    line = one_line_error(proc, EXIT_ENGINE_FAILED)
+    assert "with content sha256:" in line and "as the image names it" in line, line
+    assert os.listdir(arena / "work") == []

@@ -323,3 +323,23 @@ def test_datalad_round_trip_of_a_directory_linked_into_the_store(family, blob_pr
     assert shell.ok("docker-dir-id", "--verify", "images/a", cwd=dataset).stdout.strip() == family.a.id
     assert {name: path.read_bytes() for name, path in store_files(blob_store).items()} == saved_store
     store_is_whole(blob_store)
+
+
+# -- 1. saves from an engine: hashed and linked, not written -----------------------------------
+
+def test_engine_saves_link_what_the_store_holds(family, blob_store, tmp_path):
+    """The second save of an image on the same base reads the engine's export against the
+    store's copy of the base and links it (one file with the first save's); every file of an
+    export is checked against its digest before it enters the store."""
+    for name in ("a", "b"):
+        proc = cli("docker-dir-save", getattr(family, name).ref, tmp_path / name)
+        assert saved_id(proc) == getattr(family, name).id
+    a_blobs, b_blobs, stored = blob_files(tmp_path / "a"), blob_files(tmp_path / "b"), store_files(blob_store)
+    base = [hexd for hexd in a_blobs if hexd in b_blobs and os.stat(a_blobs[hexd]).st_size > MiB]
+    assert base, "no shared base layer"
+    for hexd in base:
+        assert same_file(a_blobs[hexd], b_blobs[hexd]) and same_file(b_blobs[hexd], stored[hexd])
+    store_is_whole(blob_store)
+    assert verified(tmp_path / "b") == family.b.id
+    again = cli("docker-dir-save", "--force", family.b.ref, tmp_path / "b")
+    assert saved_id(again) == family.b.id and same_file(blob_files(tmp_path / "b")[base[0]], stored[base[0]])

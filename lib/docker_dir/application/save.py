@@ -103,7 +103,8 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
         reporter.notice(f"the blob store {store.root} is on another file system than {path}: blobs are copied "
                         f"from it, not linked, and none is added to it; set {STORE_ENV} to a directory on the "
                         "same file system to share them")
-    return Saved(ids, build.received, time.monotonic() - started, build.layer_urls, sum(build.blobs.from_store.values()))
+    from_store = sum(build.blobs.from_store.values())
+    return Saved(ids, build.received, time.monotonic() - started, build.layer_urls, from_store)
 
 
 def _planned(sources, engine):

@@ -1,6 +1,8 @@
 """Images an engine holds, saved by streaming its export: extracted safely as it arrives
-into the build directory (no temporary tar), its files then moved into blobs/ (no
-layer is copied). One export carries every engine image of a save."""
+into the build directory (no temporary tar), every file hashed as it streams, then moved
+into blobs/ (no layer is copied) once its digest is checked. With a blob store, a layer it
+already holds is read against the store's copy instead of written, and linked. One export
+carries every engine image of a save."""
 import errno
 import os
 import shutil
@@ -11,7 +13,7 @@ from ..format.canonical import Entry, kept_manifest, layer_media_type, stored_co
 from ..format.compression import NONE
 from ..format.extract import extract_stream
 from ..format.imagedir import ImageDir
-from ..format.names import hex_of_digest
+from ..format.names import hex_of_digest, short
 from ..format.streams import CountingReader, sha256_file
 
 # Inside the build directory: the engine's export, before its files move to blobs/.
@@ -68,7 +70,8 @@ class _EngineExport:
         doing = f"saving {' '.join(self.refs)}"
         stream = engine.save(self.refs)
         try:
-            extract_stream(CountingReader(stream.stdout, progress), staging)
+            digests = extract_stream(CountingReader(stream.stdout, progress), staging,
+                                     _in_store(build.blobs.store))
         except BaseException as err:
             stream.abort()
             raise _stream_error(err, engine.save_failed(stream, doing), engine, build.target) from None
@@ -76,49 +79,90 @@ class _EngineExport:
         if status:
             raise engine.error(stderr, doing)
         images = _whole_images(ImageDir(staging), engine, staging, build.target)
-        placed = {}
-        entries = [_adopted(image, build.blobs, placed) for image in images]
+        adopted = _Adopted(build.blobs, engine, {os.path.realpath(os.path.join(staging, name)): hexd
+                                                 for name, hexd in digests.items()})
+        entries = [adopted.entry(image) for image in images]
         shutil.rmtree(staging)
         return entries
 
 
-def _adopted(image, blobs, placed):
-    """An Entry for an exported image whose files move into blobs/. `placed` maps the
-    real paths already moved to (hex, size, media type): engines link a repeated layer
-    (and a config saved under two names) to one file."""
-    image_dir = image.image_dir
+def _in_store(store):
+    """extract_stream's same_content: the store's blob that may hold a member (the one its
+    name says, blobs/sha256/HEX, or else one of its size), or None."""
+    if store is None:
+        return None
+    sizes = []  # the store's {size: path}, listed at the first member that needs it
 
-    def real_path(relpath):
-        return os.path.realpath(image_dir.resolve(relpath))
-
-    diff_ids = image.diff_ids() or []  # before the config moves away
-    config = real_path(image.config_path)
-    if config not in placed:
-        placed[config] = (image.config_digest(), os.stat(config).st_size, None)
-        blobs.adopt(config, image.config_digest())
-    layers = []
-    for i, layer in enumerate(image.layers):
-        real = real_path(layer.path)
-        if real not in placed:
-            placed[real] = _adopt_layer(real, layer, diff_ids[i] if i < len(diff_ids) else None, blobs)
-        layers.append(placed[real])
-    manifest, notes = kept_manifest(image)
-    return Entry(placed[config][0], placed[config][1], layers, repo_tags=image.repo_tags, manifest=manifest,
-                 notes=notes)
+    def candidate(name, size):
+        hexd = name.rsplit("/", 1)[-1]
+        if name.startswith("blobs/sha256/") and hex_of_digest("sha256:" + hexd):
+            path = store.path(hexd)
+            return path if _size_of(path) == size else None
+        if not sizes:
+            sizes.append(store.by_size())
+        return sizes[0].get(size)
+    return candidate
 
 
-def _adopt_layer(real, layer, diff_id, blobs):
-    """(hex, size, media type) of a layer file moved into blobs/. Docker's legacy layer
-    files are named by no digest: an uncompressed one's is the config's diff_id."""
-    compression = stored_compression(real, layer.media_type)
-    hexd = layer.digest[7:] if layer.digest else None
-    if hexd is None and compression == NONE:
-        hexd = hex_of_digest(diff_id)
-    if hexd is None:  # compressed, and named by no digest: hashed once
-        hexd = sha256_file(real)
-    size = os.stat(real).st_size
-    blobs.adopt(real, hexd)
-    return hexd, size, layer_media_type(compression, layer.media_type)
+def _size_of(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+class _Adopted:
+    """The exported files moved into blobs/, each once its digest (from the hashes taken as
+    it streamed) matched the name the image gives it; `placed` maps the real paths moved to
+    (hex, size, media type): engines link a repeated layer (and a config saved under two
+    names) to one file."""
+
+    def __init__(self, blobs, engine, digests):
+        self.blobs, self.engine, self.digests = blobs, engine, digests  # real path -> hex
+        self.placed = {}
+
+    def entry(self, image):
+        """The Entry of an exported image, its config and layers in blobs/."""
+        image_dir = image.image_dir
+
+        def real_path(relpath):
+            return os.path.realpath(image_dir.resolve(relpath))
+
+        diff_ids = image.diff_ids() or []  # before the config moves away
+        config = real_path(image.config_path)
+        if config not in self.placed:
+            size = os.stat(config).st_size
+            self.placed[config] = (self._adopt(config, image.config_digest(), image.config_path), size, None)
+        layers = []
+        for i, layer in enumerate(image.layers):
+            real = real_path(layer.path)
+            if real not in self.placed:
+                self.placed[real] = self._layer(real, layer, diff_ids[i] if i < len(diff_ids) else None)
+            layers.append(self.placed[real])
+        manifest, notes = kept_manifest(image)
+        return Entry(self.placed[config][0], self.placed[config][1], layers, repo_tags=image.repo_tags,
+                     manifest=manifest, notes=notes)
+
+    def _layer(self, real, layer, diff_id):
+        """(hex, size, media type) of a layer file moved into blobs/. Docker's legacy layer
+        files are named by no digest: an uncompressed one's is the config's diff_id."""
+        compression = stored_compression(real, layer.media_type)
+        hexd = layer.digest[7:] if layer.digest else None
+        if hexd is None and compression == NONE:
+            hexd = hex_of_digest(diff_id)
+        size = os.stat(real).st_size
+        return self._adopt(real, hexd, layer.path), size, layer_media_type(compression, layer.media_type)
+
+    def _adopt(self, real, hexd, relpath):
+        """Move the file at `real` to blob `hexd` (None: named by what it hashed to), once
+        its content proved to be that, and give it to the store."""
+        actual = self.digests.get(real) or sha256_file(real)
+        if hexd is not None and actual != hexd:
+            raise EngineFailed(f"{self.engine.name} sent {relpath} with content sha256:{short(actual)}, not "
+                               f"sha256:{short(hexd)} as the image names it; nothing was written")
+        self.blobs.adopt(real, actual)
+        self.blobs.checked(actual)
+        return actual
 
 
 def _whole_images(exported, engine, staging, path):

@@ -20,6 +20,7 @@ one reused buffer of COPY_BUFFER bytes. Through tarfile's stream mode (64 KiB re
 each piece copied three times) the extraction of a ~150 MB save took 1.2 s, against
 0.4 s so (bench/RESULTS.md, "Save, issue 29").
 """
+import hashlib
 import os
 import stat
 import tarfile
@@ -113,23 +114,52 @@ class _Source:
         self.pos += n or 0
         return n or 0
 
-    def copy_to(self, fd, size):
-        """Write the next `size` bytes of the archive to file `fd`; how many there were."""
+    def copy_to(self, fd, size, digest):
+        """Write the next `size` bytes of the archive to file `fd`, hashing them into
+        `digest`; how many there were."""
         left = size
         while left:
             n = self._fill(left)
             if not n:
                 break
-            written = 0
-            while written < n:
-                written += os.write(fd, self._buffer[written:n])
+            digest.update(self._buffer[:n])
+            _write_all(fd, self._buffer[:n])
             left -= n
         return size - left
 
+    def compare_to(self, candidate, size, digest, open_file):
+        """Read the next `size` bytes of the archive, hashing them into `digest`, against
+        the file `candidate` (its own bytes: nothing is written while they agree). Returns
+        (bytes read, None) when all agreed; else (bytes read, fd) of the file open_file()
+        made, holding them all: the candidate's agreeing start, then the archive's."""
+        done = 0
+        with open(candidate, "rb") as other:
+            while done < size:
+                n = self._fill(size - done)
+                if not n:
+                    return done, None
+                digest.update(self._buffer[:n])
+                if other.read(n) != self._buffer[:n]:
+                    fd = open_file()
+                    other.seek(0)
+                    _write_all(fd, other.read(done))
+                    _write_all(fd, self._buffer[:n])
+                    return done + n + self.copy_to(fd, size - done - n, digest), fd
+                done += n
+        return done, None
+
+
+def _write_all(fd, data):
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
 
 class _Extractor:
-    def __init__(self, dest_fd):
+    def __init__(self, dest_fd, same_content=None):
         self.dest_fd = dest_fd
+        self.same_content = same_content
+        self.digests = {}  # member name -> hex sha256 of every regular file extracted
 
     def _parent_fd(self, parts, create):
         """An fd of the member's parent directory, walking real directories only."""
@@ -206,30 +236,50 @@ class _Extractor:
                 finally:
                     os.close(target_parent)
                 return 0
-            mode = 0o755 if member.mode & 0o111 else 0o644
-            fd = os.open(name, NEW_FILE, mode, dir_fd=parent)
-            try:
-                written = source.copy_to(fd, member.size)
-            finally:
-                os.close(fd)
-            if written != member.size:
-                raise tarfile.ReadError(f"{member.name}: truncated")
-            return written
+            return self._regular(source, member, name, parent)
         finally:
             os.close(parent)
 
+    def _regular(self, source, member, name, parent):
+        """Extract a regular file, hashing it; one whose content a file elsewhere may have
+        (same_content) is read against it and, when they agree, is a hard link of it."""
+        mode = 0o755 if member.mode & 0o111 else 0o644
+        digest = hashlib.sha256()
+        candidate = self.same_content(member.name, member.size) if self.same_content else None
+        if candidate is not None:
+            read, fd = source.compare_to(candidate, member.size, digest,
+                                         lambda: os.open(name, NEW_FILE, mode, dir_fd=parent))
+            if fd is None and read == member.size:
+                os.link(candidate, name, dst_dir_fd=parent)
+        else:
+            fd = os.open(name, NEW_FILE, mode, dir_fd=parent)
+            read = None
+        if fd is not None:
+            try:
+                if read is None:
+                    read = source.copy_to(fd, member.size, digest)
+            finally:
+                os.close(fd)
+        if read != member.size:
+            raise tarfile.ReadError(f"{member.name}: truncated")
+        self.digests["/".join(_member_parts(member.name))] = digest.hexdigest()
+        return read
 
-def extract_stream(stream, dest):
-    """Extract a tar stream into the existing empty directory `dest`; return bytes written."""
+
+def extract_stream(stream, dest, same_content=None):
+    """Extract a tar stream into the existing empty directory `dest`. Returns {member
+    name: hex sha256} of the regular files (hashed as they stream). `same_content(name,
+    size)` may name a file that may hold a member's content (a blob store's, of that size):
+    the member is then read against it and, if they agree, extracted as a hard link of it
+    (nothing written); else written as any other."""
     dest_fd = os.open(dest, OPEN_DIR)
-    total = 0
     try:
-        extractor = _Extractor(dest_fd)
+        extractor = _Extractor(dest_fd, same_content)
         source = _Source(stream)
         with tarfile.open(fileobj=source, mode="r:") as tar:
             for member in tar:
-                total += extractor.add(source, member)
+                extractor.add(source, member)
                 tar.members.clear()  # tarfile keeps every header otherwise
     finally:
         os.close(dest_fd)
-    return total
+    return extractor.digests

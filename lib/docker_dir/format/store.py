@@ -129,6 +129,17 @@ class BlobStore:
         os.chmod(target, self.file_mode)  # the one file: DIR's too
         return True
 
+    def by_size(self):
+        """{size: path} of the blobs (one per size): where a file of that size may be one."""
+        sizes = {}
+        for name in os.listdir(self.dir):
+            path = self.path(name)
+            try:
+                sizes.setdefault(os.stat(path).st_size, path)
+            except FileNotFoundError:
+                pass
+        return sizes
+
     def usage(self):
         """(blobs, bytes, of which (blobs, bytes) no directory links to any more)."""
         blobs = size = lone = lone_size = 0
