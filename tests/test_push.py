@@ -902,11 +902,14 @@ def flip_a_byte(path):
         stream.write(bytes([byte[0] ^ 0xFF]))
 
 
-@pytest.mark.parametrize("stored", ["uncompressed", "gzip"])
-def test_layer_that_does_not_match_its_digest_is_1(dirs, published, tls, env, tmp_path, stored):
+@pytest.mark.parametrize("stored", ["uncompressed", "uncompressed, its compression remembered", "gzip"])
+def test_layer_that_does_not_match_its_digest_is_1(dirs, published, tls, registry_anon, env, tmp_path, stored):
     """Uncompressed, docker-dir finds it as it compresses (the registry would see only new
-    compressed bytes); compressed, the registry finds it. Pushed where no blob can be
-    found or mounted, so the layer is read."""
+    compressed bytes), whether the compressed digest was known (one PUT of known size) or
+    not (streamed); compressed, the registry finds it. Pushed where no blob can be found or
+    mounted, so the layer is read."""
+    if stored == "uncompressed, its compression remembered":  # pushed elsewhere first, whole
+        assert push(dirs.small, f"{registry_anon.host}/{unique('push/whole')}:1", env=env).returncode == 0
     if stored == "gzip":
         source = tmp_path / "pulled"
         assert cli("docker-dir-save", "-q", f"docker://{published.ref}", source, env=env).returncode == 0

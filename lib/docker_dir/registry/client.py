@@ -24,6 +24,7 @@ from .retry import Tries, retryable_status
 MAX_MANIFEST = 4 << 20  # the limit distribution itself puts on a manifest
 MAX_ERROR_BODY = 16 << 10
 READ_CHUNK = 1 << 20
+_DRAIN = 1 << 20
 _GENERIC_TYPES = ("", "application/json", "text/plain", "application/octet-stream")
 _PULL, _PUSH = "pull", "pull,push"
 
@@ -643,7 +644,9 @@ class _Body:
         if self.length is not None:
             size = self.length - self.sent if size < 0 else min(size, self.length - self.sent)
             if size == 0:
-                if self._stream.read(1):  # read to its end: a stream checks what it read there
+                if self._stream.read(1):
+                    while self._stream.read(_DRAIN):  # to its end, where a stream checks what it read
+                        pass
                     raise BadImageDir("a local blob is larger than its declared size; check the local copy: "
                                       "docker-dir-id --verify DIR")
                 return b""
