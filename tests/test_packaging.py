@@ -84,6 +84,8 @@ def test_snakemake_plugin_installs_beside_docker_dir_and_only_on_python_3_11_up(
     if old is None:
         pytest.skip("no Python 3.9 on this machine (PATH, pyenv) to show the plugin is refused there")
     old_bin = venv(old, tmp_path / "python3.9")
+    pip_install(old_bin, source)  # first: else pip may stop at docker-dir, which is on no index, before Python
+    assert subprocess.run([str(old_bin / "docker-dir-id"), "--version"], capture_output=True).returncode == 0
     refused = subprocess.run([str(old_bin / "pip"), "install", "-q", "--no-cache-dir", "./snakemake-plugin"],
                              cwd=source, capture_output=True, text=True, timeout=600)
     # pip says so through the plugin's Requires-Python or, older pips, its interface's
@@ -92,8 +94,6 @@ def test_snakemake_plugin_installs_beside_docker_dir_and_only_on_python_3_11_up(
             or "No matching distribution found for snakemake-interface-software-deployment-plugins" in refused.stderr
             ), refused.stderr[-2000:]
     assert not list((old_bin.parent / "lib").glob("python3.9/site-packages/snakemake_software_deployment_plugin*"))
-    pip_install(old_bin, source)
-    assert subprocess.run([str(old_bin / "docker-dir-id"), "--version"], capture_output=True).returncode == 0
 
 
 def python_3_9():
