@@ -3,4 +3,4 @@
 from setuptools import setup
 
 setup(scripts=["bin/docker-dir-save", "bin/docker-dir-id", "bin/docker-dir-exec", "bin/docker-dir-push",
-               "bin/docker-dir-store", "bin/git-annex-remote-docker-dir"])
+               "bin/docker-dir-store", "bin/docker-dir-mirror", "bin/git-annex-remote-docker-dir"])

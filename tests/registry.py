@@ -203,6 +203,11 @@ uploads included), on keep-alive connections, except:
       offset 0) is dead: "upload resumed at wrong offset", 404 BLOB_UPLOAD_INVALID; a
       client starts a new upload.
     - clear_faults().
+    - page_tags(size): the proxy answers tag lists (GET /v2/NAME/tags/list) in pages of at
+      most `size` tags (fewer when the client asks ?n= for fewer), as the OCI distribution
+      spec and distribution 3 do: the registry's list sorted, ?last= the tag after which a
+      page starts, and a Link header `</v2/NAME/tags/list?last=T&n=N>; rel="next"` while more
+      remain. (distribution 2.8.2 ignores n and last and sends every tag, unsorted: measured.)
     - stop(): stops both servers and closes their open connections; safe twice.
 
 push_platform_index(registry, repo_tag, rootfs, workdir, manifest_format="oci")
@@ -263,6 +268,7 @@ SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie"
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "expect"}
 BLOB_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
+TAGS_PATH = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
 STORAGE_PATH = re.compile(r"^/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
 PIECE = 64 << 10
 
@@ -1272,6 +1278,9 @@ class _ProxyHandler(_Handler):
                 record.status = fault.status
                 record.bytes_out = self.send_simple(fault.status, f"fault injected: {fault.status}\n")
                 return
+            if self.command == "GET" and proxy.tag_page_size and TAGS_PATH.match(url.path):
+                self._tag_page(record, url, proxy.tag_page_size)
+                return
             blob = BLOB_PATH.match(url.path) if self.command == "GET" else None
             if blob and self._exchange("HEAD", record, body=False, relay=False).status in (200, 206):
                 record.redirected = True
@@ -1336,6 +1345,33 @@ class _ProxyHandler(_Handler):
             return response
         self._relay(response, record)
         return response
+
+    def _tag_page(self, record, url, size):
+        """One page of the registry's whole tag list (see page_tags)."""
+        connection = self._connection()
+        connection.putrequest("GET", url.path, skip_host=True, skip_accept_encoding=True)
+        for name, value in self.headers.items():
+            if name.lower() not in HOP_BY_HOP:
+                connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read()
+        headers = [(name, value) for name, value in response.getheaders()
+                   if name.lower() not in HOP_BY_HOP | {"content-length", "content-type"}]
+        if response.status == 200:
+            listed = json.loads(body)
+            asked = urllib.parse.parse_qs(url.query)
+            last = asked.get("last", [""])[0]
+            wanted = min(size, int(asked["n"][0])) if "n" in asked else size
+            rest = [tag for tag in sorted(listed["tags"] or []) if tag > last]
+            page = rest[:wanted]
+            body = json.dumps({"name": listed["name"], "tags": page}).encode()
+            if len(rest) > wanted:
+                following = urllib.parse.urlencode({"last": page[-1], "n": wanted})
+                headers.append(("Link", f'<{url.path}?{following}>; rel="next"'))
+        record.status = response.status
+        record.bytes_out = self.send_simple(response.status, body, response.getheader("Content-Type") or "",
+                                            headers)
 
     def _send_body(self, connection, record, chunked):
         fault = self.server.owner._armed("upload_cut", self.path)
@@ -1462,6 +1498,7 @@ class BlobProxy:
         self.requests = []
         self.storage_requests = []
         self.faults = []
+        self.tag_page_size = None
         self.secret_hashes = set()  # sha256 of every secret header value (and its parts) received
         self.trusted = []
         self.lock = threading.Lock()
@@ -1561,6 +1598,9 @@ class BlobProxy:
     def clear_faults(self):
         with self.lock:
             self.faults.clear()
+
+    def page_tags(self, size):
+        self.tag_page_size = size
 
     def _armed(self, kind, target, where="storage"):
         """The first fault of `kind` that may act on this request (not counted yet)."""

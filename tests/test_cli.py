@@ -13,7 +13,8 @@ from docker_dir.cli.id import full_parse, quick_parse
 from docker_dir.errors import EXIT_CODES, UsageError
 from docker_dir.fastjson import loads_json
 
-PROGS = ("docker-dir-save", "docker-dir-id", "docker-dir-exec", "docker-dir-push", "docker-dir-store")
+PROGS = ("docker-dir-save", "docker-dir-id", "docker-dir-exec", "docker-dir-push", "docker-dir-store",
+         "docker-dir-mirror")
 
 
 def _plain(text):

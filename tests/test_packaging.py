@@ -54,7 +54,8 @@ def test_second_install_into_a_debian_python_venv_has_runnable_scripts(tmp_path)
     # git-annex starts it and waits for its greeting (annexremote's import included)
     greeting = subprocess.run([str(remote)], input="", capture_output=True, text=True, timeout=60)
     assert greeting.stdout.splitlines()[:1] == ["VERSION 1"], greeting.stderr
-    for name in ("docker-dir-save", "docker-dir-id", "docker-dir-exec", "docker-dir-push", "docker-dir-store"):
+    for name in ("docker-dir-save", "docker-dir-id", "docker-dir-exec", "docker-dir-push", "docker-dir-store",
+                 "docker-dir-mirror"):
         script = bin_dir / name
         assert script.read_text().splitlines()[0] == f"#!{bin_dir / 'python3'}", name
         proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)

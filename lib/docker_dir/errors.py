@@ -13,6 +13,7 @@ EXIT_ENGINE_UNAVAILABLE = 69
 EXIT_ENGINE_FAILED = 70
 EXIT_NOT_LOADED = 71
 EXIT_CANT_WRITE = 73
+EXIT_PARTIAL = 75  # sysexits' EX_TEMPFAIL, "the user is invited to retry": a re-run retries only what failed
 EXIT_NO_PERMISSION = 77
 
 # (code, meaning): every --help and the README's table say exactly this (a test compares them).
@@ -21,7 +22,8 @@ EXIT_CODES = (
     ("1", "content does not match its digest: a file --verify checked, or a blob downloaded from a registry"),
     ("2", "usage error (unknown option, missing argument)"),
     ("65", "not an image directory: missing, empty, of a layout docker-dir does not read, or a damaged "
-           "manifest, or a path that leaves the directory; or a registry sent a manifest that breaks the rules"),
+           "manifest, or a path that leaves the directory; or a registry sent a manifest or tag list that "
+           "breaks the rules"),
     ("66", "image content not present (git-annex dropped it): run 'datalad get DIR' or 'git annex get DIR'"),
     ("67", "no image matches --repo-tag/--config/--platform, or several do and none was chosen; or the "
            "registry has no such repository, tag or platform"),
@@ -31,6 +33,8 @@ EXIT_CODES = (
     ("70", "the engine refused an operation (image not found, save or load failed)"),
     ("71", "image not loaded in the engine and --no-load was given"),
     ("73", "cannot write the output (DIR not empty, parent missing or not writable, disk full)"),
+    ("75", "docker-dir-mirror: some tags failed (each said why on a line of its own) and the others were saved; "
+           "running it again tries only the tags still missing"),
     ("77", "permission denied: a registry refused the credentials, or they do not cover the repository"),
     ("128+N", "interrupted by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)"),
 )

@@ -4,6 +4,7 @@ engines and registries it is handed.
 save.py: one orchestration (build directory, atomic swap) over a module per source kind
 (save_engine, save_directory, save_registry). pull.py and push.py: images from and to a
 registry, their blobs through transfers.py; push_cache.py: what pushes remember.
+mirror.py: tags of a registry repository, one save per tag.
 exec.py: read the directory, choose and check the engine, make it hold the image.
 load.py: give an engine an image once (node-local lock, presence check, tag or load).
 id.py: describe an image directory, write the ID only when it changed. annex.py and
@@ -21,10 +22,14 @@ class Reporter:
     def notice(self, message):
         """Something the user may want to know, said once (e.g. the blob store is elsewhere)."""
 
+    def failed(self, message):
+        """A part of the work failed and the rest goes on (a tag of a mirror): said even
+        when the command is quiet, as errors are."""
+
     def transfer(self, label, total=None, waiting=None):
         """A byte stream of about `total` bytes begins, its first byte waiting for what
-        `waiting` says; returns a callable taking byte counts, with reset(total), close()
-        and cancel()."""
+        `waiting` says; returns a callable taking byte counts, with reset(total),
+        relabel(label), close() and cancel()."""
         return _Uncounted()
 
 
@@ -36,6 +41,9 @@ class _Uncounted:
 
     def reset(self, total):
         self.done = 0
+
+    def relabel(self, label):
+        """What the stream is called from now on (a mirror's tag k of n)."""
 
     def close(self):
         """The stream ended."""

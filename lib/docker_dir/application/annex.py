@@ -16,15 +16,21 @@ from .save import gitattributes
 REMOTE = "docker-dir"
 
 
-def record_urls(directory, urls):
-    """Annex DIR and register `urls` ({path relative to DIR: docker-blob:// URL}) for its
-    layers; returns (layers linked to a registry, layers kept only in the annex)."""
+def annex_root(directory):
+    """The top of the git-annex repository `directory` is in; UsageError when it is in none."""
     root = _git(["rev-parse", "--show-toplevel"], directory, "finding the git repository of " + directory,
                 error=UsageError, hint="--annex-urls needs DIR inside a git-annex repository (datalad create, or "
                                        "git init && git annex init)").strip()
     if not _git(["config", "--get", "annex.uuid"], root, "", check=False).strip():
         raise UsageError(f"{root} is a git repository without git-annex; run 'git annex init' there "
                          "(or use a DataLad dataset), then save again with --annex-urls")
+    return root
+
+
+def record_urls(directory, urls):
+    """Annex DIR and register `urls` ({path relative to DIR: docker-blob:// URL}) for its
+    layers; returns (layers linked to a registry, layers kept only in the annex)."""
+    root = annex_root(directory)
     env = _with_our_programs()
     if _git(["config", "--get", f"remote.{REMOTE}.annex-externaltype"], root, "", check=False).strip() != REMOTE:
         _git(["annex", "initremote", REMOTE, "type=external", f"externaltype={REMOTE}", "encryption=none",

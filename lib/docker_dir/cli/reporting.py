@@ -60,6 +60,11 @@ class Progress:
         """Count again from zero, towards another total (the whole image after a short one)."""
         self.done, self.total = 0, total
 
+    def relabel(self, label):
+        self.label = label
+        if self.enabled:
+            self._draw(time.monotonic())
+
     def close(self):
         if self.enabled:
             self._draw(time.monotonic(), final=True)
@@ -82,6 +87,10 @@ class TerminalReporter:
             print(f"{self.prog}: {message}", file=sys.stderr)
 
     notice = waiting
+
+    def failed(self, message):
+        clear = "\r\033[K" if not self.quiet and sys.stderr.isatty() else ""  # a progress line may be there
+        print(f"{clear}{self.prog}: {message}", file=sys.stderr)
 
     def transfer(self, label, total=None, waiting=None):
         return Progress(label, total, waiting, enabled=not self.quiet)

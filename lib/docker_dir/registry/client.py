@@ -8,6 +8,7 @@ digests, and nothing larger than expected is kept.
 import hashlib
 import ipaddress
 import os
+import re
 import threading
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -18,10 +19,11 @@ from . import transport as tp
 from .auth import TokenCache, fetch_token, login_advice, parse_challenges, scope
 from .credentials import Secret, credentials_for
 from .messages import cut, error_codes, registry_errors
-from .reference import api_host, check_repository, check_tag
+from .reference import api_host, check_repository, check_tag, is_tag
 from .retry import Tries, retryable_status
 
 MAX_MANIFEST = 4 << 20  # the limit distribution itself puts on a manifest
+MAX_TAG_LIST = 16 << 20  # all the pages of a repository's tag list: some 100,000 long tags
 MAX_ERROR_BODY = 16 << 10
 READ_CHUNK = 1 << 20
 _DRAIN = 1 << 20
@@ -95,6 +97,33 @@ class Registry:
             raise DigestMismatch(f"{self.host} named the {what} of repository {repo} {cut(claimed, 80)} but "
                                  f"sent content with digest {digest}; try again, or tell the registry's operator")
         return data, self._media_type(data, response, f"the {what} of repository {repo}"), digest
+
+    def list_tags(self, repo):
+        """The tags of `repo`, as its tag list (GET /v2/NAME/tags/list) names them, each
+        once, following the list's pages (a Link header with rel="next", as distribution
+        and the OCI distribution spec write it). Every tag is checked against the tag
+        grammar: a tag is also a file name (docker-dir-mirror's PARENT/TAG)."""
+        check_repository(repo)
+        path = f"/v2/{repo}/tags/list"
+        tags, query, budget = {}, "", MAX_TAG_LIST
+        while True:
+            response = self._call("GET", path + query, repo, [scope(repo, _PULL)], {"Accept": "application/json"})
+            if response.status != 200:
+                raise self._refusal(response, repo, f"list the tags of repository {repo}", "tag list")
+            data = self._read_limited(response, budget)
+            if data is None:
+                raise BadRegistryData(f"{self.host} sent a tag list of repository {repo} larger than "
+                                      f"{MAX_TAG_LIST >> 20} MiB; it is misbehaving")
+            budget -= len(data)
+            page = self._tag_page(data, repo)
+            following = self._next_page(response, path, repo)
+            if following is not None and not set(page) - set(tags):  # bounded: each page adds a tag
+                raise BadRegistryData(f"{self.host} sent a page of the tag list of repository {repo} that adds no "
+                                      "tag but points to another page; it is misbehaving")
+            tags.update(dict.fromkeys(page))
+            if following is None:
+                return list(tags)
+            query = following
 
     def blob_size(self, repo, digest):
         """The size of a blob in `repo`, or None when the registry does not have it there."""
@@ -464,6 +493,42 @@ class Registry:
             raise BadRegistryData(f"{self.host} sent {what} without a media type; it is misbehaving")
         return media_type
 
+    def _tag_page(self, data, repo):
+        """The tags of one page of a tag list ({"name": …, "tags": [...]}; null: none)."""
+        from ..fastjson import loads_json
+
+        what = f"a tag list of repository {repo}"
+        try:
+            document = loads_json(data)
+        except (ValueError, RecursionError) as err:
+            raise BadRegistryData(f"{self.host} sent {what} that is not valid JSON ({cut(str(err), 80)}); "
+                                  "it is misbehaving") from None
+        tags = document.get("tags", ()) if isinstance(document, dict) else ()
+        if tags is None:  # distribution's answer for a repository whose tags were all deleted
+            return []
+        if not isinstance(tags, list):
+            raise BadRegistryData(f"{self.host} sent {what} without a list of tags; it is misbehaving")
+        for tag in tags:
+            if not is_tag(tag):
+                raise BadRegistryData(f"{self.host} sent {what} naming '{cut(str(tag), 80)}', which is not a valid "
+                                      "tag; it is misbehaving")
+        return tags
+
+    def _next_page(self, response, path, repo):
+        """The query ("?last=…&n=…") of the tag list's next page, from the Link header, or
+        None on the last page. The next page is asked of this registry, at the list's own
+        path: a link elsewhere is refused."""
+        for target, params in _LINK.findall(response.header("Link") or ""):
+            rel = _LINK_REL.search(params)
+            if not rel or "next" not in rel.group(1).lower().split():
+                continue
+            url = urlsplit(urljoin(response.url, target.strip()))
+            if url.path != path or not all("!" <= c <= "~" for c in url.query):
+                raise BadRegistryData(f"{self.host} points the tag list of repository {repo} to "
+                                      f"'{cut(target, 80)}' for its next page; it is misbehaving")
+            return "?" + url.query if url.query else ""
+        return None
+
     # -- blob transfers ------------------------------------------------------------------
 
     def _download(self, repo, digest, size, out, path, progress):
@@ -660,6 +725,11 @@ class _Body:
 
     def close(self):
         self._stream.close()
+
+
+# A Link header's links (RFC 8288): <URL> and its parameters; rel="next" (or rel=next).
+_LINK = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,]*)*)")
+_LINK_REL = re.compile(r'rel\s*=\s*"?([^";,]*)', re.IGNORECASE)
 
 
 def _pick_challenge(header):

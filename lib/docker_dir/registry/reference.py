@@ -99,9 +99,14 @@ def check_repository(name):
     return name
 
 
+def is_tag(text):
+    """Whether `text` is a valid tag: also a safe file name (no '/', not '.' or '..')."""
+    return isinstance(text, str) and _TAG.match(text) is not None
+
+
 def check_tag(tag):
     """`tag` if it is a valid tag, else UsageError."""
-    if not (isinstance(tag, str) and _TAG.match(tag)):
+    if not is_tag(tag):
         raise UsageError(f"invalid tag '{shown(str(tag))}': 1 to 128 letters, digits, '_', '.' or '-', "
                          "not starting with '.' or '-'")
     return tag
