@@ -343,3 +343,30 @@ def test_engine_saves_link_what_the_store_holds(family, blob_store, tmp_path):
     assert verified(tmp_path / "b") == family.b.id
     again = cli("docker-dir-save", "--force", family.b.ref, tmp_path / "b")
     assert saved_id(again) == family.b.id and same_file(blob_files(tmp_path / "b")[base[0]], stored[base[0]])
+
+
+def test_engine_saves_link_layers_of_equal_size(docker_engine, rootfs, blob_store, tmp_path):
+    """dockerd 20.10 names an export's layers by no digest: the store is asked by size, and
+    two base layers of one size (here: files of one size and name length) are both found."""
+    context = tmp_path / "context"
+    shutil.copytree(rootfs, context / "rootfs", symlinks=True)
+    for name in ("x1.bin", "x2.bin", "own.bin"):
+        (context / name).write_bytes(os.urandom(2 * MiB))
+    base = f"{unique('docker-dir-store/equal')}:1"
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY rootfs/ /\nCOPY x1.bin /x1.bin\nCOPY x2.bin /x2.bin\n")
+    docker("build", "-q", "-t", base, str(context), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    tool = f"{unique('docker-dir-store/equal-tool')}:1"
+    (context / "Dockerfile").write_text(f"FROM {base}\nCOPY own.bin /own.bin\n")
+    docker("build", "-q", "-t", tool, str(context), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    try:
+        saved_id(cli("docker-dir-save", base, tmp_path / "base"))
+        saved_id(cli("docker-dir-save", tool, tmp_path / "tool"))
+    finally:
+        docker("rmi", "-f", tool, base, check=False)
+    base_blobs, tool_blobs = blob_files(tmp_path / "base"), blob_files(tmp_path / "tool")
+    by_size = {}
+    for hexd, path in base_blobs.items():
+        by_size.setdefault(os.stat(path).st_size, []).append(hexd)
+    (twins,) = [hexds for hexds in by_size.values() if len(hexds) == 2]
+    for hexd in twins:
+        assert same_file(base_blobs[hexd], tool_blobs[hexd]), hexd

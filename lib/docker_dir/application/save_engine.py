@@ -87,21 +87,21 @@ class _EngineExport:
 
 
 def _in_store(store):
-    """extract_stream's same_content: the store's blob that may hold a member (the one its
-    name says, blobs/sha256/HEX, or else one of its size), or None."""
+    """extract_stream's same_content: the store's blobs that may hold a member (the one its
+    name says, blobs/sha256/HEX, or else those of its size), or None."""
     if store is None:
         return None
-    sizes = []  # the store's {size: path}, listed at the first member that needs it
+    sizes = []  # the store's {size: [paths]}, listed at the first member that needs it
 
-    def candidate(name, size):
+    def candidates(name, size):
         hexd = name.rsplit("/", 1)[-1]
         if name.startswith("blobs/sha256/") and hex_of_digest("sha256:" + hexd):
             path = store.path(hexd)
-            return path if _size_of(path) == size else None
+            return [path] if _size_of(path) == size else None
         if not sizes:
             sizes.append(store.by_size())
         return sizes[0].get(size)
-    return candidate
+    return candidates
 
 
 def _size_of(path):

@@ -127,27 +127,42 @@ class _Source:
             left -= n
         return size - left
 
-    def compare_to(self, candidate, size, digest, open_file):
+    def compare_to(self, candidates, size, digest, open_file):
         """Read the next `size` bytes of the archive, hashing them into `digest`, against
-        the file `candidate` (its own bytes: nothing is written while they agree). Returns
-        (bytes read, None) when all agreed; else (bytes read, fd) of the file open_file()
-        made, holding them all: the candidate's agreeing start, then the archive's."""
+        the files `candidates` (nothing is written while one of them agrees). Returns
+        (bytes read, the candidate that agreed throughout, None) or, when none did,
+        (bytes read, None, fd of the file open_file() made holding them all: the agreeing
+        start, as a candidate has it, then the archive's)."""
+        opened = [open(path, "rb") for path in candidates]
+        files = list(opened)  # those that agreed so far
+        theirs = bytearray(COPY_BUFFER)
+        view = memoryview(theirs)
         done = 0
-        with open(candidate, "rb") as other:
+        try:
             while done < size:
                 n = self._fill(size - done)
                 if not n:
-                    return done, None
+                    return done, None, None
                 digest.update(self._buffer[:n])
-                if other.read(n) != self._buffer[:n]:
+                ours = self._buffer.obj if n == COPY_BUFFER else self._buffer[:n].tobytes()
+                agreeing = []
+                for other in files:
+                    got = other.readinto(view[:n])
+                    # bytearray == bytearray is a memcmp; memoryviews compare byte by byte, ten times slower
+                    if got == n and (theirs if n == COPY_BUFFER else view[:n].tobytes()) == ours:
+                        agreeing.append(other)
+                if not agreeing:
                     fd = open_file()
-                    other.seek(0)
-                    _write_all(fd, other.read(done))
+                    files[0].seek(0)
+                    _write_all(fd, files[0].read(done))
                     _write_all(fd, self._buffer[:n])
-                    return done + n + self.copy_to(fd, size - done - n, digest), fd
+                    return done + n + self.copy_to(fd, size - done - n, digest), None, fd
+                files = agreeing
                 done += n
-        return done, None
-
+            return done, files[0].name, None
+        finally:
+            for other in opened:
+                other.close()
 
 def _write_all(fd, data):
     written = 0
@@ -245,12 +260,12 @@ class _Extractor:
         (same_content) is read against it and, when they agree, is a hard link of it."""
         mode = 0o755 if member.mode & 0o111 else 0o644
         digest = hashlib.sha256()
-        candidate = self.same_content(member.name, member.size) if self.same_content else None
-        if candidate is not None:
-            read, fd = source.compare_to(candidate, member.size, digest,
-                                         lambda: os.open(name, NEW_FILE, mode, dir_fd=parent))
-            if fd is None and read == member.size:
-                os.link(candidate, name, dst_dir_fd=parent)
+        candidates = self.same_content(member.name, member.size) if self.same_content else None
+        if candidates:
+            read, agreed, fd = source.compare_to(candidates, member.size, digest,
+                                                 lambda: os.open(name, NEW_FILE, mode, dir_fd=parent))
+            if agreed is not None:
+                os.link(agreed, name, dst_dir_fd=parent)
         else:
             fd = os.open(name, NEW_FILE, mode, dir_fd=parent)
             read = None
@@ -269,9 +284,9 @@ class _Extractor:
 def extract_stream(stream, dest, same_content=None):
     """Extract a tar stream into the existing empty directory `dest`. Returns {member
     name: hex sha256} of the regular files (hashed as they stream). `same_content(name,
-    size)` may name a file that may hold a member's content (a blob store's, of that size):
-    the member is then read against it and, if they agree, extracted as a hard link of it
-    (nothing written); else written as any other."""
+    size)` may name files that may hold a member's content (a blob store's, of that size):
+    the member is then read against them and, if one agrees, extracted as a hard link of
+    it (nothing written); else written as any other."""
     dest_fd = os.open(dest, OPEN_DIR)
     try:
         extractor = _Extractor(dest_fd, same_content)

@@ -129,15 +129,18 @@ class BlobStore:
         os.chmod(target, self.file_mode)  # the one file: DIR's too
         return True
 
-    def by_size(self):
-        """{size: path} of the blobs (one per size): where a file of that size may be one."""
+    def by_size(self, most=4):
+        """{size: [paths]} of the blobs, at most `most` of each size: the files a file of
+        that size may be."""
         sizes = {}
         for name in os.listdir(self.dir):
             path = self.path(name)
             try:
-                sizes.setdefault(os.stat(path).st_size, path)
+                same = sizes.setdefault(os.stat(path).st_size, [])
             except FileNotFoundError:
-                pass
+                continue
+            if len(same) < most:
+                same.append(path)
         return sizes
 
     def usage(self):
