@@ -21,62 +21,14 @@ the 5-layer rows, results/push-1layer.json the 1-layer ones)
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 
 from benchlib import (bench_image, docker_dir, interleaved, load_note, median, quick_mode, rebuilt_image,
                      registry_shapes, row, run_timed, workdir, write_results)
-from registrylib import LoopbackRegistry, ThrowawayCA, client_env
+from registrylib import CountingRelay, LoopbackRegistry, ThrowawayCA, client_env
 
 SKOPEO_CACHE = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
-
-
-class CountingRelay:
-    """A TCP relay on a free loopback port in front of a registry, counting the bytes clients
-    send through it (HTTP headers included): what a push costs on the wire."""
-
-    def __init__(self, target_port):
-        self.target_port = target_port
-        self.sent = 0
-        self.lock = threading.Lock()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(32)
-        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, source, sink, counted):
-        try:
-            while True:
-                data = source.recv(1 << 16)
-                if not data:
-                    break
-                if counted:
-                    with self.lock:
-                        self.sent += len(data)
-                sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self):
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
 
 
 def forget_skopeo_cache():

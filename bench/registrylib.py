@@ -21,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -56,6 +57,14 @@ def _openssl(*args, cwd):
     proc = subprocess.run(["openssl", *args], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {proc.stderr.strip()[-400:]}")
+
+
+def trust(ca, host):
+    """Make `ca` trusted for HOST:PORT through certs.d; returns the entry, which the caller removes."""
+    entry = os.path.join(CERTS_D, host)
+    os.makedirs(entry)  # a leftover entry for this port would be someone else's: fail
+    shutil.copy(ca.cert, os.path.join(entry, "ca.crt"))
+    return entry
 
 
 class ThrowawayCA:
@@ -135,10 +144,7 @@ class LoopbackRegistry:
         raise RuntimeError(f"docker-registry did not start: see {self.dir}/log")
 
     def _trust(self):
-        entry = os.path.join(CERTS_D, self.host)
-        os.makedirs(entry)  # a leftover entry for this port would be someone else's: fail
-        self.certs_entry = entry
-        shutil.copy(self.ca.cert, os.path.join(entry, "ca.crt"))
+        self.certs_entry = trust(self.ca, self.host)
 
     def _ready(self):
         deadline = time.monotonic() + 30
@@ -187,3 +193,60 @@ class LoopbackRegistry:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class CountingRelay:
+    """A TCP relay on a free loopback port in front of a registry, counting the bytes clients
+    send through it (`sent`) and receive (`received`), HTTP headers (and TLS records, when the
+    registry speaks TLS) included: what a push or a pull costs on the wire. With a ThrowawayCA,
+    its port is trusted through certs.d (the registry's certificate names 127.0.0.1) until closed."""
+
+    def __init__(self, target_port, ca=None):
+        self.target_port = target_port
+        self.sent = self.received = 0
+        self.lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(32)
+        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.certs_entry = trust(ca, self.host) if ca else None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, "sent"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, "received"), daemon=True).start()
+
+    def _pump(self, source, sink, counter):
+        try:
+            while True:
+                data = source.recv(1 << 16)
+                if not data:
+                    break
+                with self.lock:
+                    setattr(self, counter, getattr(self, counter) + len(data))
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        if self.certs_entry:
+            shutil.rmtree(self.certs_entry, ignore_errors=True)
+            self.certs_entry = None
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -2,6 +2,10 @@
 """Merge bench/results/*.json into one table: printed, written as Markdown and as a PNG bar chart.
 
 usage: report.py MARKDOWN PNG
+       report.py --merge MARKDOWN BENCH...   put only these benches' rows (results/BENCH.json) into the
+                                            existing MARKDOWN: a row of the same metric is replaced, with its
+                                            note; the others are added at the end of the table and of the
+                                            notes; every other line stays (the PNG is not redrawn)
 """
 import datetime
 import glob
@@ -14,7 +18,7 @@ from plumbum import local
 
 from benchlib import BENCH, PY, RESULTS, fmt, ratio
 
-ORDER = ("id", "save", "exec", "charliecloud", "pull", "pull-1layer", "push", "push-1layer")
+ORDER = ("id", "save", "exec", "charliecloud", "pull", "pull-1layer", "push", "push-1layer", "store")
 
 
 def load_benches():
@@ -65,12 +69,20 @@ def environment(quick):
             f"Python {platform.python_version()} ({PY}).")
 
 
+def table_line(r):
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |"
+
+
+def note_line(r):
+    return f"- {r['metric']}: {r['note']}"
+
+
 def markdown(rows, png_name, quick):
     lines = ["# docker-dir benchmarks", "", environment(quick), "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |" for r in rows]
+    lines += [table_line(r) for r in rows]
     lines += ["", "Notes:", ""]
-    lines += [f"- {r['metric']}: {r['note']}" for r in rows if r["note"]]
+    lines += [note_line(r) for r in rows if r["note"]]
     lines += ["", f"![bar chart of the table]({png_name})", "",
               "Made by `bench/run-all`; see [README.md](README.md) for what each figure measures.", ""]
     return "\n".join(lines)
@@ -126,7 +138,43 @@ def chart(rows, path):
     plt.close(fig)
 
 
+def merged(text, rows):
+    """The Markdown `text` of a table with `rows` put in (see the usage); nothing else changes."""
+    lines = text.split("\n")
+    header = next(i for i, line in enumerate(lines) if line.startswith("| metric |"))
+    table_end = next(i for i in range(header + 2, len(lines) + 1) if i == len(lines) or not lines[i].startswith("|"))
+    notes = lines.index("Notes:", table_end) + 2
+    notes_end = next(i for i in range(notes, len(lines) + 1) if i == len(lines) or not lines[i].startswith("- "))
+    table, notes_list = lines[header + 2:table_end], lines[notes:notes_end]
+    for r in rows:
+        first_cell = "| " + r["metric"].replace("|", "\\|") + " |"
+        at = [i for i, line in enumerate(table) if line.startswith(first_cell)]
+        if at:
+            table[at[0]] = table_line(r)
+        else:
+            table.append(table_line(r))
+        notes_list = [line for line in notes_list if not line.startswith(f"- {r['metric']}: ")]
+        if r["note"]:
+            notes_list.append(note_line(r))
+    return "\n".join(lines[:header + 2] + table + lines[table_end:notes] + notes_list + lines[notes_end:])
+
+
+def merge(md_path, names):
+    rows = []
+    for name in names:
+        with open(os.path.join(RESULTS, f"{name}.json")) as stream:
+            rows += json.load(stream)["rows"]
+    with open(md_path) as stream:
+        text = merged(stream.read(), rows)
+    with open(md_path, "w") as out:
+        out.write(text)
+    print_table(rows)
+    print(f"\nput {len(rows)} rows of {', '.join(names)} into {md_path}")
+
+
 def main():
+    if sys.argv[1:2] == ["--merge"]:
+        return merge(sys.argv[2], sys.argv[3:])
     md_path, png_path = sys.argv[1:3]
     benches = load_benches()
     rows = [r for bench in benches for r in bench["rows"]]
