@@ -1070,6 +1070,49 @@ def test_unreachable_registry():
     assert f"cannot connect to 127.0.0.1:{port}" in one_line(err) and "Connection refused" in str(err.value)
 
 
+def test_a_registry_that_stays_down_is_tried_once_a_request_until_it_answers():
+    """After one request went unanswered through all its tries, the same Registry (a git-annex
+    remote's, a mirror's) tries each later request once, not with the whole backoff again;
+    an answer brings the retries back. Counted in connections (plain HTTP is tried after
+    HTTPS on loopback: one connection each)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(50)
+    connections, answering = [], threading.Event()
+
+    def serve():
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                return
+            connections.append(peer)
+            if answering.is_set():
+                peer.recv(65536)
+                peer.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")  # reset
+            peer.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def connections_of_one_request(registry):
+        before = len(connections)
+        with pytest.raises(RegistryUnavailable):
+            registry.get_manifest("x/y", "1", ACCEPT)
+        return len(connections) - before
+
+    try:
+        with Registry(f"127.0.0.1:{server.getsockname()[1]}") as registry:
+            assert connections_of_one_request(registry) == 1 + retry.ATTEMPTS
+            assert connections_of_one_request(registry) == 1 + 1
+            assert connections_of_one_request(registry) == 1 + 1
+            answering.set()
+            assert connections_of_one_request(registry) == 1 + 1  # answered: the next gets its retries
+            assert connections_of_one_request(registry) == 1 + retry.ATTEMPTS
+    finally:
+        server.close()
+
+
 def docker0_address():
     for line in sh("ip", "-4", "-o", "addr", "show", "docker0", check=False).stdout.splitlines():
         return line.split()[3].split("/")[0]

@@ -20,7 +20,7 @@ from .auth import TokenCache, fetch_token, login_advice, parse_challenges, scope
 from .credentials import Secret, credentials_for
 from .messages import cut, error_codes, registry_errors
 from .reference import api_host, check_repository, check_tag, is_tag
-from .retry import Tries, retryable_status
+from .retry import ATTEMPTS, Tries, retryable_status
 
 MAX_MANIFEST = 4 << 20  # the limit distribution itself puts on a manifest
 MAX_TAG_LIST = 16 << 20  # all the pages of a repository's tag list: some 100,000 long tags
@@ -47,6 +47,10 @@ class Registry:
         self._credentials = {}  # repository -> Credentials or None: the login that covers it
         self._tokens = TokenCache()
         self._token_lock = threading.Lock()
+        # A request went unanswered through all of its tries (a registry that is down): the
+        # next ones try once until an answer comes, or a git-annex remote's every key (and
+        # git-annex's own retries of each) would wait out the backoff again.
+        self._unanswered = False
 
     def __repr__(self):
         return f"Registry({self.host!r})"
@@ -201,7 +205,7 @@ class Registry:
             _checked_digest(digest)
         progress = _Progress(on_bytes)
         scopes = [scope(repo, _PUSH)]
-        tries = Tries()
+        tries = self._tries()
         location, offset = self._start_upload(repo, scopes, tries), 0
         while True:
             try:
@@ -262,7 +266,7 @@ class Registry:
         _UploadBroken for the caller to go on from the registry's state."""
         base = self._ensure_base()
         url = urljoin(base, path)
-        tries = tries or Tries()
+        tries = tries or self._tries()
         while True:
             try:
                 response = self._send_authorized(method, url, repo, scopes, headers, body, chunked)
@@ -273,7 +277,9 @@ class Registry:
                     raise _UploadBroken(str(failure)) from None
                 if tries.again():
                     continue
-                raise self._unavailable(failure, f" ({tries.made} attempts)") from None
+                self._unanswered = True
+                raise self._unavailable(failure, f" ({_attempts(tries.made)})") from None
+            self._unanswered = False
             if retryable_status(response.status):
                 if resume:
                     response.close()
@@ -356,14 +362,17 @@ class Registry:
     def _ping_at(self, base, plain_next):
         """(base, challenge) from GET /v2/ at `base`; with `plain_next`, a refused connection
         is not tried again: plain HTTP is tried next."""
-        tries = Tries()
+        tries = self._tries()
         while True:
             try:
                 response = self._transport.request("GET", base + "/v2/")
             except tp.TransportFailure as failure:
-                if failure.retryable and not (plain_next and failure.kind == tp.CONNECT) and tries.again():
-                    continue
+                if failure.retryable and not (plain_next and failure.kind == tp.CONNECT):
+                    if tries.again():
+                        continue
+                    self._unanswered = True
                 raise
+            self._unanswered = False
             body = response.read_prefix(MAX_ERROR_BODY)
             if retryable_status(response.status) and tries.again(response.header("Retry-After")):
                 continue
@@ -383,8 +392,8 @@ class Registry:
             raise RegistryUnavailable(f"{self.host} does not serve the registry API (GET /v2/ answered 404); "
                                       "check the registry's address")
         if response.status >= 500 or response.status == 429:
-            raise RegistryUnavailable(f"{self.host} keeps failing (HTTP {response.status}{said}, {tries.made} "
-                                      "attempts); try again later")
+            raise RegistryUnavailable(f"{self.host} keeps failing (HTTP {response.status}{said}, "
+                                      f"{_attempts(tries.made)}); try again later")
         raise BadRegistryData(f"{self.host} answered GET /v2/ with HTTP {response.status}{said}; "
                               "is it a container registry?")
 
@@ -400,6 +409,10 @@ class Registry:
             return False
 
     # -- answers that are not what was asked for -----------------------------------------
+
+    def _tries(self):
+        """The tries of a new request: as retry.py says, or one while the registry is down."""
+        return Tries(attempts=1 if self._unanswered else ATTEMPTS)
 
     def _unavailable(self, failure, suffix=""):
         text = f"{failure}{suffix}"
@@ -535,7 +548,7 @@ class Registry:
         """Stream the blob into `out`; returns the hex sha256 of what was written."""
         hasher = hashlib.sha256()
         received = 0
-        tries = Tries()  # the requests and the resumptions of this transfer
+        tries = self._tries()  # the requests and the resumptions of this transfer
         while True:
             headers = {"Range": f"bytes={received}-"} if received else None
             response = self._call("GET", f"/v2/{repo}/blobs/{digest}", repo, [scope(repo, _PULL)], headers,
@@ -678,6 +691,10 @@ class _UploadBroken(Exception):
     def __init__(self, message, restart=False):
         super().__init__(message)
         self.restart = restart
+
+
+def _attempts(count):
+    return "1 attempt" if count == 1 else f"{count} attempts"
 
 
 class _Progress:
