@@ -716,7 +716,14 @@ class _SlowHandler(Handler):
         if "/manifests/" in self.path:
             return self.answer(201)
         self.server.streaming.wait(30)  # refused while a layer streams up, so that it has to stop
-        self.answer(403, b'{"errors":[{"code":"DENIED","message":"not for you"}]}')
+        # The body is read first, as a registry does: left unread, it would be taken for the
+        # next request on this kept-alive connection (a 400 to another thread's POST).
+        if "Content-Length" in self.headers:
+            self.rfile.read(int(self.headers["Content-Length"]))
+        else:
+            self.close_connection = True
+        self.answer(403, b'{"errors":[{"code":"DENIED","message":"not for you"}]}',
+                    [] if "Content-Length" in self.headers else [("Connection", "close")])
 
     def do_PATCH(self):
         key = self.path.split("?", 1)[0]
