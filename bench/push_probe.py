@@ -134,7 +134,10 @@ def _run(real):
 def _keep(name, profile, first):
     with _lock:
         file = f"thread-{len(threads)}.prof"
-        threads[name] = {"profile": file, "first": first, "last": time.monotonic()}
+        key, n = name, 2
+        while key in threads:  # push runs one "compress" thread per layer
+            key, n = f"{name} ({n})", n + 1
+        threads[key] = {"profile": file, "first": first, "last": time.monotonic()}
     profile.dump_stats(os.path.join(OUT, file))
 
 
