@@ -16,6 +16,7 @@
 """
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -141,3 +142,14 @@ def wait_gone(pids, timeout):
         if not pids or time.monotonic() > deadline:
             return pids
         time.sleep(0.05)
+
+
+def terminate(process, grace):
+    """Stop a subprocess.Popen: SIGTERM, SIGKILL after `grace` seconds, reaped either way."""
+    if alive(process.pid):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

@@ -62,7 +62,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -73,7 +72,7 @@ from pathlib import Path
 from typing import Optional
 
 from engines import log_tail
-from procs import alive
+from procs import terminate
 
 REGISTRY_NAME = "reg.proxytest"
 AUTH_NAME = "auth.proxytest"
@@ -259,14 +258,7 @@ class SquidProxy:
 
     def stop(self):
         if self.process is not None:
-            pid = self.process.pid
-            if alive(pid):
-                os.kill(pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+            terminate(self.process, grace=15)
             self.process = None
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -234,7 +234,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -251,7 +250,7 @@ from pathlib import Path
 from typing import Optional
 
 from engines import Unavailable, podman_env, log_tail
-from procs import alive, wait_gone
+from procs import terminate, wait_gone
 
 KINDS = ("anonymous", "basic-tls", "token")
 CERTS_D = ("/etc/docker/certs.d", "/etc/containers/certs.d")
@@ -986,15 +985,8 @@ class RegistryServer:
 
     def stop(self):
         if self.process is not None:
-            pid = self.process.pid
-            if alive(pid):
-                os.kill(pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-            wait_gone([pid], 5)
+            terminate(self.process, grace=10)
+            wait_gone([self.process.pid], 5)
             self.process = None
         if self.token_server is not None:
             self.token_server.stop()
