@@ -19,7 +19,6 @@ bytes the registry and its blob storage send: those against the new layer's size
 usage: bench_pull.py [--shape 5-layer|1-layer ...]   (default: both; results/pull.json holds
 the 5-layer rows, results/pull-1layer.json the 1-layer ones)
 """
-import argparse
 import contextlib
 import os
 import shutil
@@ -28,8 +27,8 @@ import sys
 import time
 
 from benchlib import (CHECKOUT, bench_image, docker_dir, interleaved, load_note, median, quick_mode, rebuilt_image,
-                      registry_shapes, remove_image, row, run_timed, workdir, write_results)
-from registrylib import LoopbackRegistry, ThrowawayCA, client_env
+                      remove_image, row, run_timed, write_results)
+from registrylib import LoopbackRegistry, client_env, main_over_shapes
 
 sys.path.insert(0, os.path.join(CHECKOUT, "tests"))
 from registry import BlobProxy, RegistryServer  # noqa: E402  (the tests' registry fixtures)
@@ -49,17 +48,7 @@ def docker_push(ref, registry, repo_tag):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", action="append", choices=sorted(registry_shapes()),
-                        help="only this image shape (repeatable; default: all)")
-    args = parser.parse_args()
-    for tool in ("docker-registry", "skopeo", "openssl"):
-        if not shutil.which(tool):
-            raise SystemExit(f"bench_pull needs {tool} (the Debian package of that name)")
-    with workdir("pull") as work:
-        ca = ThrowawayCA(os.path.join(work, "ca"))
-        for shape, layers in registry_shapes(args.shape).items():
-            measure_shape(shape, layers, work, ca)
+    main_over_shapes("pull", __doc__.split("\n\n")[0], measure_shape)
 
 
 def measure_shape(shape, layers, work, ca):

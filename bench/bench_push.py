@@ -18,15 +18,14 @@ registry the client already pushed it to, caches kept: all of them then mount.
 usage: bench_push.py [--shape 5-layer|1-layer ...]   (default: both; results/push.json holds
 the 5-layer rows, results/push-1layer.json the 1-layer ones)
 """
-import argparse
 import os
 import shutil
 import subprocess
 import tempfile
 
 from benchlib import (bench_image, docker_dir, interleaved, load_note, median, quick_mode, rebuilt_image,
-                     registry_shapes, row, run_timed, workdir, write_results)
-from registrylib import CountingRelay, LoopbackRegistry, ThrowawayCA, client_env
+                     row, run_timed, write_results)
+from registrylib import CountingRelay, LoopbackRegistry, client_env, main_over_shapes
 
 SKOPEO_CACHE = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
 
@@ -82,17 +81,7 @@ class _Relayed:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", action="append", choices=sorted(registry_shapes()),
-                        help="only this image shape (repeatable; default: all)")
-    args = parser.parse_args()
-    for tool in ("docker-registry", "skopeo", "openssl"):
-        if not shutil.which(tool):
-            raise SystemExit(f"bench_push needs {tool} (the Debian package of that name)")
-    with workdir("push") as work:
-        ca = ThrowawayCA(os.path.join(work, "ca"))
-        for shape, layers in registry_shapes(args.shape).items():
-            measure_shape(shape, layers, work, ca)
+    main_over_shapes("push", __doc__.split("\n\n")[0], measure_shape)
 
 
 def measure_shape(shape, layers, work, ca):

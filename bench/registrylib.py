@@ -13,6 +13,7 @@ remote server, and on a machine whose disk others keep busy its own writes (each
 chunk, each commit) would otherwise add seconds of noise to whichever client is running.
 The clients' files (DIR, docker-dir's cache and work files) stay where the bench puts them.
 """
+import argparse
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+
+from benchlib import registry_shapes, workdir
 
 CERTS_D = "/etc/docker/certs.d"
 SERVER_DIR = os.environ.get("BENCH_REGISTRY_DIR") or "/dev/shm"
@@ -250,3 +253,19 @@ class CountingRelay:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def main_over_shapes(name, description, measure_shape):
+    """A registry bench's main: --shape chosen (default all), its tools checked, one work
+    directory and one throwaway CA, measure_shape(shape, layers, work, ca) for each shape."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--shape", action="append", choices=sorted(registry_shapes()),
+                        help="only this image shape (repeatable; default: all)")
+    args = parser.parse_args()
+    for tool in ("docker-registry", "skopeo", "openssl"):
+        if not shutil.which(tool):
+            raise SystemExit(f"bench_{name} needs {tool} (the Debian package of that name)")
+    with workdir(name) as work:
+        ca = ThrowawayCA(os.path.join(work, "ca"))
+        for shape, layers in registry_shapes(args.shape).items():
+            measure_shape(shape, layers, work, ca)
