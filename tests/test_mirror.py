@@ -29,7 +29,7 @@ import pytest
 import registry as registry_module
 from conftest import BIN, REPO, cli, cli_on_tty, docker, image_id_of, import_image, one_line_error, private_ref
 from test_annex_remote import Shell, datalad_dataset, present_here
-from test_pull import HostileRegistry, host_of, isolated_env, trusted
+from test_pull import host_of, hostile_registry, isolated_env, trusted  # noqa: F401 (a fixture)
 from test_store import other_file_system, store_files  # noqa: F401 (other_file_system: a fixture)
 
 from docker_dir.errors import (EXIT_BAD_DIR, EXIT_CANT_WRITE, EXIT_ENGINE_UNAVAILABLE, EXIT_PARTIAL, EXIT_SELECTION,
@@ -320,18 +320,6 @@ def test_hostile_tag_lists(case, said, hostile_registry, tmp_path):
     line = one_line_error(mirror(f"docker://{server.host}/hostile/repo", out / "mirror"), EXIT_BAD_DIR)
     assert said in line and server.host in line
     assert os.listdir(out) == []
-
-
-@pytest.fixture
-def hostile_registry():
-    servers = []
-
-    def make(routes):
-        servers.append(HostileRegistry(routes))
-        return servers[-1]
-    yield make
-    for server in servers:
-        server.stop()
 
 
 # -- 3. running it again ------------------------------------------------------------------------
