@@ -25,6 +25,7 @@ from ..registry.client import Registry
 from ..registry.reference import Reference, check_tag
 from . import QUIET, Reporter
 from .save import FROM_ENVIRONMENT, RegistryImage, Selectors, save
+from .store import blob_store
 
 TEMP_STORE_MARK = ".docker-dir-mirror-"
 
@@ -90,7 +91,7 @@ def mirror(text, parent, tags=(), patterns=(), force=False, reporter=QUIET, sele
     wanted = [tag for tag in chosen if force or not _holds_something(os.path.join(parent, tag))]
     mirrored = Mirrored(source, [tag for tag in chosen if tag not in wanted])
     if store is FROM_ENVIRONMENT:
-        store = BlobStore.from_environment()
+        store = blob_store()
     if wanted:
         with _shared_store(parent, store, reporter) as (shared, temporary):
             mirrored.temporary_store = temporary

@@ -15,7 +15,6 @@ from ..errors import CantWrite, UsageError
 from ..format.canonical import Blobs, write_index_layout, write_layout
 from ..format.imagedir import ImageDir
 from ..format.store import ENV as STORE_ENV
-from ..format.store import BlobStore
 from ..fs import move_into_place
 from ..nodelocal import BuildDir, remove_abandoned
 from ..signals import SignalLatch
@@ -23,6 +22,7 @@ from . import QUIET
 from .save_registry import RegistryImage
 from .save_directory import DirectoryImages
 from .save_engine import EngineImage, engine_export
+from .store import blob_store
 
 __all__ = ["save", "Selectors", "EngineImage", "DirectoryImages", "RegistryImage", "Saved", "TEMP_MARK"]
 
@@ -80,7 +80,7 @@ def save(sources, path, engine=None, force=False, reporter=QUIET, write_gitattri
     for source in planned:
         source.check()  # before anything is made: an engine that cannot save, an image it lacks
     if store is FROM_ENVIRONMENT:
-        store = BlobStore.from_environment()
+        store = blob_store()
     remove_stale_temps(parent, name)
     started = time.monotonic()
     with SignalLatch() as latch, BuildDir(parent, f".{name}{TEMP_MARK}", _remove_tree) as tmp:
