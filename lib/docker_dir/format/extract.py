@@ -164,6 +164,7 @@ class _Source:
             for other in opened:
                 other.close()
 
+
 def _write_all(fd, data):
     written = 0
     while written < len(data):

@@ -25,6 +25,7 @@ The guarantees (each function states its own):
 """
 import errno
 import os
+import shutil
 import stat
 
 from ..errors import CantWrite
@@ -96,8 +97,8 @@ class BlobStore:
                 if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                     raise
                 how = "copied"
-                with open(source, "rb") as stream:
-                    _copy(stream, dest)
+                with open(source, "rb") as stream, open(dest, "xb") as out:  # 0644, as any saved blob
+                    shutil.copyfileobj(stream, out, CHUNK)
             with open(dest, "rb") as placed:
                 damaged = HashingReader(placed).drain() != hexd
             if damaged:
@@ -133,12 +134,8 @@ class BlobStore:
         """{size: [paths]} of the blobs, at most `most` of each size: the files a file of
         that size may be."""
         sizes = {}
-        for name in os.listdir(self.dir):
-            path = self.path(name)
-            try:
-                same = sizes.setdefault(os.stat(path).st_size, [])
-            except FileNotFoundError:
-                continue
+        for path, st in self._entries():
+            same = sizes.setdefault(st.st_size, [])
             if len(same) < most:
                 same.append(path)
         return sizes
@@ -146,37 +143,37 @@ class BlobStore:
     def usage(self):
         """(blobs, bytes, of which (blobs, bytes) no directory links to any more)."""
         blobs = size = lone = lone_size = 0
-        for entry in self._entries():
+        for _, st in self._entries():
             blobs += 1
-            size += entry.st_size
-            if entry.st_nlink == 1:
+            size += st.st_size
+            if st.st_nlink == 1:
                 lone += 1
-                lone_size += entry.st_size
+                lone_size += st.st_size
         return blobs, size, lone, lone_size
 
     def prune(self):
         """Remove the blobs no directory links to (link count 1): (blobs, bytes) removed."""
         removed = freed = 0
+        for path, st in self._entries():
+            if st.st_nlink == 1:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue  # another prune was first
+                removed += 1
+                freed += st.st_size
+        return removed, freed
+
+    def _entries(self):
+        """(path, stat) of each blob file (regular files only; one removed meanwhile is skipped)."""
         for name in os.listdir(self.dir):
             path = self.path(name)
             try:
                 st = os.stat(path, follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                    os.unlink(path)
-                    removed += 1
-                    freed += st.st_size
-            except FileNotFoundError:
-                pass  # another prune was first
-        return removed, freed
-
-    def _entries(self):
-        for name in os.listdir(self.dir):
-            try:
-                st = os.stat(self.path(name), follow_symlinks=False)
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                yield st
+                yield path, st
 
     @staticmethod
     def _forget(path):
@@ -188,11 +185,3 @@ class BlobStore:
 
 class _Damaged(Exception):
     """A store file whose size or digest is not its name's."""
-
-
-def _copy(stream, dest):
-    """A plain copy of the readable `stream` at the new path `dest` (0644, as any saved blob)."""
-    with open(dest, "xb") as out:
-        for chunk in iter(lambda: stream.read(CHUNK), b""):
-            out.write(chunk)
-
