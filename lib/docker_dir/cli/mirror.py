@@ -5,8 +5,8 @@ import sys
 from ..application.mirror import mirror
 from ..application.save import Selectors
 from ..errors import EXIT_PARTIAL, UsageError
-from .common import run, trap_signals
-from .parser import Parser
+from .common import exit_now, run, trap_signals
+from .parser import Parser, add_insecure_registry
 from .reporting import TerminalReporter, human
 
 PROG = "docker-dir-mirror"
@@ -32,8 +32,7 @@ def parse(argv):
                         help="from a multi-platform tag, save the image of this platform (default: this host's)")
     parser.add_argument("--all-platforms", action="store_true",
                         help="keep each tag's whole multi-platform index")
-    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
-                        help="allow plain HTTP to this registry (loopback registries need not be named)")
+    add_insecure_registry(parser)
     parser.add_argument("--gitattributes", action="store_true",
                         help="write PARENT/TAG/.gitattributes: layers to the git-annex annex, JSON files to git")
     parser.add_argument("--annex-urls", action="store_true",
@@ -77,4 +76,4 @@ def summary(mirrored, parent, annex_urls):
 
 
 def entry_point():
-    return run(PROG, parse, main)
+    exit_now(run(PROG, parse, main))

@@ -50,6 +50,11 @@ def add_selectors(parser, of="in DIR"):
                              "(default: this host's)")
 
 
+def add_insecure_registry(parser):
+    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+                        help="allow plain HTTP to this registry (loopback registries need not be named)")
+
+
 def add_engine_option(parser):
     parser.add_argument("--engine", choices=ENGINES,
                         help="container engine (default: $DOCKER_DIR_ENGINE, else the first of "

@@ -6,7 +6,7 @@ from ..application.push import COMPRESSIONS, push
 from ..errors import UsageError
 from ..fs import write_if_changed
 from .common import exit_now, print_output, require_stdout, run, trap_signals
-from .parser import Parser, add_selectors
+from .parser import Parser, add_insecure_registry, add_selectors
 from .reporting import TerminalReporter, human, report_annexed
 
 PROG = "docker-dir-push"
@@ -22,8 +22,7 @@ def parse(argv):
                         help="push DIR's whole multi-platform index (every platform's image)")
     parser.add_argument("--compress", choices=COMPRESSIONS, default="gzip",
                         help="how layers stored uncompressed are sent (default gzip; compressed ones go as they are)")
-    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
-                        help="allow plain HTTP to this registry (loopback registries need not be named)")
+    add_insecure_registry(parser)
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="write the pinned reference to FILE, only if it differs (its mtime is kept otherwise)")
     parser.add_argument("--annex-urls", action="store_true",

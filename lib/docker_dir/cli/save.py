@@ -9,7 +9,7 @@ from ..application.save import DirectoryImages, EngineImage, RegistryImage, Sele
 from ..engine import get_engine
 from ..errors import UsageError
 from .common import exit_now, print_output, require_stdout, run, trap_signals
-from .parser import Parser, add_engine_option, add_selectors
+from .parser import Parser, add_engine_option, add_insecure_registry, add_selectors
 from .reporting import TerminalReporter, human, report_annexed
 
 PROG = "docker-dir-save"
@@ -40,8 +40,7 @@ def parse(argv):
     parser.add_argument("--annex-urls", action="store_true",
                         help="DIR is in a git-annex repository: annex it (implies --gitattributes) and record each "
                              "layer pulled from a registry as available there (git-annex-remote-docker-dir)")
-    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
-                        help="allow plain HTTP to this registry (loopback registries need not be named)")
+    add_insecure_registry(parser)
     parser.add_argument("sources", metavar="SOURCE", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("dir", metavar="DIR")
     args = parser.parse_args(argv)
