@@ -1,10 +1,10 @@
 """Running programs, off the hot path: one function for short commands, one class for streams.
 
 Both go through plumbum's public API (`local[program][args]`, `.run`, `.popen`, `<<`
-for input). The hot path (direct.py) is the one place that does not: it says why. Callers classify a failure themselves (an engine by its stderr, the
-registry client by a credential helper's answer), so nothing here raises
-docker-dir's errors: a program that cannot start raises OSError, one that does not
-finish in time NoAnswer.
+for input). The hot path (direct.py) is the one place that does not: it says why.
+Callers classify a failure themselves (an engine by its stderr, the registry client by
+a credential helper's answer), so nothing here raises docker-dir's errors: a program
+that cannot start raises OSError, one that does not finish in time NoAnswer.
 
 Every child dies with us (PR_SET_PDEATHSIG): a `docker save` or `load` left behind
 by a killed docker-dir would keep the daemon exporting or importing for nobody.

@@ -75,8 +75,10 @@ class Blobs:
 
     def take_from_store(self, hexd, size=None):
         """Blob `hexd` placed from the store (checked there), if it holds it whole."""
-        if self.store is None or self.has(hexd):
-            return self.has(hexd)
+        if self.has(hexd):
+            return True
+        if self.store is None:
+            return False
         how = self.store.place(hexd, self.path(hexd), size)
         if how:
             self.from_store[how] += os.stat(self.path(hexd)).st_size

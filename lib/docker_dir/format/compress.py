@@ -8,10 +8,10 @@ manifest digest; `compressor_id` names the library, its version and the level, s
 remembered from one are never expected of another.
 
 A CompressedLayer is read as a stream (no work file: the upload overlaps the
-compression, made by a thread of its own), and read again from any offset (compression cannot seek: the bytes before
-it are made again, and dropped). The uncompressed layer is hashed as it is read and,
-at its end, checked against the digests that name it: the registry sees only the
-compressed bytes, and would take a damaged layer for a new one.
+compression, made by a thread of its own), and read again from any offset (compression
+cannot seek: the bytes before it are made again, and dropped). The uncompressed layer is
+hashed as it is read and, at its end, checked against the digests that name it: the
+registry sees only the compressed bytes, and would take a damaged layer for a new one.
 """
 import hashlib
 import queue
