@@ -28,23 +28,12 @@ import time
 
 from benchlib import (CHECKOUT, bench_image, docker_dir, interleaved, load_note, median, quick_mode, rebuilt_image,
                       remove_image, row, run_timed, write_results)
-from registrylib import LoopbackRegistry, client_env, main_over_shapes
+from registrylib import LoopbackRegistry, client_env, docker_push, forget_skopeo_cache, main_over_shapes
 
 sys.path.insert(0, os.path.join(CHECKOUT, "tests"))
 from registry import BlobProxy, RegistryServer  # noqa: E402  (the tests' registry fixtures)
 
-SKOPEO_CACHE = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
 REPO = "bench/pull"
-
-
-def docker_push(ref, registry, repo_tag):
-    """`docker push` of the engine's image to the registry (dockerd gzips the layers)."""
-    target = f"{registry.host}/{repo_tag}"
-    subprocess.run(["docker", "tag", ref, target], check=True, stdout=subprocess.DEVNULL)
-    try:
-        subprocess.run(["docker", "push", target], check=True, stdout=subprocess.DEVNULL)
-    finally:
-        subprocess.run(["docker", "rmi", target], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main():
@@ -79,8 +68,8 @@ def measure_shape(shape, layers, work, ca):
 
         def before(name):
             shutil.rmtree(target, ignore_errors=True)
-            if name == "skopeo" and os.path.exists(SKOPEO_CACHE):
-                os.unlink(SKOPEO_CACHE)
+            if name == "skopeo":
+                forget_skopeo_cache()
             if name == "docker pull + save":
                 remove_image(image_id)
 

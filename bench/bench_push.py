@@ -25,16 +25,8 @@ import tempfile
 
 from benchlib import (bench_image, docker_dir, interleaved, load_note, median, quick_mode, rebuilt_image,
                      row, run_timed, write_results)
-from registrylib import CountingRelay, LoopbackRegistry, client_env, main_over_shapes
+from registrylib import CountingRelay, LoopbackRegistry, client_env, forget_skopeo_cache, main_over_shapes
 
-SKOPEO_CACHE = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
-
-
-def forget_skopeo_cache():
-    try:
-        os.unlink(SKOPEO_CACHE)
-    except FileNotFoundError:
-        pass
 
 
 def run_quiet(argv, **kwargs):

@@ -44,9 +44,8 @@ import time
 
 from benchlib import (BENCH, CHECKOUT, MiB, PY, RESULTS, bench_image, docker_dir, measured_at, quick_mode,
                       run_timed, workdir)
-from registrylib import LoopbackRegistry, ThrowawayCA, client_env
+from registrylib import LoopbackRegistry, ThrowawayCA, client_env, forget_skopeo_cache
 
-SKOPEO_CACHE = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
 PROBE = os.path.join(BENCH, "push_probe.py")
 LIB = os.path.join(CHECKOUT, "lib")
 # docker-dir-push from another tree's lib/ (--lib), started as bin/docker-dir-push starts it
@@ -71,13 +70,6 @@ ACTIVITIES = [
     ("file metadata (stat, open, rename)", r"built-in method (posix\.(stat|lstat|fstat|open|rename|replace|unlink|"
                                            r"mkdir|scandir|listdir|rmdir|utime|chmod|link)|io\.open)>"),
 ]
-
-
-def forget_skopeo_cache():
-    try:
-        os.unlink(SKOPEO_CACHE)
-    except FileNotFoundError:
-        pass
 
 
 def ms(seconds):
@@ -356,7 +348,7 @@ def probe_report(probe, floor, startup, show_requests):
     say(f"  {'entry_point() (the push)':<44} {ms(probe['run']):>6} ms")
     say(f"  {'(the probe writing its profiles: not in a plain run)':<44} {ms(probe['profiles']):>6} ms")
     say(f"  {'exit (the interpreter ends)':<44} {ms(probe['exit']):>6} ms")
-    say(f"  beside them: " + ", ".join(f"{name} {ms(value)} ms" for name, value in startup.items()))
+    say("  beside them: " + ", ".join(f"{name} {ms(value)} ms" for name, value in startup.items()))
     say("")
     say("each thread's time (ms; cProfile's own time of the C calls named; 'Python' is the rest, including time "
         "blocked in a `with lock:`, which cProfile charges to the function with the with statement):")

@@ -41,9 +41,8 @@ from contextlib import ExitStack, contextmanager
 from benchlib import (CHECKOUT, MiB, PY, bench_image, check_saved, load_note, median, quick_mode,
                       remove_image, row, run_timed, sh, workdir, write_results)
 from compare_revisions import checkout
-from registrylib import CountingRelay, LoopbackRegistry, ThrowawayCA, client_env
+from registrylib import CountingRelay, LoopbackRegistry, ThrowawayCA, client_env, docker_push, forget_skopeo_cache
 
-SKOPEO_CACHE = "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
 STORE_MODULE = "lib/docker_dir/format/store.py"
 REPOS = ("bench/store-one", "bench/store-two")
 HEAD_BIN = os.path.join(CHECKOUT, "bin")
@@ -102,22 +101,6 @@ def derived_image(base_ref, layers_mib):
         if image_id:
             remove_image(image_id)
         shutil.rmtree(work, ignore_errors=True)
-
-
-def docker_push(ref, registry, repo_tag):
-    target = f"{registry.host}/{repo_tag}"
-    subprocess.run(["docker", "tag", ref, target], check=True, stdout=subprocess.DEVNULL)
-    try:
-        subprocess.run(["docker", "push", target], check=True, stdout=subprocess.DEVNULL)
-    finally:
-        subprocess.run(["docker", "rmi", target], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def forget_skopeo_cache():
-    try:
-        os.unlink(SKOPEO_CACHE)
-    except FileNotFoundError:
-        pass
 
 
 def measured(argv, env=None):

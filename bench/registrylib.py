@@ -14,6 +14,7 @@ chunk, each commit) would otherwise add seconds of noise to whichever client is 
 The clients' files (DIR, docker-dir's cache and work files) stay where the bench puts them.
 """
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -269,3 +270,26 @@ def main_over_shapes(name, description, measure_shape):
         ca = ThrowawayCA(os.path.join(work, "ca"))
         for shape, layers in registry_shapes(args.shape).items():
             measure_shape(shape, layers, work, ca)
+
+
+# skopeo's blob-info cache as root (1.9 keeps it in BoltDB, later releases in SQLite):
+# removed before every cold run, so skopeo never learns where a blob already is.
+SKOPEO_CACHE_DIR = "/var/lib/containers/cache"
+
+
+def forget_skopeo_cache():
+    for path in glob.glob(os.path.join(SKOPEO_CACHE_DIR, "blob-info-cache-v1.*")):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def docker_push(ref, registry, repo_tag):
+    """`docker push` of the engine's image `ref` to REGISTRY/REPO_TAG (dockerd gzips the layers)."""
+    target = f"{registry.host}/{repo_tag}"
+    subprocess.run(["docker", "tag", ref, target], check=True, stdout=subprocess.DEVNULL)
+    try:
+        subprocess.run(["docker", "push", target], check=True, stdout=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["docker", "rmi", target], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
